@@ -1,0 +1,137 @@
+"""Everything between a composed Hydra config and live objects: resolvers, checks and builders."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+from typeguard import TypeCheckError, check_type
+
+from experiments.data.base import InMemoryDataModule
+from experiments.errors import UserError, suggest
+from experiments.tasks import Task, task_for
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = str(PROJECT_ROOT / "conf")
+
+# Run directories end in the process id: two runs started in the same second on one machine
+# are different processes, so they never share a directory.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+OmegaConf.register_new_resolver(
+    "project_root",
+    lambda: str(PROJECT_ROOT if (PROJECT_ROOT / "conf").is_dir() else Path.cwd()),
+    replace=True,
+)
+
+# Keys filled in by the entry point from the data module, never by the user.
+_SUPPLIED = {"input_shape", "output_shape", "params", "optimizer", "self", "callbacks", "logger"}
+
+
+def _hint_text(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return " or ".join(dict.fromkeys(_hint_text(h) for h in typing.get_args(hint)))
+    if origin is typing.Literal:
+        return " or ".join(repr(v) for v in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin)).replace("Sequence", "list")
+    return getattr(hint, "__name__", str(hint))
+
+
+def _check_node(key: str, node: DictConfig) -> None:
+    """Check the keys and value types of one ``_target_`` node against its target's signature."""
+    try:
+        target = get_object(node._target_)
+    except Exception as err:  # hydra wraps the import error; one line is enough here
+        raise UserError(f"{key}._target_: cannot import {node._target_!r}") from err
+    init = target.__init__ if inspect.isclass(target) else target
+    signature = inspect.signature(init)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # noqa: BLE001 - unresolved forward references: check names, not types
+        hints = {}
+    for name, value in node.items():
+        if str(name).startswith("_"):
+            continue
+        if name not in signature.parameters:
+            if takes_any:
+                continue
+            valid = [p for p in signature.parameters if p not in _SUPPLIED]
+            raise UserError(
+                f"{key}.{name} is not an option of {node._target_}{suggest(str(name), valid)}; "
+                f"valid options: {', '.join(valid)}"
+            )
+        if name not in hints:
+            continue
+        plain = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+        if isinstance(plain, list) and typing.get_origin(hints[name]) is tuple:
+            plain = tuple(plain)
+        try:
+            check_type(plain, hints[name])
+        except TypeCheckError:
+            raise UserError(
+                f"{key}.{name}={plain!r} has the wrong type: expected {_hint_text(hints[name])}"
+            ) from None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse a config whose options don't exist or have the wrong type, before anything runs."""
+    for key in ("data", "model", "optimizer", "scheduler", "trainer"):
+        node = cfg.get(key)
+        if isinstance(node, DictConfig) and "_target_" in node:
+            _check_node(key, node)
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                _check_node(f"{group}.{name}", node)
+    if not isinstance(cfg.get("seed"), int):
+        raise UserError(f"seed={cfg.get('seed')!r} has the wrong type: expected int")
+
+
+def _optional(node: Any) -> Callable[..., Any] | None:
+    """Instantiate a ``_partial_`` node, or None for an empty group option such as ``scheduler=none``."""
+    if not node or "_target_" not in node:
+        return None
+    return instantiate(node)
+
+
+def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
+    """The data module, and the task around a model sized from what the data module declares."""
+    datamodule = instantiate(cfg.data)
+    spec = datamodule.spec
+    model = instantiate(cfg.model, input_shape=spec.input_shape, output_shape=spec.output_shape)
+    options = OmegaConf.to_container(cfg.task, resolve=True) if cfg.get("task") else {}
+    task = task_for(
+        spec,
+        model,
+        optimizer=_optional(cfg.optimizer),
+        scheduler=_optional(cfg.get("scheduler")),
+        monitor=cfg.monitor,
+        **options,  # type: ignore[arg-type]
+    )
+    # Build the optimizer once now, so that a bad setting (lr < 0, say) fails before training.
+    try:
+        task.configure_optimizers()
+    except (ValueError, TypeError) as err:
+        raise UserError(f"optimizer/scheduler: {err}") from None
+    return datamodule, task
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
+    """The Lightning Trainer of ``cfg.trainer``; ``overrides`` win over the config."""
+    return instantiate(cfg.trainer, **overrides)
+
+
+def instantiate_group(node: DictConfig | None) -> list[Any]:
+    """Objects of a dict-valued group such as ``callbacks`` or ``logger``, skipping empty entries."""
+    return [instantiate(v) for v in (node or {}).values() if v and "_target_" in v]

@@ -1,0 +1,8 @@
+"""Lightning data modules. Each declares a :class:`DataSpec` saying what it yields."""
+
+from experiments.data.base import InMemoryDataModule
+from experiments.data.loader import InMemoryLoader
+from experiments.data.spec import DataSpec
+from experiments.data.toy import LineDataModule, XORDataModule
+
+__all__ = ["DataSpec", "InMemoryDataModule", "InMemoryLoader", "LineDataModule", "XORDataModule"]

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+class InMemoryLoader:
+    """Batches of tensors that already sit in memory, drawn by indexing with a seeded permutation.
+
+    Written here rather than using ``torch.utils.data.DataLoader`` because a DataLoader fetches
+    samples one by one through ``__getitem__`` and collates them, which costs more than the whole
+    forward and backward pass of a small model; indexing a tensor with a batch of indices costs
+    almost nothing.
+
+    Every epoch draws its permutation from ``seed + epoch``, so an epoch can be replayed exactly.
+    Under DDP each rank takes a disjoint, equally long shard of that permutation (the last
+    ``len % world_size`` samples of a shuffled epoch are dropped), so every rank runs the same
+    number of batches.
+    """
+
+    def __init__(
+        self,
+        *tensors: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+            raise ValueError("InMemoryLoader needs one or more tensors of equal length")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self._batches_done = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees in one epoch."""
+        return len(self.tensors[0]) // self.world_size if self.world_size > 1 else len(self.tensors[0])
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor | None:
+        """This rank's sample order for the current epoch, or None for the plain order 0..n-1."""
+        n = len(self.tensors[0])
+        if not self.shuffle and self.world_size == 1:
+            return None
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        return order[self.rank : self.num_samples * self.world_size : self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        indices = self._indices()
+        for batch in range(self._batches_done, len(self)):
+            start = batch * self.batch_size
+            stop = min(start + self.batch_size, self.num_samples)
+            if indices is None:
+                yield tuple(t[start:stop] for t in self.tensors)
+            else:
+                chosen = indices[start:stop].to(self.tensors[0].device)
+                yield tuple(t[chosen] for t in self.tensors)
+            self._batches_done = batch + 1
+        self._batches_done = 0
+        self.epoch += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches_done": self._batches_done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self._batches_done = int(state["batches_done"])

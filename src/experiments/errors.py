@@ -1,0 +1,98 @@
+"""The one error type for mistakes a user can fix, and its one-line rendering on the command line."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+class UserError(Exception):
+    """A mistake in a config, a command line or an input file: reported as one line, exit code 2."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def describe(err: BaseException) -> str | None:
+    """One line for an error caused by user input, or ``None`` for a genuine bug (keep the traceback)."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        InstantiationException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, UserError):
+        return str(err)
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        match = re.search(r"Could not find '([^']+)/([^'/]+)'", str(err))
+        if match:
+            group, name = match.groups()
+            return (
+                f"unknown {group} {name!r}{suggest(name, err.options)}; "
+                f"choose one of: {', '.join(sorted(err.options))}"
+            )
+    if isinstance(err, ConfigCompositionException):
+        match = re.search(r"Could not override '([^']+)'", str(err))
+        if match and "not in struct" in str(err.__cause__ or ""):
+            key = match.group(1)
+            return (
+                f"unknown key {key!r}{_suggest_key(err, key)}; check the spelling, "
+                f"or add a new key with +{key}=..."
+            )
+    if isinstance(err, InstantiationException):
+        inner = err.__cause__ or err.__context__
+        key = re.search(r"full_key: (\S+)", str(err))
+        where = f"{key.group(1)}: " if key else ""
+        if isinstance(inner, (ValueError, TypeError, UserError)):
+            return f"{where}{_first_line(inner)}"
+        if isinstance(inner, ImportError) or "Error locating target" in str(err):
+            return f"{where}{_first_line(err)}"
+        return None
+    if isinstance(err, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
+        return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return None
+
+
+def _suggest_key(err: BaseException, key: str) -> str:
+    cause = err.__cause__
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    node = getattr(cause, "parent_node", None)
+    if node is None:
+        return ""
+    try:
+        keys = [f"{parent}.{k}" if parent else str(k) for k in node.keys()]
+    except Exception:  # noqa: BLE001 - a suggestion is optional, the error line is not
+        return ""
+    return suggest(key, keys)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def run_cli(hydra_main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` function and turn user errors into one line on stderr and exit code 2.
+
+    Hydra prints its own multi-line report and exits 1; setting HYDRA_FULL_ERROR makes it re-raise
+    instead, so the error can be rendered here. A user who set HYDRA_FULL_ERROR=1 gets the full trace.
+    """
+    wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except Exception as err:
+        message = None if wants_trace else describe(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

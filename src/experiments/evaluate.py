@@ -1,0 +1,79 @@
+"""``python -m experiments.evaluate ckpt_path=...``: test a checkpoint on its run's test split.
+
+The data module, model and trainer settings are rebuilt from the ``config.yaml`` of the run that
+wrote the checkpoint; the checkpoint is loaded with ``weights_only=True``, so it cannot run code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from experiments.config import CONFIG_DIR, build, build_trainer
+from experiments.data.base import InMemoryDataModule
+from experiments.errors import UserError, run_cli
+from experiments.runs import load_run_config
+from experiments.tasks import Task
+
+
+def restore(ckpt_path: str | Path) -> tuple[Path, DictConfig, InMemoryDataModule, Task, L.Trainer]:
+    """Rebuild a finished run from its config and check that the checkpoint fits its model.
+
+    Returns the checkpoint path, the run's config, the data module, the task (weights are loaded
+    by the trainer, after it has set the run's precision) and a single-device trainer without
+    loggers or callbacks.
+    """
+    ckpt, run_cfg = load_run_config(ckpt_path)
+    L.seed_everything(run_cfg.seed, verbose=False)
+    datamodule, task = build(run_cfg)
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and I/O errors all mean the same thing to the user
+        raise UserError(f"cannot read checkpoint {ckpt}: {str(err).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{ckpt} is not a Lightning checkpoint (it has no state_dict)")
+    try:
+        task.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise UserError(
+            f"checkpoint {ckpt} does not fit the model in its run's config.yaml: "
+            f"{' '.join(str(err).split())[:300]}"
+        ) from None
+    trainer = build_trainer(
+        run_cfg,
+        devices=1,
+        num_nodes=1,
+        strategy="auto",
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    return ckpt, run_cfg, datamodule, task, trainer
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test ``cfg.ckpt_path``; returns the test metrics."""
+    ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path)
+    tested = trainer.test(task, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=True, verbose=False)
+    metrics = {k: float(v) for k, v in tested[0].items()}
+    print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) + f" | {ckpt}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def _main(cfg: DictConfig) -> Any:
+    return evaluate(cfg)
+
+
+def main() -> None:
+    run_cli(_main)
+
+
+if __name__ == "__main__":
+    main()

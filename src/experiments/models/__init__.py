@@ -1,0 +1,11 @@
+"""Plain ``torch.nn.Module`` models: no Lightning, no Hydra.
+
+Every model takes ``input_shape`` and ``output_shape`` (per sample, without the batch
+dimension) and maps a batch ``(N, *input_shape)`` to ``(N, *output_shape)``, so any model
+plugs into any data module whose shapes it can handle.
+"""
+
+from experiments.models.linear import Linear
+from experiments.models.mlp import MLP
+
+__all__ = ["Linear", "MLP"]

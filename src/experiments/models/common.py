@@ -1,0 +1,41 @@
+"""Small helpers shared by the models."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "identity": nn.Identity,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """Return a fresh activation module for ``name`` (one of :data:`_ACTIVATIONS`)."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of: {', '.join(sorted(_ACTIVATIONS))}"
+        ) from None
+
+
+def as_shape(shape: Sequence[int] | int, what: str) -> tuple[int, ...]:
+    """Validate a per-sample shape and return it as a tuple of positive ints."""
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
+        raise ValueError(f"{what} must be a non-empty list of positive integers, got {list(dims)}")
+    return dims
+
+
+def numel(shape: Sequence[int]) -> int:
+    return math.prod(shape)

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+from experiments.tasks.base import OptimizerFactory, SchedulerFactory, Task
+
+
+class ClassificationTask(Task):
+    """Binary (one logit, binary cross-entropy) or multi-class (C logits, cross-entropy) classification.
+
+    The model returns logits; probabilities come from :meth:`predict_step`. Logs ``loss`` and
+    ``acc`` per split.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        label_smoothing: float = 0.0,
+        **task_options: Any,
+    ) -> None:
+        super().__init__(model, optimizer, scheduler, **task_options)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.binary = num_classes == 2
+        self.label_smoothing = label_smoothing
+        metric = (
+            (lambda: torchmetrics.classification.BinaryAccuracy())
+            if self.binary
+            else (lambda: torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro"))
+        )
+        self.accuracy = nn.ModuleDict({f"{split}_acc": metric() for split in ("train", "val", "test")})
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (N,) for binary and (N, C) for multi-class classification."""
+        out = self.model(x)
+        return out.reshape(len(out)) if self.binary else out
+
+    def loss_and_probabilities(
+        self, logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.binary:
+            loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
+            return loss, torch.sigmoid(logits)
+        loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        return loss, logits.softmax(dim=-1)
+
+    def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        x, target = batch
+        loss, probabilities = self.loss_and_probabilities(self.logits(x), target)
+        accuracy = self.accuracy[f"{split}_acc"]
+        accuracy.update(probabilities.detach(), target)
+        self.log_split(split, {"loss": loss, "acc": accuracy}, batch_size=len(x))
+        return loss
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        logits = self.logits(x)
+        if self.binary:
+            probabilities = torch.sigmoid(logits)
+            return {"probability": probabilities, "prediction": (probabilities >= 0.5).long()}
+        probabilities = logits.softmax(dim=-1)
+        return {"probability": probabilities, "prediction": probabilities.argmax(dim=-1)}

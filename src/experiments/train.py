@@ -1,0 +1,133 @@
+"""``python -m experiments.train``: fit, test the best checkpoint, and leave the run's files.
+
+Run directory: ``config.yaml``, ``metrics.json``, ``history.csv``, ``learning_curves.png``,
+``tensorboard/`` and ``checkpoints/`` (``best.ckpt``, ``last.ckpt``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.config import CONFIG_DIR, build, build_trainer, check_config, instantiate_group
+from experiments.errors import describe, run_cli
+from experiments.runs import save_config, write_json
+
+
+def _hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that tell runs apart, for TensorBoard's HPARAMS tab."""
+    keys = ("data", "model", "optimizer", "scheduler", "task", "seed")
+    chosen = {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
+    chosen["trainer"] = {k: cfg.trainer.get(k) for k in ("max_epochs", "precision", "accelerator")}
+    plain = OmegaConf.to_container(OmegaConf.create(chosen), resolve=True)
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k not in ("_partial_",):
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk("", plain)
+    return flat
+
+
+def _log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    params = _hyperparameters(cfg)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # Written directly rather than through log_hyperparams, which would log every metric
+            # again at step 0 and put a false first point on the test curves.
+            from torch.utils.tensorboard.summary import hparams
+
+            writer = logger.experiment._get_file_writer()
+            for summary in hparams(params, metrics):
+                writer.add_summary(summary)
+            writer.flush()
+        else:
+            logger.log_hyperparams(params)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit ``cfg`` and test its best checkpoint; returns what is written to ``metrics.json``."""
+    run_dir = Path(cfg.paths.output_dir)
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, task = build(cfg)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
+    if trainer.is_global_zero:
+        save_config(cfg, run_dir)
+
+    started = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - started
+
+    checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+    best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    final_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
+    test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+
+    metrics: dict[str, Any] = {
+        "status": "completed",
+        "experiment": cfg.get("name"),
+        "epochs": trainer.current_epoch,
+        "fit_seconds": round(fit_seconds, 3),
+        "monitor": cfg.monitor,
+        "best": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None,
+        "best_checkpoint": str(Path(best_path).relative_to(run_dir)) if best_path else None,
+        "val": final_val,
+        "test": test_metrics,
+    }
+    hparam_metrics = {f"best/{cfg.monitor.replace('/', '_')}": metrics["best"], **test_metrics}
+    _log_hyperparameters(trainer, cfg, {k: v for k, v in hparam_metrics.items() if v is not None})
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", metrics)
+        summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items()))
+        print(f"{cfg.get('name')}: {summary} | epochs={metrics['epochs']} fit={fit_seconds:.1f}s | {run_dir}")
+    return metrics
+
+
+def _discard_or_mark_failed(run_dir: Path, err: BaseException) -> None:
+    """Leave nothing that looks like a result: an untouched single run goes, anything else is marked."""
+    single_run = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+    # Only Hydra's own files: the run never started, so there is nothing to keep. Never delete a
+    # directory that holds anything else (hydra.run.dir may point at a user's folder).
+    untouched = run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir())
+    if single_run and untouched:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    elif run_dir.is_dir():
+        reason = describe(err) or f"{type(err).__name__}: {err}"
+        write_json(run_dir / "metrics.json", {"status": "failed", "error": reason})
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except Exception as err:
+        _discard_or_mark_failed(Path(cfg.paths.output_dir), err)
+        raise
+    return metrics["best"]
+
+
+def main() -> None:
+    run_cli(_main)
+
+
+if __name__ == "__main__":
+    main()
