@@ -5,7 +5,9 @@ dimension) and maps a batch ``(N, *input_shape)`` to ``(N, *output_shape)``, so 
 plugs into any data module whose shapes it can handle.
 """
 
+from experiments.models.cnn import CNN
 from experiments.models.linear import Linear
+from experiments.models.lstm import LSTM
 from experiments.models.mlp import MLP
 
-__all__ = ["Linear", "MLP"]
+__all__ = ["CNN", "LSTM", "Linear", "MLP"]
