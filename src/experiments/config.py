@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from typeguard import TypeCheckError, check_type
@@ -105,6 +106,14 @@ def _optional(node: Any) -> Callable[..., Any] | None:
     return instantiate(node)
 
 
+_TRUE_PRECISION_DTYPES = {
+    "64": torch.float64,
+    "64-true": torch.float64,
+    "16-true": torch.float16,
+    "bf16-true": torch.bfloat16,
+}
+
+
 def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
     """The data module, and the task around a model sized from what the data module declares."""
     datamodule = instantiate(cfg.data)
@@ -119,6 +128,11 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
         monitor=cfg.monitor,
         **options,  # type: ignore[arg-type]
     )
+    # Lightning loads a checkpoint before it converts the module to a "-true" precision, which
+    # would round float64 weights through float32 on resume; convert first.
+    dtype = _TRUE_PRECISION_DTYPES.get(str(cfg.trainer.get("precision")))
+    if dtype is not None:
+        task.to(dtype)
     # Build the optimizer once now, so that a bad setting (lr < 0, say) fails before training.
     try:
         task.configure_optimizers()

@@ -73,7 +73,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         save_config(cfg, run_dir)
 
     started = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule)
+    # Resuming from a checkpoint of our own run: full state (optimizer, loops, loader position).
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     fit_seconds = time.perf_counter() - started
 
     checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
