@@ -135,9 +135,14 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
         task.to(dtype)
     # Build the optimizer once now, so that a bad setting (lr < 0, say) fails before training.
     try:
-        task.configure_optimizers()
+        optimizer = task.optimizer_factory(task.parameters())
     except (ValueError, TypeError) as err:
-        raise UserError(f"optimizer/scheduler: {err}") from None
+        raise UserError(f"optimizer: {err}; fix the optimizer.* options") from None
+    if task.scheduler_factory is not None:
+        try:
+            task.scheduler_factory(optimizer)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"scheduler: {err}; fix the scheduler.* options") from None
     return datamodule, task
 
 

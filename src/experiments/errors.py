@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import sys
@@ -28,7 +29,7 @@ def describe(err: BaseException) -> str | None:
         MissingConfigException,
         OverrideParseException,
     )
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     if isinstance(err, UserError):
         return str(err)
@@ -57,6 +58,9 @@ def describe(err: BaseException) -> str | None:
         if isinstance(inner, ImportError) or "Error locating target" in str(err):
             return f"{where}{_first_line(err)}"
         return None
+    if isinstance(err, MissingMandatoryValue):
+        key = getattr(err, "full_key", None) or "a required option"
+        return f"{key} is required: pass {key}=... on the command line"
     if isinstance(err, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return None
@@ -80,19 +84,48 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def exit_on_user_error(message: str) -> None:
+    """Print ``error: message`` as the one line on stderr and exit with code 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def user_errors_exit(task_function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Wrap a Hydra task function so that a user error exits at once with one line.
+
+    Exiting inside the task function keeps Hydra from adding its own 'Error executing job' line.
+    """
+
+    @functools.wraps(task_function)
+    def wrapper(cfg: Any) -> Any:
+        try:
+            return task_function(cfg)
+        except Exception as err:
+            message = None if _wants_trace() else describe(err)
+            if message is None:
+                raise
+            exit_on_user_error(message)
+
+    return wrapper
+
+
+def _wants_trace() -> bool:
+    return os.environ.get("EXPERIMENTS_FULL_ERROR") == "1"
+
+
 def run_cli(hydra_main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function and turn user errors into one line on stderr and exit code 2.
 
     Hydra prints its own multi-line report and exits 1; setting HYDRA_FULL_ERROR makes it re-raise
     instead, so the error can be rendered here. A user who set HYDRA_FULL_ERROR=1 gets the full trace.
     """
-    wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        os.environ["EXPERIMENTS_FULL_ERROR"] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_main()
     except Exception as err:
-        message = None if wants_trace else describe(err)
+        message = None if _wants_trace() else describe(err)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_user_error(message)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from experiments.config import CONFIG_DIR, build, build_trainer
 from experiments.data.base import InMemoryDataModule
-from experiments.errors import UserError, run_cli
+from experiments.errors import UserError, run_cli, user_errors_exit
 from experiments.runs import load_run_config
 from experiments.tasks import Task
 
@@ -67,6 +67,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@user_errors_exit
 def _main(cfg: DictConfig) -> Any:
     return evaluate(cfg)
 

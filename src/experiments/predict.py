@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from experiments.config import CONFIG_DIR
 from experiments.data.loader import InMemoryLoader
 from experiments.data.spec import DataSpec
-from experiments.errors import UserError, run_cli
+from experiments.errors import UserError, run_cli, user_errors_exit
 from experiments.evaluate import restore
 from experiments.runs import run_dir_of, write_atomic
 
@@ -116,6 +116,7 @@ def _summarise(
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@user_errors_exit
 def _main(cfg: DictConfig) -> Any:
     return predict(cfg)
 

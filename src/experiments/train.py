@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import CONFIG_DIR, build, build_trainer, check_config, instantiate_group
-from experiments.errors import describe, run_cli
+from experiments.errors import describe, run_cli, user_errors_exit
 from experiments.runs import save_config, write_json
 
 
@@ -117,6 +117,7 @@ def _discard_or_mark_failed(run_dir: Path, err: BaseException) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@user_errors_exit
 def _main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
