@@ -71,7 +71,7 @@ def predict(cfg: DictConfig) -> Path:
         inputs, targets = datamodule.test_set  # type: ignore[misc]
     loader = InMemoryLoader(inputs, batch_size=datamodule.eval_batch_size)
     batches = trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True)
-    outputs = {k: torch.cat([b[k] for b in batches]).float() for k in batches[0]}  # type: ignore[index]
+    outputs = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}  # type: ignore[index]
 
     table: dict[str, list[Any]] = {}
     if inputs[0].numel() <= 16:  # small inputs are worth repeating beside their predictions
