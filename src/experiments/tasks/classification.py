@@ -37,7 +37,8 @@ class ClassificationTask(Task):
             if self.binary
             else (lambda: torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro"))
         )
-        self.accuracy = nn.ModuleDict({f"{split}_acc": metric() for split in ("train", "val", "test")})
+        # Training accuracy is a plain tensor per batch (see Task.log_split); no metric object.
+        self.accuracy = nn.ModuleDict({f"{split}_acc": metric() for split in ("val", "test")})
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N,) for binary and (N, C) for multi-class classification."""
@@ -55,9 +56,14 @@ class ClassificationTask(Task):
 
     def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, target = batch
-        loss, probabilities = self.loss_and_probabilities(self.logits(x), target)
-        accuracy = self.accuracy[f"{split}_acc"]
-        accuracy.update(probabilities.detach(), target)
+        logits = self.logits(x)
+        loss, probabilities = self.loss_and_probabilities(logits, target)
+        if split == "train":
+            predicted = logits.detach() >= 0 if self.binary else logits.detach().argmax(dim=-1)
+            accuracy: Any = (predicted == target).float().mean()
+        else:
+            accuracy = self.accuracy[f"{split}_acc"]
+            accuracy.update(probabilities.detach(), target)
         self.log_split(split, {"loss": loss, "acc": accuracy}, batch_size=len(x))
         return loss
 
