@@ -93,7 +93,7 @@ class WindowAdapter(nn.Module):
             x, stats = self.revin.normalise(x)
         if self.channel_independent:
             series = x.transpose(1, 2).reshape(batch * channels, steps, 1)
-            y = core(series).reshape(batch, channels, -1).transpose(1, 2)[..., -self.output_shape[1] :]
+            y = core(series).reshape(batch, channels, -1).transpose(1, 2)[..., -self.output_shape[1] :].contiguous()
         else:
             y = core(x).reshape(batch, *self.output_shape)
         if stats is not None:
