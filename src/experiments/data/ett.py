@@ -52,6 +52,8 @@ class ETTDataModule(WindowDataModule):
         self.name = name
         self.data_dir = Path(data_dir).expanduser()
         self.download = download
+        if not download:
+            self._check_file()  # before a trainer starts or a run folder fills
 
     @property
     def columns(self) -> list[str]:
@@ -61,14 +63,18 @@ class ETTDataModule(WindowDataModule):
     def path(self) -> Path:
         return self.data_dir / f"{self.name}.csv"
 
-    def prepare_data(self) -> None:
-        if self.path.is_file():
-            return
-        if not self.download:
+    def _check_file(self) -> None:
+        if not self.path.is_file():
             raise UserError(
                 f"{self.path} does not exist; put {self.name}.csv there (from "
                 f"{ETT_URL.format(name=self.name)}) or set data.download=true"
             )
+
+    def prepare_data(self) -> None:
+        if self.path.is_file():
+            return
+        if not self.download:
+            self._check_file()
         fetch(ETT_URL.format(name=self.name), self.path)
 
     def load_series(self) -> torch.Tensor:
