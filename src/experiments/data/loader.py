@@ -18,6 +18,10 @@ class InMemoryLoader:
     Under DDP each rank takes a disjoint, equally long shard of that permutation (the last
     ``len % world_size`` samples of a shuffled epoch are dropped), so every rank runs the same
     number of batches.
+
+    A ``resumable`` loader (the training loader) continues a partly consumed epoch where it
+    stopped; any other loader starts at its first batch on every ``iter()``, so an evaluation
+    pass never continues the sanity check's few batches.
     """
 
     def __init__(
@@ -29,6 +33,7 @@ class InMemoryLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        resumable: bool = True,
     ) -> None:
         if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("InMemoryLoader needs one or more tensors of equal length")
@@ -43,8 +48,10 @@ class InMemoryLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.resumable = resumable
         self.epoch = 0
         self._batches_done = 0
+        self._handed_out_last = False
 
     @property
     def num_samples(self) -> int:
@@ -73,22 +80,37 @@ class InMemoryLoader:
         return order[self.rank : self.num_samples * self.world_size : self.world_size].to(self.tensors[0].device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        # Lightning stops asking after len() batches, so the previous generator may never have
+        # run past its last yield: the epoch is over all the same.
+        if self._handed_out_last:
+            self._end_epoch()
+        elif not self.resumable:
+            self._batches_done = 0
         indices = self._indices()
         for batch in range(self._batches_done, len(self)):
             start = batch * self.batch_size
             stop = min(start + self.batch_size, self.num_samples)
+            self._handed_out_last = batch == len(self) - 1
             if indices is None:
                 yield tuple(t[start:stop] for t in self.tensors)
             else:
                 chosen = indices[start:stop]
                 yield tuple(t[chosen] for t in self.tensors)
             self._batches_done = batch + 1
+        if self._handed_out_last or len(self) == 0:
+            self._end_epoch()
+
+    def _end_epoch(self) -> None:
         self._batches_done = 0
+        self._handed_out_last = False
         self.epoch += 1
 
     def state_dict(self) -> dict[str, Any]:
+        if self._handed_out_last:  # the whole epoch went out: resume at the next one
+            return {"epoch": self.epoch + 1, "batches_done": 0}
         return {"epoch": self.epoch, "batches_done": self._batches_done}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
         self._batches_done = int(state["batches_done"])
+        self._handed_out_last = False
