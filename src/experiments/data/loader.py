@@ -69,7 +69,8 @@ class InMemoryLoader:
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
-        return order[self.rank : self.num_samples * self.world_size : self.world_size]
+        # Moved to the data's device once per epoch, not once per batch.
+        return order[self.rank : self.num_samples * self.world_size : self.world_size].to(self.tensors[0].device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         indices = self._indices()
@@ -79,7 +80,7 @@ class InMemoryLoader:
             if indices is None:
                 yield tuple(t[start:stop] for t in self.tensors)
             else:
-                chosen = indices[start:stop].to(self.tensors[0].device)
+                chosen = indices[start:stop]
                 yield tuple(t[chosen] for t in self.tensors)
             self._batches_done = batch + 1
         self._batches_done = 0
