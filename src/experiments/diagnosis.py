@@ -22,7 +22,7 @@ RISE_FRACTION = 0.1
 # (small rises of a well-fitted model are noise, not overfitting).
 RISE_GAP_FRACTION = 0.05
 # A gap this large (fraction of the trivial loss) is overfitting even if validation never rose.
-GAP_FRACTION = 0.25
+GAP_FRACTION = 0.1
 
 REMEDIES = {
     "overfitting": (

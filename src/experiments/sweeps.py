@@ -46,8 +46,10 @@ class OptunaPruning(Callback):
         self.trial = trial
         self.monitor = monitor
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+    # At the end of the training epoch (after its validation) rather than of validation, so that
+    # History, placed before this callback, has written the epoch's row when the run stops.
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.monitor not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.monitor])
         epoch = trainer.current_epoch
@@ -71,9 +73,13 @@ def pruning_callbacks(monitor: str) -> list[Callback]:
     if not (sweeper.get("pruner") or {}).get("_target_") or sweeper.pruner._target_.endswith("NopPruner"):
         return []
     import optuna
+    from hydra.utils import instantiate
 
     url = storage_url(sweeper.get("storage"), hydra_cfg.sweep.dir)
-    study = optuna.load_study(study_name=sweeper.study_name, storage=open_storage(url))
+    # The pruner is not stored with the study: each trial builds the sweep's own.
+    study = optuna.load_study(
+        study_name=sweeper.study_name, storage=open_storage(url), pruner=instantiate(sweeper.pruner)
+    )
     number = int(hydra_cfg.job.num)
     trial_id = next((t._trial_id for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial_id is None:

@@ -67,6 +67,11 @@ def _log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str,
             writer = logger.experiment._get_file_writer()
             for summary in hparams(params, metrics):
                 writer.add_summary(summary)
+            # The HPARAMS tab reads each metric's value from a scalar of the same tag: the test
+            # metrics are logged already, the best validation value is not.
+            for name, value in metrics.items():
+                if name.startswith("best/"):
+                    logger.experiment.add_scalar(name, value, global_step=trainer.global_step)
             writer.flush()
         else:
             logger.log_hyperparams(params)
