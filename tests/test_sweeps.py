@@ -116,7 +116,8 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
     try:
         while time.monotonic() < deadline and first.poll() is None:
             finished = sorted(sweep.glob("*/metrics.json"))
-            if len(finished) >= 4:
+            in_flight = [d for d in sweep.glob("*/config.yaml") if not (d.parent / "metrics.json").exists()]
+            if len(finished) >= 4 and in_flight:  # kill it mid-trial
                 done_before = {str(p.parent.name): p.read_text() for p in finished}
                 break
             time.sleep(0.2)
@@ -126,6 +127,7 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
     assert first.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
     assert 4 <= len(done_before) < 12
     interrupted = [t for t in _study(sweep, "xor_tpe").trials if t.state.name == "RUNNING"]
+    assert interrupted
 
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stderr[-3000:]
