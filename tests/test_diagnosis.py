@@ -68,3 +68,22 @@ def test_trivial_loss_is_label_entropy_or_target_variance() -> None:
         -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     )
     assert trivial_loss("regression", torch.tensor([[2.0], [4.0], [6.0], [8.0]])) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
+def test_every_model_takes_the_regularisation_knobs_from_config(compose_train, model: str) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from experiments.config import build, instantiate_group
+
+    cfg = compose_train(
+        "~experiment", "data=mnist", f"model={model}", "model.dropout=0.3", "optimizer=adamw",
+        "optimizer.weight_decay=0.05", "callbacks=early_stopping", "data.augment=true",
+    )
+    datamodule, task = build(cfg)
+    assert datamodule.augment is True
+    rates = [m.p for m in task.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates and set(rates) == {0.3}
+    optimizer = task.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.05
+    assert any(isinstance(c, EarlyStopping) and c.monitor == "val/loss" for c in instantiate_group(cfg.callbacks))
