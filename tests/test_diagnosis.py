@@ -29,7 +29,7 @@ def _run(compose_train: Callable[..., DictConfig], *overrides: str) -> dict:
 
 
 def test_long_unregularised_mlp_on_a_small_slice_is_overfitting(compose_train, capsys) -> None:
-    diagnosis = _run(compose_train, *SLICE, "trainer.max_epochs=30")
+    diagnosis = _run(compose_train, *SLICE, "trainer.max_epochs=20")
     assert diagnosis["verdict"] == "overfitting", diagnosis
     assert diagnosis["trivial_loss"] == pytest.approx(math.log(10), rel=0.02)  # ~balanced digits
     for remedy in ("dropout", "weight decay", "early stopping", "augmentation"):

@@ -100,7 +100,7 @@ def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(tmp_path: Path) -> N
 def _tpe_command(sweep: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "experiments.train", "-m", "experiment=xor", "hparams_search=xor_tpe",
-        "trainer.max_epochs=8", *QUIET, f"hydra.sweep.dir={sweep}", *extra,
+        "trainer.max_epochs=5", *QUIET, f"hydra.sweep.dir={sweep}", *extra,
     ]
 
 
@@ -156,7 +156,7 @@ def test_median_pruner_stops_an_absurd_learning_rate_early(tmp_path: Path) -> No
     study = optuna.create_study(study_name="prune", storage=f"sqlite:///{sweep / 'optuna.db'}")
     for lr in ("0.05", "0.05", "1000"):
         study.enqueue_trial({"optimizer.lr": lr})
-    epochs = 30
+    epochs = 12
     result = run_cli(
         "train", "-m", "experiment=xor", "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune",
         "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=2",
@@ -213,3 +213,28 @@ def test_slurm_launcher_config_says_what_it_would_submit(tmp_path: Path, monkeyp
     for line in ("--partition=gpu", "--nodes=1", "--gpus-per-node=1", "--time=90", "--cpus-per-task=8",
                  "--mem=32GB", "--ntasks-per-node=1", "--job-name=train"):
         assert f"#SBATCH {line}\n" in script, script
+
+
+@pytest.mark.parametrize(
+    ("search", "sampler"),
+    [("xor_tpe", optuna.samplers.TPESampler), ("xor_random", optuna.samplers.RandomSampler),
+     ("mnist_tpe", optuna.samplers.TPESampler)],
+)
+def test_search_configs_compose_into_a_sampler_a_stable_sweep_dir_and_a_search_space(search: str, sampler: type) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from experiments.config import CONFIG_DIR
+
+    experiment = "mnist_mlp" if search.startswith("mnist") else "xor"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"hparams_search={search}"],
+                      return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert isinstance(instantiate(sweeper.sampler), sampler)
+    assert isinstance(instantiate(sweeper.pruner), optuna.pruners.MedianPruner)
+    # Derived from the study name, not the time: the same command finds the same study again.
+    assert cfg.hydra.sweep.dir == f"outputs/{experiment}/sweeps/{sweeper.study_name}"
+    assert "optimizer.lr" in sweeper.params
