@@ -42,6 +42,17 @@ def _number(value: Any) -> float | None:
     return number
 
 
+def _history_length(path: Path) -> tuple[int | None, float | None]:
+    """Epochs and seconds recorded in a ``history.csv``, or (None, None) without one."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return None, None
+    seconds = [_number(r.get("seconds")) for r in rows]
+    return len(rows), round(sum(s for s in seconds if s is not None), 3)
+
+
 def _run_dirs(sweep_dir: Path) -> list[Path]:
     dirs = [d for d in sweep_dir.iterdir() if d.is_dir() and (d / ".hydra" / "overrides.yaml").is_file()]
     return sorted(dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
@@ -59,6 +70,9 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], str, str]:
             monitor, mode = str(config.get("monitor", monitor)), str(config.get("monitor_mode", mode))
         metrics = _read_json(run_dir / "metrics.json")
         diagnosis = metrics.get("diagnosis") or {}
+        epochs, seconds = metrics.get("epochs"), metrics.get("fit_seconds")
+        if epochs is None:  # pruned or failed mid-fit: how far it got is in its history
+            epochs, seconds = _history_length(run_dir / "history.csv")
         rows.append(
             {
                 "run": run_dir.name,
@@ -66,8 +80,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], str, str]:
                 "status": metrics.get("status", "incomplete"),
                 "best": _number(metrics.get("best")),
                 "test": {k: _number(v) for k, v in (metrics.get("test") or {}).items()},
-                "epochs": metrics.get("epochs"),
-                "seconds": metrics.get("fit_seconds"),
+                "epochs": epochs,
+                "seconds": seconds,
                 "diagnosis": diagnosis.get("verdict", ""),
                 "error": metrics.get("error", ""),
             }
