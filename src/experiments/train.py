@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.callbacks import History
 from experiments.config import CONFIG_DIR, build, build_trainer, check_config, instantiate_group
-from experiments.diagnosis import diagnose, trivial_loss
+from experiments.diagnosis import Diagnosis, diagnose, trivial_loss
 from experiments.errors import UserError, describe, run_cli
 from experiments.runs import save_config, write_json
 from experiments.sweeps import TrialPruned, pruning_callbacks
@@ -136,7 +136,7 @@ def _diverged(values: dict[str, Any], monitor: str) -> str | None:
     return None
 
 
-def _diagnose(history: History, datamodule: Any) -> Any:
+def _diagnose(history: History, datamodule: Any) -> Diagnosis | None:
     spec = datamodule.spec
     targets = datamodule.train_set[1] if datamodule.train_set is not None else None
     if targets is None or spec.task not in ("classification", "regression"):
