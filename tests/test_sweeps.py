@@ -237,3 +237,12 @@ def test_search_configs_compose_into_a_sampler_a_stable_sweep_dir_and_a_search_s
     # Derived from the study name, not the time: the same command finds the same study again.
     assert cfg.hydra.sweep.dir == f"outputs/{experiment}/sweeps/{sweeper.study_name}"
     assert "optimizer.lr" in sweeper.params
+
+
+def test_summarize_names_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
+    result = run_cli("summarize", str(tmp_path / "nowhere"), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: sweep directory not found: {tmp_path / 'nowhere'}; pass the folder of a multirun"
+    empty = run_cli("summarize", str(tmp_path), cwd=tmp_path, timeout=60)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: no run directories in ")
+    assert not (tmp_path / "summary.csv").exists()
