@@ -2,7 +2,7 @@
 
 Why our own: hydra-optuna-sweeper (1.3.0, the latest) pins optuna < 3 and its SQLite storage fails
 with SQLAlchemy 2. Keeping Hydra's sweeper interface means users sweep the way they already do
-(``python -m experiments.train -m hparams_search=xor_tpe``), every trial is an ordinary Hydra job
+(``python -m experiments.train -m experiment=xor hparams_search=xor_tpe``), every trial is an ordinary Hydra job
 (run directory, overrides.yaml, callbacks, any launcher), and ``summary.csv`` comes from the same
 ``on_multirun_end`` hook as a grid search.
 
