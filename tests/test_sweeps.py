@@ -246,3 +246,11 @@ def test_summarize_names_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
     empty = run_cli("summarize", str(tmp_path), cwd=tmp_path, timeout=60)
     assert empty.returncode == 2 and empty.stderr.startswith("error: no run directories in ")
     assert not (tmp_path / "summary.csv").exists()
+
+
+def test_optuna_sweeper_without_a_search_space_says_so_and_writes_nothing(tmp_path: Path) -> None:
+    sweep = tmp_path / "nothing"
+    result = run_cli("train", "-m", "experiment=xor", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: the optuna sweeper has nothing to search")
+    assert not sweep.exists()

@@ -123,10 +123,10 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from experiments.sweeps import open_storage, storage_url
 
+        space, fixed = self._search_space(arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        space, fixed = self._search_space(arguments)
         url = storage_url(self.storage, sweep_dir)
         storage = open_storage(url)
         study = self._open_study(storage)
