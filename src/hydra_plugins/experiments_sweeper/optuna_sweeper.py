@@ -28,6 +28,7 @@ import shutil
 import socket
 import sys
 import traceback
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: its sweep process died before the trial ended"
+# A running trial that never got its worker's name is an orphan after this long.
+ORPHAN_SECONDS = 60
 
 
 class OptunaSweeper(Sweeper):
@@ -271,7 +274,11 @@ def _recover_interrupted(study: Any, sweep_dir: Path) -> None:
     host = socket.gethostname()
     for frozen in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
         worker_host, _, pid = str(frozen.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host != host or not pid.isdigit() or _alive(int(pid)):
+        if not pid:  # killed between asking for the trial and naming its worker, a minute ago or more
+            started = frozen.datetime_start or datetime.now()
+            if (datetime.now() - started).total_seconds() < ORPHAN_SECONDS:
+                continue
+        elif worker_host != host or not pid.isdigit() or _alive(int(pid)):
             continue  # another machine's worker, or a live one: not ours to judge
         run_dir = sweep_dir / str(frozen.number)
         metrics = _read_metrics(run_dir / "metrics.json")
