@@ -47,6 +47,8 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300) -> subproc
     """Run ``python -m experiments.<module> args...`` in ``cwd`` as a user would."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
+    # This checkout's sources first, whatever the cwd (a relative PYTHONPATH=src would not hold there).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", f"experiments.{module}", *args],
         cwd=cwd,

@@ -87,6 +87,10 @@ class History(Callback):
         if trainer.is_global_zero and self.rows:
             plot_learning_curves(self.rows, self.dirpath / "learning_curves.png")
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # A run stopped early (pruned by a sweep, or crashed) still shows how far it got.
+        self.on_fit_end(trainer, pl_module)
+
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
 

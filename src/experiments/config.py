@@ -23,8 +23,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
 
 # Run directories end in the process id: two runs started in the same second on one machine
-# are different processes, so they never share a directory.
-OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+# are different processes, so they never share a directory. Cached, so that the jobs of a sweep
+# (which Hydra recomposes from the sweep's config and its resolver cache) in worker processes
+# still resolve the sweep directory of the process that started the sweep.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 OmegaConf.register_new_resolver(
     "project_root",
     lambda: str(PROJECT_ROOT if (PROJECT_ROOT / "conf").is_dir() else Path.cwd()),

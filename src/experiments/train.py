@@ -6,6 +6,8 @@ Run directory: ``config.yaml``, ``metrics.json``, ``history.csv``, ``learning_cu
 
 from __future__ import annotations
 
+import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -19,9 +21,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.callbacks import History
 from experiments.config import CONFIG_DIR, build, build_trainer, check_config, instantiate_group
-from experiments.errors import describe, run_cli, user_errors_exit
+from experiments.diagnosis import Diagnosis, diagnose, trivial_loss
+from experiments.errors import UserError, describe, run_cli, user_errors_exit
 from experiments.runs import save_config, write_json
+from experiments.sweeps import TrialPruned, pruning_callbacks
+
+log = logging.getLogger(__name__)
 
 
 def _hyperparameters(cfg: DictConfig) -> dict[str, Any]:
@@ -62,6 +69,11 @@ def _log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str,
             writer = logger.experiment._get_file_writer()
             for summary in hparams(params, metrics):
                 writer.add_summary(summary)
+            # The HPARAMS tab reads each metric's value from a scalar of the same tag: the test
+            # metrics are logged already, the best validation value is not.
+            for name, value in metrics.items():
+                if name.startswith("best/"):
+                    logger.experiment.add_scalar(name, value, global_step=trainer.global_step)
             writer.flush()
         else:
             logger.log_hyperparams(params)
@@ -73,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks = instantiate_group(cfg.get("callbacks")) + pruning_callbacks(cfg.monitor)
     loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
@@ -87,11 +99,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     final_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    diverged = _diverged(trainer.callback_metrics, cfg.monitor)
+    # Before testing: loading the best checkpoint rewinds the History callback to that epoch.
+    history = next((c for c in callbacks if isinstance(c, History)), None)
+    diagnosis = _diagnose(history, datamodule) if history and not diverged else None
     tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
     test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
 
     metrics: dict[str, Any] = {
-        "status": "completed",
+        "status": "failed" if diverged else "completed",
+        **({"error": f"diverged: {diverged} at epoch {trainer.current_epoch}; lower optimizer.lr"} if diverged else {}),
         "experiment": cfg.get("name"),
         "epochs": trainer.current_epoch,
         "fit_seconds": round(fit_seconds, 3),
@@ -100,6 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": str(Path(best_path).relative_to(run_dir)) if best_path else None,
         "val": final_val,
         "test": test_metrics,
+        "diagnosis": diagnosis.as_dict() if diagnosis else None,
     }
     hparam_metrics = {f"best/{cfg.monitor.replace('/', '_')}": metrics["best"], **test_metrics}
     _log_hyperparameters(trainer, cfg, {k: v for k, v in hparam_metrics.items() if v is not None})
@@ -107,7 +125,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json(run_dir / "metrics.json", metrics)
         summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items()))
         print(f"{cfg.get('name')}: {summary} | epochs={metrics['epochs']} fit={fit_seconds:.1f}s | {run_dir}")
+        if diagnosis:
+            print(diagnosis.message)
     return metrics
+
+
+def _diverged(values: dict[str, Any], monitor: str) -> str | None:
+    """``'val/loss=nan'`` when the monitored value or the training loss ended non-finite, else None."""
+    for name in (monitor, "train/loss"):
+        if name in values and not math.isfinite(float(values[name])):
+            return f"{name}={float(values[name])}"
+    return None
+
+
+def _diagnose(history: History, datamodule: Any) -> Diagnosis | None:
+    spec = datamodule.spec
+    targets = datamodule.train_set[1] if datamodule.train_set is not None else None
+    if targets is None or spec.task not in ("classification", "regression"):
+        return None
+    return diagnose(history.rows, trivial_loss(spec.task, targets, spec.num_classes))
 
 
 def _discard_or_mark_failed(run_dir: Path, err: BaseException) -> None:
@@ -126,11 +162,33 @@ def _discard_or_mark_failed(run_dir: Path, err: BaseException) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @user_errors_exit
 def _main(cfg: DictConfig) -> float | None:
+    """The objective of a sweep: the best monitored value, or None for a failed or pruned trial.
+
+    In a multirun a failing trial is recorded (``metrics.json`` status ``failed`` with the reason)
+    and the sweep goes on; a single run still exits non-zero.
+    """
+    run_dir = Path(cfg.paths.output_dir)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
+    except TrialPruned as err:
+        write_json(run_dir / "metrics.json", {"status": "pruned", "error": str(err)})
+        print(f"pruned: {err} | {run_dir}")
+        return None
     except Exception as err:
-        _discard_or_mark_failed(Path(cfg.paths.output_dir), err)
-        raise
+        _discard_or_mark_failed(run_dir, err)
+        if not multirun:
+            raise
+        reason = describe(err)
+        if reason is None:  # a bug, not a setting: keep its traceback in the run's log
+            log.exception("trial failed; the sweep goes on")
+        print(f"failed: {reason or f'{type(err).__name__}: {err}'} | {run_dir}")
+        return None
+    if metrics["status"] == "failed":
+        if not multirun:
+            raise UserError(f"{metrics['error']} (run directory {run_dir})")
+        print(f"failed: {metrics['error']} | {run_dir}")
+        return None
     return metrics["best"]
 
 

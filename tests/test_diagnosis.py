@@ -1,0 +1,89 @@
+"""The verdict on a run's learning curves, from real trainings on small MNIST slices."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from experiments.diagnosis import diagnose, trivial_loss
+from experiments.train import train
+
+# 300 training and 300 validation images: seconds per epoch, and small enough to memorise.
+SLICE = ["experiment=mnist_mlp", "data.train_limit=600", "data.val_size=300", "logger=none",
+         "callbacks.history.verbose=false"]
+
+
+def _run(compose_train: Callable[..., DictConfig], *overrides: str) -> dict:
+    cfg = compose_train(*overrides)
+    metrics = train(cfg)
+    on_disk = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert on_disk["diagnosis"] == metrics["diagnosis"]
+    assert (Path(cfg.paths.output_dir) / "learning_curves.png").is_file()
+    return metrics["diagnosis"]
+
+
+def test_long_unregularised_mlp_on_a_small_slice_is_overfitting(compose_train, capsys) -> None:
+    diagnosis = _run(compose_train, *SLICE, "trainer.max_epochs=20")
+    assert diagnosis["verdict"] == "overfitting", diagnosis
+    assert diagnosis["trivial_loss"] == pytest.approx(math.log(10), rel=0.02)  # ~balanced digits
+    for remedy in ("dropout", "weight decay", "early stopping", "augmentation"):
+        assert remedy in diagnosis["message"]
+    assert diagnosis["message"] in capsys.readouterr().out
+
+
+def test_one_hidden_unit_for_one_epoch_is_underfitting(compose_train, capsys) -> None:
+    diagnosis = _run(compose_train, *SLICE, "model.hidden=[1]", "trainer.max_epochs=1")
+    assert diagnosis["verdict"] == "underfitting", diagnosis
+    for remedy in ("capacity", "more epochs", "less regularisation"):
+        assert remedy in diagnosis["message"]
+    assert diagnosis["message"] in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_mnist_mlp_preset_is_fine(compose_train) -> None:
+    diagnosis = _run(compose_train, "experiment=mnist_mlp", "logger=none", "callbacks.history.verbose=false")
+    assert diagnosis["verdict"] == "fine", diagnosis
+
+
+def test_validation_loss_turning_up_while_training_loss_falls_is_overfitting() -> None:
+    # The rule itself, on a curve shaped like the textbook picture (a real run shows the gap rule above).
+    train_loss = [2.0, 1.0, 0.6, 0.4, 0.25, 0.15, 0.1, 0.05]
+    val_loss = [2.0, 1.1, 0.8, 0.75, 0.8, 0.9, 1.0, 1.1]
+    rows = [{"epoch": i + 1, "train/loss": t, "val/loss": v} for i, (t, v) in enumerate(zip(train_loss, val_loss))]
+    verdict = diagnose(rows, baseline=2.3)
+    assert verdict.verdict == "overfitting" and "turned up from 0.75 (epoch 4) to 1.1" in verdict.reason
+    close = [{**row, "val/loss": row["train/loss"] + 0.05} for row in rows]
+    assert diagnose(close, baseline=2.3).verdict == "fine"
+
+
+def test_trivial_loss_is_label_entropy_or_target_variance() -> None:
+    assert trivial_loss("classification", torch.tensor([0, 1, 1, 0]), 2) == pytest.approx(math.log(2))
+    assert trivial_loss("classification", torch.tensor([0, 0, 0, 1]), 2) == pytest.approx(
+        -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    )
+    assert trivial_loss("regression", torch.tensor([[2.0], [4.0], [6.0], [8.0]])) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
+def test_every_model_takes_the_regularisation_knobs_from_config(compose_train, model: str) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from experiments.config import build, instantiate_group
+
+    cfg = compose_train(
+        "~experiment", "data=mnist", f"model={model}", "model.dropout=0.3", "optimizer=adamw",
+        "optimizer.weight_decay=0.05", "callbacks=early_stopping", "data.augment=true",
+    )
+    datamodule, task = build(cfg)
+    assert datamodule.augment is True
+    rates = [m.p for m in task.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates and set(rates) == {0.3}
+    optimizer = task.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.05
+    assert any(isinstance(c, EarlyStopping) and c.monitor == "val/loss" for c in instantiate_group(cfg.callbacks))

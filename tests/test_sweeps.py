@@ -1,0 +1,256 @@
+"""Sweeps from the command line, as a user runs them: grid, TPE with resume after a kill, failures, pruning."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from experiments.summarize import main as summarize_main
+from conftest import REPO, run_cli
+
+QUIET = ["callbacks.history.verbose=false", "logger=none"]
+
+
+def _rows(sweep: Path) -> list[dict[str, str]]:
+    with open(sweep / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _study(sweep: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'optuna.db'}")
+
+
+def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tensorboard_root(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    result = run_cli(
+        "train", "-m", "experiment=xor", "seed=0,1", "trainer.max_epochs=5",
+        "callbacks.history.verbose=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(sweep)
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    best = [float(r["best val/loss"]) for r in rows]
+    assert best == sorted(best)
+    assert {r["overrides"] for r in rows} == {f"experiment=xor seed={s} trainer.max_epochs=5 "
+                                               "callbacks.history.verbose=False" for s in (0, 1)}
+    assert all(r["epochs"] == "5" and float(r["seconds"]) > 0 for r in rows)
+    md = (sweep / "summary.md").read_text()
+    mean = sum(best) / 2
+    assert f"{mean:.4g} ± " in md.split("mean ± std")[1]
+    winner = OmegaConf.load(sweep / "best.yaml")
+    assert winner.command == f"python -m experiments.train {rows[0]['overrides']}"
+    assert winner.best == pytest.approx(best[0])
+
+    # The summary is rebuilt from the run directories alone.
+    before = (sweep / "summary.csv").read_text()
+    (sweep / "summary.csv").unlink()
+    summarize_main([str(sweep)])
+    assert (sweep / "summary.csv").read_text() == before
+
+    # One log root: every run's HPARAMS entry (seed, best val/loss and test metrics) under the sweep dir.
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(sweep))
+    mux.Reload()
+    seeds = {}
+    for run, tags in mux.PluginRunToTagToContent("hparams").items():
+        start = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"])
+        seeds[run] = start.session_start_info.hparams["seed"].number_value
+        logged = {tag: mux.Scalars(run, tag)[-1].value for tag in ("best/val_loss", "test/loss", "test/acc")}
+        metrics = json.loads((sweep / Path(run).parent / "metrics.json").read_text())
+        assert logged["best/val_loss"] == pytest.approx(metrics["best"])
+        assert logged["test/acc"] == pytest.approx(metrics["test"]["test/acc"])
+    assert sorted(seeds.values()) == [0, 1] and len(seeds) == 2
+
+
+def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(tmp_path: Path) -> None:
+    sweep = tmp_path / "failures"
+    # lr=-1 raises when the optimizer is built; lr=1e38 overflows float32 to NaN within two epochs.
+    result = run_cli(
+        "train", "-m", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38,-1,0.5", "trainer.max_epochs=6",
+        *QUIET, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {r["overrides"].split("optimizer.lr=")[1].split()[0]: r for r in _rows(sweep)}
+    assert rows["0.5"]["status"] == "completed" and float(rows["0.5"]["best val/loss"]) < 1
+    assert rows["-1"]["status"] == "failed"
+    assert "Invalid learning rate: -1" in rows["-1"]["error"]
+    assert rows["1e+38"]["status"] == "failed"
+    assert rows["1e+38"]["error"].startswith("diverged: ") and "nan" in rows["1e+38"]["error"]
+    assert [r["status"] for r in _rows(sweep)] == ["completed", "failed", "failed"]
+    # A single run that fails still exits non-zero, with the reason on one line.
+    single = run_cli("train", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38", "trainer.max_epochs=3",
+                     *QUIET, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
+    assert single.returncode == 2 and "error: diverged: " in single.stderr
+
+
+def _tpe_command(sweep: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "experiments.train", "-m", "experiment=xor", "hparams_search=xor_tpe",
+        "trainer.max_epochs=5", *QUIET, f"hydra.sweep.dir={sweep}", *extra,
+    ]
+
+
+def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_trial_twice(tmp_path: Path) -> None:
+    sweep = tmp_path / "tpe"
+    command = _tpe_command(sweep)  # 12 trials, 2 worker processes (conf/hparams_search/xor_tpe.yaml)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    done_before: dict[str, str] = {}
+    try:
+        while time.monotonic() < deadline and first.poll() is None:
+            finished = sorted(sweep.glob("*/metrics.json"))
+            in_flight = [d for d in sweep.glob("*/config.yaml") if not (d.parent / "metrics.json").exists()]
+            if len(finished) >= 4 and in_flight:  # kill it mid-trial
+                done_before = {str(p.parent.name): p.read_text() for p in finished}
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the sweeper and its workers, mid-trial
+        first.wait()
+    assert first.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
+    assert 4 <= len(done_before) < 12
+    interrupted = [t for t in _study(sweep, "xor_tpe").trials if t.state.name == "RUNNING"]
+    assert interrupted
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    trials = _study(sweep, "xor_tpe").trials
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 12
+    retried = [t for t in trials if t.user_attrs.get("fail_reason", "").startswith("interrupted")]
+    assert len(retried) == len(interrupted)  # only the killed trials ran again...
+    assert sorted(t.number for t in retried) == sorted(t.number for t in interrupted)
+    # ...and the trials finished before the kill were left as they were.
+    for name, text in done_before.items():
+        assert (sweep / name / "metrics.json").read_text() == text
+    rows = _rows(sweep)
+    assert len(rows) == 12 and {r["status"] for r in rows} <= {"completed", "pruned"}
+    assert {r["run"] for r in rows} == {str(t.number) for t in finished}
+    # Finished: the same command again has nothing left to run.
+    third = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0 and len(_study(sweep, "xor_tpe").trials) == len(trials)
+
+
+def test_median_pruner_stops_an_absurd_learning_rate_early(tmp_path: Path) -> None:
+    sweep = tmp_path / "pruning"
+    sweep.mkdir()
+    # The study exists before the sweep (as a resumed one would): two sane trials, then lr=1000.
+    study = optuna.create_study(study_name="prune", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    for lr in ("0.05", "0.05", "1000"):
+        study.enqueue_trial({"optimizer.lr": lr})
+    epochs = 12
+    result = run_cli(
+        "train", "-m", "experiment=xor", "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune",
+        "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=2",
+        "optimizer.lr=choice(0.05,1000)", f"trainer.max_epochs={epochs}", *QUIET, f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [t.state.name for t in _study(sweep, "prune").trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
+    pruned = json.loads((sweep / "2" / "metrics.json").read_text())
+    assert (sweep / "2" / "learning_curves.png").is_file()
+    assert pruned["status"] == "pruned" and pruned["error"].startswith("pruned at epoch 3:")
+    with open(sweep / "2" / "history.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3 < epochs
+    assert [r["status"] for r in _rows(sweep)] == ["completed", "completed", "pruned"]
+
+
+def test_slurm_launcher_config_says_what_it_would_submit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["experiment=xor", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                       "hydra.launcher.timeout_min=90", f"hydra.sweep.dir={tmp_path}"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    # What the launcher hands to submitit, rendered into the sbatch script submitit would submit.
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    # submitit looks for srun before it builds a SLURM executor; a stand-in lets it build one here.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    params = OmegaConf.to_container(launcher, resolve=False)
+    params.pop("_target_")
+    params["name"] = "train"
+    params["submitit_folder"] = str(tmp_path / ".submitit" / "%j")
+    executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster="slurm")
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    params.pop("max_num_timeout")
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = _make_sbatch_string(command="python -m experiments.train", folder=str(tmp_path), **executor._executor.parameters)
+    for line in ("--partition=gpu", "--nodes=1", "--gpus-per-node=1", "--time=90", "--cpus-per-task=8",
+                 "--mem=32GB", "--ntasks-per-node=1", "--job-name=train"):
+        assert f"#SBATCH {line}\n" in script, script
+
+
+@pytest.mark.parametrize(
+    ("search", "sampler"),
+    [("xor_tpe", optuna.samplers.TPESampler), ("xor_random", optuna.samplers.RandomSampler),
+     ("mnist_tpe", optuna.samplers.TPESampler)],
+)
+def test_search_configs_compose_into_a_sampler_a_stable_sweep_dir_and_a_search_space(search: str, sampler: type) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from experiments.config import CONFIG_DIR
+
+    experiment = "mnist_mlp" if search.startswith("mnist") else "xor"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"hparams_search={search}"],
+                      return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert isinstance(instantiate(sweeper.sampler), sampler)
+    assert isinstance(instantiate(sweeper.pruner), optuna.pruners.MedianPruner)
+    # Derived from the study name, not the time: the same command finds the same study again.
+    assert cfg.hydra.sweep.dir == f"outputs/{experiment}/sweeps/{sweeper.study_name}"
+    assert "optimizer.lr" in sweeper.params
+
+
+def test_summarize_names_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
+    result = run_cli("summarize", str(tmp_path / "nowhere"), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: sweep directory not found: {tmp_path / 'nowhere'}; pass the folder of a multirun"
+    empty = run_cli("summarize", str(tmp_path), cwd=tmp_path, timeout=60)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: no run directories in ")
+    assert not (tmp_path / "summary.csv").exists()
+
+
+def test_optuna_sweeper_without_a_search_space_says_so_and_writes_nothing(tmp_path: Path) -> None:
+    sweep = tmp_path / "nothing"
+    result = run_cli("train", "-m", "experiment=xor", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: the optuna sweeper has nothing to search")
+    assert not sweep.exists()
