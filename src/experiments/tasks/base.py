@@ -89,7 +89,10 @@ class Task(L.LightningModule):
         self._train_count += batch_size
         # Logged from the last step rather than on_train_epoch_end, so that callbacks that read
         # the epoch's metrics in their own on_train_epoch_end (History) see them.
-        if self.trainer.is_last_batch:
+        # is_last_batch alone misses the end of an epoch cut short by limit_train_batches or
+        # overfit_batches, where the loader still has batches left.
+        started = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if self.trainer.is_last_batch or started >= self.trainer.num_training_batches:
             self._log_train_epoch()
 
     def _log_train_epoch(self) -> None:
