@@ -15,6 +15,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from typeguard import TypeCheckError, check_type
 
+from experiments.checkpoints import run_directory
 from experiments.data.base import InMemoryDataModule
 from experiments.errors import UserError, suggest
 from experiments.tasks import Task, task_for
@@ -30,6 +31,8 @@ OmegaConf.register_new_resolver(
     lambda: str(PROJECT_ROOT if (PROJECT_ROOT / "conf").is_dir() else Path.cwd()),
     replace=True,
 )
+# hydra.run.dir: a fresh directory, or the run that resume=latest|<run dir> continues.
+OmegaConf.register_new_resolver("run_dir", run_directory, replace=True)
 
 # Keys filled in by the entry point from the data module, never by the user.
 _SUPPLIED = {"input_shape", "output_shape", "params", "optimizer", "self", "callbacks", "logger"}

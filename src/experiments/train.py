@@ -19,8 +19,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.callbacks import NonFiniteError
+from experiments.checkpoints import checkpoint_to_resume, load_weights, read_checkpoint
 from experiments.config import CONFIG_DIR, build, build_trainer, check_config, instantiate_group
-from experiments.errors import describe, run_cli
+from experiments.distributed import ddp_job
+from experiments.errors import UserError, describe, run_cli
 from experiments.runs import save_config, write_json
 
 
@@ -66,22 +69,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)
+    resume_from = checkpoint_to_resume(cfg, run_dir)
+    if resume_from is not None:
+        # Refuse a missing, unsafe or mismatched checkpoint in one line, before anything is written.
+        load_weights(task, read_checkpoint(resume_from), resume_from, "the model of this config")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         save_config(cfg, run_dir)
 
-    started = time.perf_counter()
-    # Resuming from a checkpoint of our own run: full state (optimizer, loops, loader position).
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
-    fit_seconds = time.perf_counter() - started
+    with ddp_job(trainer):
+        started = time.perf_counter()
+        # The full state (optimizer, loops, random state, loader position), read with
+        # weights_only=True like every checkpoint: a checkpoint can never run code.
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        fit_seconds = time.perf_counter() - started
 
-    checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
-    best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
-    final_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
-    test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+        checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+        best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+        final_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
+        test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
 
     metrics: dict[str, Any] = {
         "status": "completed",
@@ -103,8 +112,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _discard_or_mark_failed(run_dir: Path, err: BaseException) -> None:
+def _discard_or_mark_failed(run_dir: Path, err: BaseException, resuming: bool = False) -> None:
     """Leave nothing that looks like a result: an untouched single run goes, anything else is marked."""
+    if resuming and isinstance(err, UserError) and not isinstance(err, NonFiniteError):
+        return  # a resume refused before it started leaves the run it named as it was
     single_run = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
     # Only Hydra's own files: the run never started, so there is nothing to keep. Never delete a
     # directory that holds anything else (hydra.run.dir may point at a user's folder).
@@ -121,7 +132,7 @@ def _main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception as err:
-        _discard_or_mark_failed(Path(cfg.paths.output_dir), err)
+        _discard_or_mark_failed(Path(cfg.paths.output_dir), err, resuming=bool(cfg.get("resume")))
         raise
     return metrics["best"]
 

@@ -18,6 +18,11 @@ class InMemoryLoader:
     Under DDP each rank takes a disjoint, equally long shard of that permutation (the last
     ``len % world_size`` samples of a shuffled epoch are dropped), so every rank runs the same
     number of batches.
+
+    Each ``iter()`` starts the next epoch. Lightning asks a loader that has a length for a batch
+    only when it trains on it (no prefetching) and stops at ``len()`` without exhausting the
+    iterator, so the position is counted as batches are handed out, and :meth:`state_dict` taken
+    in a checkpoint says exactly how many batches of which epoch the model has seen.
     """
 
     def __init__(
@@ -45,6 +50,8 @@ class InMemoryLoader:
         self.world_size = world_size
         self.epoch = 0
         self._batches_done = 0
+        self._started = False  # whether an iteration of ``self.epoch`` has begun
+        self._resume_at: int | None = None
 
     @property
     def num_samples(self) -> int:
@@ -57,7 +64,8 @@ class InMemoryLoader:
         return -(-self.num_samples // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Make the next ``iter()`` run ``epoch`` from its start."""
+        self.epoch, self._started, self._resume_at = epoch, False, None
 
     def _indices(self) -> torch.Tensor | None:
         """This rank's sample order for the current epoch, or None for the plain order 0..n-1."""
@@ -72,22 +80,32 @@ class InMemoryLoader:
         return order[self.rank : self.num_samples * self.world_size : self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self._resume_at is not None:
+            start, self._resume_at = self._resume_at, None
+        else:
+            if self._started:
+                self.epoch += 1
+            start = 0
+        self._started = True
+        self._batches_done = start
         indices = self._indices()
-        for batch in range(self._batches_done, len(self)):
-            start = batch * self.batch_size
-            stop = min(start + self.batch_size, self.num_samples)
-            if indices is None:
-                yield tuple(t[start:stop] for t in self.tensors)
-            else:
-                chosen = indices[start:stop].to(self.tensors[0].device)
-                yield tuple(t[chosen] for t in self.tensors)
+        for batch in range(start, len(self)):
+            begin = batch * self.batch_size
+            stop = min(begin + self.batch_size, self.num_samples)
             self._batches_done = batch + 1
-        self._batches_done = 0
-        self.epoch += 1
+            if indices is None:
+                yield tuple(t[begin:stop] for t in self.tensors)
+            else:
+                chosen = indices[begin:stop].to(self.tensors[0].device)
+                yield tuple(t[chosen] for t in self.tensors)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batches_done": self._batches_done}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
-        self._batches_done = int(state["batches_done"])
+        """Continue where ``state`` was taken: inside its epoch, or with the next one if it was complete."""
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= len(self):
+            self.set_epoch(epoch + 1)
+        else:
+            self.epoch, self._started, self._resume_at = epoch, True, done
