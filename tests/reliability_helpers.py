@@ -6,8 +6,12 @@ Importable by the runs a test starts: the tests add this folder to PYTHONPATH.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -78,3 +82,73 @@ class KillAt(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: object) -> None:
         self._maybe_kill(trainer, "train_epoch_start")
+
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a run started by a test: the sources and this folder on the path."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("HYDRA_FULL_ERROR", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(HERE), env.get("PYTHONPATH", "")])
+    return env
+
+
+def start(module: str, *args: str, cwd: Path) -> subprocess.Popen[str]:
+    """Start ``python -m experiments.<module> args...`` without waiting for it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"experiments.{module}", *args],
+        cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def run(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m experiments.<module> args...`` to the end, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", f"experiments.{module}", *args],
+        cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def call_cli(module: str, *args: str) -> tuple[int, str, str]:
+    """Run an entry point in this process exactly as its console script does (``run_cli`` around
+    the Hydra main, ``sys.argv`` as typed): returns the exit code, stdout and stderr."""
+    import contextlib
+    import importlib
+    import io
+
+    from experiments.errors import run_cli
+
+    entry = importlib.import_module(f"experiments.{module}")
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [f"experiments.{module}", *args]
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_cli(entry._main)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+    return code, out.getvalue(), err.getvalue()
+
+
+def completed_results(root: Path) -> list[Path]:
+    """Every metrics.json under ``root`` that claims a completed run."""
+    found = []
+    for path in root.rglob("metrics.json"):
+        try:
+            if json.loads(path.read_text()).get("status") == "completed":
+                found.append(path)
+        except ValueError:
+            found.append(path)  # half a file posing as a result counts too
+    return found

@@ -29,7 +29,7 @@ def describe(err: BaseException) -> str | None:
         OverrideParseException,
     )
     from lightning.fabric.utilities.exceptions import MisconfigurationException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     if isinstance(err, UserError):
         return str(err)
@@ -39,6 +39,9 @@ def describe(err: BaseException) -> str | None:
         if isinstance(cause, UserError):
             return str(cause)
         cause = cause.__cause__ or cause.__context__
+    if isinstance(err, MissingMandatoryValue):
+        key = getattr(err, "full_key", None) or "a value"
+        return f"{key} is required: pass {key}=..."
     if isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting
         return _first_line(err)
     if isinstance(err, OSError) and err.filename:
@@ -94,6 +97,26 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
+class _HoldHydraJobLine:
+    """stderr, except that Hydra's "Error executing job with overrides: [...]" line is held back:
+    a user error gets one line of ours instead, a bug gets the held line back with its traceback."""
+
+    PREFIX = "Error executing job with overrides:"
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.held: list[str] = []
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.PREFIX):
+            self.held.append(text)
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def run_cli(hydra_main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function and turn user errors into one line on stderr and exit code 2.
 
@@ -102,11 +125,18 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
     """
     wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    stderr = sys.stderr
+    held = _HoldHydraJobLine(stderr)
+    sys.stderr = held
     try:
         hydra_main()
     except Exception as err:
         message = None if wants_trace else describe(err)
+        sys.stderr = stderr
         if message is None:
+            stderr.write("".join(held.held))
             raise
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        sys.stderr = stderr
