@@ -212,7 +212,7 @@ class FiniteGuard(Callback):
 
         if not torch.isfinite(loss).all():
             raise NonFiniteError(
-                f"loss became {float(loss)} at step {trainer.global_step + 1} "
+                f"loss became {float(loss.detach())} at step {trainer.global_step + 1} "
                 f"(epoch {trainer.current_epoch + 1}); stopped without updating the weights; "
                 f"{_last_good(trainer)}; lower optimizer.lr or set trainer.gradient_clip_val=1.0"
             )
