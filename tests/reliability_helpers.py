@@ -101,15 +101,21 @@ def start(module: str, *args: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", f"experiments.{module}", *args],
         cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, so that a test can end it with its children
     )
 
 
 def run(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m experiments.<module> args...`` to the end, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", f"experiments.{module}", *args],
-        cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout,
-    )
+    """Run ``python -m experiments.<module> args...`` to the end, as a user would. On a timeout
+    the whole process group goes, DDP children included."""
+    process = start(module, *args, cwd=cwd)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def call_cli(module: str, *args: str) -> tuple[int, str, str]:

@@ -104,8 +104,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "test": test_metrics,
     }
     hparam_metrics = {f"best/{cfg.monitor.replace('/', '_')}": metrics["best"], **test_metrics}
-    _log_hyperparameters(trainer, cfg, {k: v for k, v in hparam_metrics.items() if v is not None})
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # other ranks' loggers are stand-ins without a writer
+        _log_hyperparameters(trainer, cfg, {k: v for k, v in hparam_metrics.items() if v is not None})
         write_json(run_dir / "metrics.json", metrics)
         summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items()))
         print(f"{cfg.get('name')}: {summary} | epochs={metrics['epochs']} fit={fit_seconds:.1f}s | {run_dir}")
