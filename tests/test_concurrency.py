@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from reliability_helpers import start
 
 # The time in the directory names is cut to the day, so that the runs certainly share it and only
@@ -14,6 +16,7 @@ SAME_TIME = "${now:%Y-%m-%d}_${pid:}"
 XOR = ["experiment=xor", "trainer.max_epochs=2"]
 
 
+@pytest.mark.slow  # four commands at once, six runs
 def test_runs_and_sweeps_started_together_never_share_files(tmp_path: Path) -> None:
     processes = [
         start("train", *XOR, f"seed={seed}", f"hydra.run.dir=outputs/xor/runs/{SAME_TIME}", cwd=tmp_path)

@@ -8,6 +8,7 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 from reliability_helpers import completed_results, run
@@ -23,7 +24,6 @@ BLOBS = [
     "model.dropout=0.2",
     "trainer.max_epochs=6",
     "checkpoint_every_n_steps=5",
-    "logger=none",
 ]
 KILL = "+callbacks.kill._target_=reliability_helpers.KillAt"
 # Where the three runs die (SIGKILL from within, at a fixed point, so the test is repeatable):
@@ -42,6 +42,7 @@ def _history(run_dir: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
+@pytest.mark.slow  # five real runs, about 35 s of CPU time
 def test_killed_three_times_and_resumed_ends_bit_identical(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     assert run("train", *BLOBS, f"hydra.run.dir={reference}", cwd=tmp_path).returncode == 0
@@ -74,6 +75,16 @@ def test_killed_three_times_and_resumed_ends_bit_identical(tmp_path: Path) -> No
     assert metrics[0]["test"] == metrics[1]["test"] and metrics[0]["best"] == metrics[1]["best"]
     assert [r["val/loss"] for r in _history(reference)] == [r["val/loss"] for r in _history(resumed)]
     assert len(_history(resumed)) == 6
+    # One TensorBoard run, whose validation curve has each step once, as the reference has.
+    assert _scalars(resumed, "val/loss") == _scalars(reference, "val/loss")
+
+
+def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:

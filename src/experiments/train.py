@@ -72,9 +72,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume_from = checkpoint_to_resume(cfg, run_dir)
     if resume_from is not None:
         # Refuse a missing, unsafe or mismatched checkpoint in one line, before anything is written.
-        load_weights(task, read_checkpoint(resume_from), resume_from, "the model of this config")
+        resumed = read_checkpoint(resume_from)
+        load_weights(task, resumed, resume_from, "the model of this config")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    for logger in loggers:
+        if resume_from is not None and isinstance(logger, TensorBoardLogger):
+            # TensorBoard hides what the interrupted run logged after its checkpoint, so the curves
+            # of the resumed run carry on without doubled points. (Passed through to SummaryWriter.)
+            logger._kwargs.setdefault("purge_step", int(resumed.get("global_step", 0)))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         save_config(cfg, run_dir)

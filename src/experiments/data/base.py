@@ -42,6 +42,12 @@ class InMemoryDataModule(L.LightningDataModule):
         rank, world_size = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
+        device = self.trainer.strategy.root_device if self.trainer else None
+        if device is not None and device.type == "cuda" and split[0].device != device:
+            # Copied to the GPU once, so that every batch is a slice of GPU memory rather than
+            # a copy from the host each step.
+            split = (split[0].to(device), split[1].to(device))
+            setattr(self, {"train": "train_set", "validation": "val_set", "test": "test_set"}[name], split)
         return InMemoryLoader(
             *split,
             batch_size=self.batch_size if train else self.eval_batch_size,
