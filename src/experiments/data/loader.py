@@ -44,7 +44,14 @@ class InMemoryLoader:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
-        self._batches_done = 0
+        self._position = (0, 0)  # (epoch, batches handed out) of the current iteration
+        self._resume: tuple[int, int] | None = None
+        # Lightning calls ``dataloader.sampler.set_epoch(epoch)`` at the start of every training
+        # epoch (meant for a DistributedSampler). Being our own sampler, the epoch counter follows
+        # the trainer's, including after resuming from a checkpoint taken at an epoch's end, where
+        # Lightning restores no loader state.
+        self.sampler = self
+        self.batch_sampler = None
 
     @property
     def num_samples(self) -> int:
@@ -59,13 +66,13 @@ class InMemoryLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _indices(self) -> torch.Tensor | None:
-        """This rank's sample order for the current epoch, or None for the plain order 0..n-1."""
+    def _indices(self, epoch: int) -> torch.Tensor | None:
+        """This rank's sample order for ``epoch``, or None for the plain order 0..n-1."""
         n = len(self.tensors[0])
         if not self.shuffle and self.world_size == 1:
             return None
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
@@ -73,8 +80,18 @@ class InMemoryLoader:
         return order[self.rank : self.num_samples * self.world_size : self.world_size].to(self.tensors[0].device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        indices = self._indices()
-        for batch in range(self._batches_done, len(self)):
+        epoch = self.epoch
+        # A restored mid-epoch position applies only to the epoch it was saved in: Lightning
+        # restores the state of a checkpoint taken at an epoch's end too, then starts the next
+        # epoch with set_epoch.
+        first = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
+        self._resume = None
+        # The next iteration is the next epoch, also when the consumer stops after len(self)
+        # batches without exhausting this generator (Lightning's prefetcher does).
+        self.epoch = epoch + 1
+        self._position = (epoch, first)
+        indices = self._indices(epoch)
+        for batch in range(first, len(self)):
             start = batch * self.batch_size
             stop = min(start + self.batch_size, self.num_samples)
             if indices is None:
@@ -82,13 +99,15 @@ class InMemoryLoader:
             else:
                 chosen = indices[start:stop]
                 yield tuple(t[chosen] for t in self.tensors)
-            self._batches_done = batch + 1
-        self._batches_done = 0
-        self.epoch += 1
+            # Reached when the next batch is asked for: with Lightning's one-batch prefetch that
+            # is while batch `batch` is trained on, so a checkpoint taken after it resumes at the
+            # batch that follows.
+            self._position = (epoch, batch + 1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batches_done": self._batches_done}
+        epoch, batches_done = self._position
+        return {"epoch": epoch, "batches_done": batches_done}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
-        self._batches_done = int(state["batches_done"])
+        self._resume = (self.epoch, int(state["batches_done"]))
