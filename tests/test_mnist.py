@@ -137,7 +137,7 @@ SLICE = ["data.train_limit=3000", "data.val_size=500", "logger=none", "callbacks
     ("experiment", "extra", "floor"),
     [
         ("mnist_mlp", ["trainer.max_epochs=2"], 0.80),
-        ("mnist_cnn", ["trainer.max_epochs=2", "data.batch_size=64"], 0.80),
+        ("mnist_cnn", ["trainer.max_epochs=2", "data.batch_size=64", "model.channels=[8,16]", "model.dense_size=32"], 0.80),
         ("mnist_lstm", ["trainer.max_epochs=2", "data.batch_size=32", "model.hidden_size=64"], 0.50),
     ],
 )
@@ -154,23 +154,27 @@ def test_resuming_from_the_last_checkpoint_equals_training_straight_through(tmp_
     from conftest import compose_config
     from experiments.train import train
 
-    common = ["experiment=mnist_mlp", *SLICE]
-    straight = train(compose_config("train", [*common, "trainer.max_epochs=5"], tmp_path / "straight"))
-    train(compose_config("train", [*common, "trainer.max_epochs=2"], tmp_path / "first"))
+    common = ["experiment=mnist_mlp", *SLICE, "data.train_limit=1200", "data.val_size=200", "model.hidden=[32]"]
+    straight = train(compose_config("train", [*common, "trainer.max_epochs=3"], tmp_path / "straight"))
+    train(compose_config("train", [*common, "trainer.max_epochs=1"], tmp_path / "first"))
     resumed = train(
         compose_config(
             "train",
-            [*common, "trainer.max_epochs=5", f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
+            [*common, "trainer.max_epochs=3", f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
             tmp_path / "resumed",
         )
     )
-    assert resumed["epochs"] == straight["epochs"] == 5
+    assert resumed["epochs"] == straight["epochs"] == 3
     assert resumed["test"] == straight["test"] and resumed["best"] == straight["best"]
     weights = [
         torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
         for run in (tmp_path / "straight", tmp_path / "resumed")
     ]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # Every epoch trains on every batch: Lightning stops after len(loader) batches without
+    # exhausting the loader's generator, and the next epoch must still start at its first batch.
+    checkpoint = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 3 * -(-1000 // 32)
 
 
 @pytest.mark.slow
