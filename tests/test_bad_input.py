@@ -9,12 +9,15 @@ case's own folder, ``{run}`` a finished XOR run, ``{ckpt}`` its best checkpoint.
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import MNIST_DIR
 from reliability_helpers import call_cli, completed_results, run
 
 # (id, entry point, arguments, words the error line must contain, through a subprocess)
@@ -62,6 +65,12 @@ CASES = [
     # bad input files
     ("predict-missing-inputs", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/none.csv"], ["inputs file not found"], False),
     ("predict-wrong-columns", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/three.csv"], ["should hold 2 numbers"], True),
+    # damaged data files (found when the data module reads them, once the trainer has started:
+    # on the command line Lightning's start-up lines come first, the error line is the last)
+    ("mnist-missing-file", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_missing}"], ["is missing"], False),
+    ("mnist-truncated-gzip", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_truncated}"],
+     ["corrupt or truncated"], False),
+    ("mnist-wrong-magic", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_magic}"], ["magic number"], False),
     # an output directory that cannot be written
     ("unwritable-run-dir", "train", ["hydra.run.dir={tmp}/file/run"], ["cannot use", "hydra.run.dir="], True),
     ("unwritable-predictions", "predict", ["ckpt_path={ckpt}", "output={tmp}/file/p.csv"], ["cannot write", "output="], False),
@@ -92,6 +101,21 @@ def _prepare(tmp: Path, xor_run: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "plain.ckpt")
 
 
+DAMAGE = {
+    "mnist_missing": lambda p: p.unlink(),
+    "mnist_truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+    "mnist_magic": lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + gzip.decompress(p.read_bytes())[4:])),
+}
+
+
+def _damaged_mnist(tmp: Path, name: str) -> Path:
+    """A copy of the shipped MNIST files whose training labels are damaged as ``name`` says."""
+    folder = tmp / name
+    shutil.copytree(MNIST_DIR, folder)
+    DAMAGE[name](folder / "train-labels-idx1-ubyte.gz")
+    return folder
+
+
 def test_catalogue_has_at_least_20_cases() -> None:
     assert len(CASES) >= 20
     assert sum(case[4] for case in CASES) >= 6  # a good share through the real command line
@@ -104,9 +128,12 @@ def test_bad_input_is_refused_in_one_line(
 ) -> None:
     _prepare(tmp_path, xor_run)
     before = json.loads((xor_run / "metrics.json").read_text())
-    argv = [a.format(tmp=tmp_path, run=xor_run, ckpt=xor_run / "checkpoints" / "best.ckpt") for a in args]
+    damaged = {name: _damaged_mnist(tmp_path, name) for name in DAMAGE if any(f"{{{name}}}" in a for a in args)}
+    argv = [a.format(tmp=tmp_path, run=xor_run, ckpt=xor_run / "checkpoints" / "best.ckpt", **damaged) for a in args]
     if module == "train" and not any(a.startswith(("hydra.run.dir=", "resume=")) for a in argv):
         argv.append(f"hydra.run.dir={tmp_path}/out")
+    if module == "train" and not any(a.startswith("experiment=") for a in argv):
+        argv.insert(0, "experiment=xor")  # small and fast, and what the file names and shapes above assume
     monkeypatch.chdir(tmp_path)  # resume=latest looks for outputs/ here
     if cli:
         result = run(module, *argv, cwd=tmp_path)
@@ -117,7 +144,7 @@ def test_bad_input_is_refused_in_one_line(
     lines = stderr.strip().splitlines()
     assert code != 0
     assert "Traceback" not in stderr
-    if any(a.startswith("monitor=") for a in argv):
+    if any(a.startswith(("monitor=", "data.data_dir=")) for a in argv):
         # found only once training runs, after Lightning's own lines ("GPU available: ...")
         lines = [line for line in lines if line.startswith("error: ")]
     assert len(lines) == 1, stderr

@@ -210,7 +210,10 @@ class FiniteGuard(Callback):
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Any) -> None:
         import torch
 
-        if not torch.isfinite(loss).all():
+        bad = not bool(torch.isfinite(loss).all())
+        if trainer.world_size > 1:  # every rank stops at the same step, none waits for the others
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
             raise NonFiniteError(
                 f"loss became {float(loss.detach())} at step {trainer.global_step + 1} "
                 f"(epoch {trainer.current_epoch + 1}); stopped without updating the weights; "
@@ -221,7 +224,7 @@ class FiniteGuard(Callback):
         import torch
 
         bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
+        if bad:  # DDP keeps the weights equal on every rank, so every rank decides the same
             raise NonFiniteError(
                 f"weights became non-finite ({', '.join(bad[:3])}) by step {trainer.global_step} "
                 f"(epoch {trainer.current_epoch + 1}); stopped before writing them to a checkpoint; "

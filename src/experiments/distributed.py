@@ -10,6 +10,7 @@ directories and ranks that never meet (the known failing of the popular Lightnin
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,10 @@ def ddp_job(trainer: L.Trainer) -> Iterator[None]:
         hydra.run.dir = hydra.runtime.output_dir
     try:
         yield
+    except BaseException:
+        # A failed job's other ranks may wait forever in a collective: end them with it.
+        launcher.kill(signal.SIGKILL)
+        raise
     finally:
         sys.argv = saved_argv  # Hydra sets a fresh HydraConfig for every job, so run.dir can stay
         for process in launcher.procs:

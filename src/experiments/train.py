@@ -30,9 +30,14 @@ from experiments.runs import save_config, write_json
 def _hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     """The settings that tell runs apart, for TensorBoard's HPARAMS tab."""
     keys = ("data", "model", "optimizer", "scheduler", "task", "seed")
-    chosen = {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
-    chosen["trainer"] = {k: cfg.trainer.get(k) for k in ("max_epochs", "precision", "accelerator")}
-    plain = OmegaConf.to_container(OmegaConf.create(chosen), resolve=True)
+    # Each node is resolved where it sits, so interpolations such as ${paths.data_dir} still
+    # find the rest of the config.
+    plain = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in keys
+        if cfg.get(k) is not None
+    }
+    plain["trainer"] = {k: cfg.trainer.get(k) for k in ("max_epochs", "precision", "accelerator")}
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:

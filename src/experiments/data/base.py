@@ -42,12 +42,11 @@ class InMemoryDataModule(L.LightningDataModule):
         rank, world_size = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
-        device = self.trainer.strategy.root_device if self.trainer else None
-        if device is not None and device.type == "cuda" and split[0].device != device:
-            # Copied to the GPU once, so that every batch is a slice of GPU memory rather than
-            # a copy from the host each step.
-            split = (split[0].to(device), split[1].to(device))
-            setattr(self, {"train": "train_set", "validation": "val_set", "test": "test_set"}[name], split)
+        if self.trainer is not None:
+            # The whole split moves to the accelerator once; batches are then cut on the device and
+            # Lightning's per-batch transfer finds nothing to copy.
+            device = self.trainer.strategy.root_device
+            split = tuple(t.to(device) for t in split)  # type: ignore[assignment]
         return InMemoryLoader(
             *split,
             batch_size=self.batch_size if train else self.eval_batch_size,

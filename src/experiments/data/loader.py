@@ -52,6 +52,12 @@ class InMemoryLoader:
         self._batches_done = 0
         self._started = False  # whether an iteration of ``self.epoch`` has begun
         self._resume_at: int | None = None
+        # Lightning calls ``dataloader.sampler.set_epoch(epoch)`` at the start of every training
+        # epoch (meant for a DistributedSampler). Being our own sampler, the epoch counter follows
+        # the trainer's, also after resuming from a checkpoint taken at an epoch's end, where
+        # Lightning restores no loader state.
+        self.sampler = self
+        self.batch_sampler = None
 
     @property
     def num_samples(self) -> int:
@@ -64,20 +70,23 @@ class InMemoryLoader:
         return -(-self.num_samples // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next ``iter()`` run ``epoch`` from its start."""
+        """Make the next ``iter()`` run ``epoch`` from its start, unless it resumes inside it."""
+        if self._resume_at is not None and epoch == self.epoch:
+            return
         self.epoch, self._started, self._resume_at = epoch, False, None
 
-    def _indices(self) -> torch.Tensor | None:
-        """This rank's sample order for the current epoch, or None for the plain order 0..n-1."""
+    def _indices(self, epoch: int) -> torch.Tensor | None:
+        """This rank's sample order for ``epoch``, or None for the plain order 0..n-1."""
         n = len(self.tensors[0])
         if not self.shuffle and self.world_size == 1:
             return None
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
-        return order[self.rank : self.num_samples * self.world_size : self.world_size]
+        # Moved to the data's device once per epoch, not once per batch.
+        return order[self.rank : self.num_samples * self.world_size : self.world_size].to(self.tensors[0].device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if self._resume_at is not None:
@@ -88,7 +97,7 @@ class InMemoryLoader:
             start = 0
         self._started = True
         self._batches_done = start
-        indices = self._indices()
+        indices = self._indices(self.epoch)
         for batch in range(start, len(self)):
             begin = batch * self.batch_size
             stop = min(begin + self.batch_size, self.num_samples)
@@ -96,7 +105,7 @@ class InMemoryLoader:
             if indices is None:
                 yield tuple(t[begin:stop] for t in self.tensors)
             else:
-                chosen = indices[begin:stop].to(self.tensors[0].device)
+                chosen = indices[begin:stop]
                 yield tuple(t[chosen] for t in self.tensors)
 
     def state_dict(self) -> dict[str, Any]:

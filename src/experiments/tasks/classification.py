@@ -37,27 +37,36 @@ class ClassificationTask(Task):
             if self.binary
             else (lambda: torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro"))
         )
-        self.accuracy = nn.ModuleDict({f"{split}_acc": metric() for split in ("train", "val", "test")})
+        # Training accuracy is a plain tensor per batch (see Task.log_split); no metric object.
+        self.accuracy = nn.ModuleDict({f"{split}_acc": metric() for split in ("val", "test")})
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N,) for binary and (N, C) for multi-class classification."""
         out = self.model(x)
         return out.reshape(len(out)) if self.binary else out
 
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
     def loss_and_probabilities(
         self, logits: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.binary:
-            loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
-            return loss, torch.sigmoid(logits)
-        loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
-        return loss, logits.softmax(dim=-1)
+        probabilities = torch.sigmoid(logits) if self.binary else logits.softmax(dim=-1)
+        return self.loss(logits, target), probabilities
 
     def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, target = batch
-        loss, probabilities = self.loss_and_probabilities(self.logits(x), target)
-        accuracy = self.accuracy[f"{split}_acc"]
-        accuracy.update(probabilities.detach(), target)
+        logits = self.logits(x)
+        if split == "train":
+            loss = self.loss(logits, target)
+            predicted = logits.detach() >= 0 if self.binary else logits.detach().argmax(dim=-1)
+            accuracy: Any = (predicted == target).float().mean()
+        else:
+            loss, probabilities = self.loss_and_probabilities(logits, target)
+            accuracy = self.accuracy[f"{split}_acc"]
+            accuracy.update(probabilities.detach(), target)
         self.log_split(split, {"loss": loss, "acc": accuracy}, batch_size=len(x))
         return loss
 

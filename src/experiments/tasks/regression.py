@@ -22,7 +22,7 @@ class RegressionTask(Task):
     ) -> None:
         super().__init__(model, optimizer, scheduler, **task_options)
         self.mae = nn.ModuleDict(
-            {f"{split}_mae": torchmetrics.MeanAbsoluteError() for split in ("train", "val", "test")}
+            {f"{split}_mae": torchmetrics.MeanAbsoluteError() for split in ("val", "test")}
         )
 
     def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
@@ -30,8 +30,11 @@ class RegressionTask(Task):
         prediction = self.model(x)
         target = target.to(prediction.dtype).reshape(prediction.shape)
         loss = F.mse_loss(prediction, target)
-        mae = self.mae[f"{split}_mae"]
-        mae.update(prediction.detach(), target)
+        if split == "train":  # a plain tensor per batch (see Task.log_split)
+            mae: Any = (prediction.detach() - target).abs().mean()
+        else:
+            mae = self.mae[f"{split}_mae"]
+            mae.update(prediction.detach(), target)
         self.log_split(split, {"loss": loss, "mae": mae}, batch_size=len(x))
         return loss
 

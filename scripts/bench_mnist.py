@@ -1,0 +1,144 @@
+"""The primer's MNIST recipe through the framework and through a plain PyTorch loop, side by side.
+
+    PYTHONPATH=src python scripts/bench_mnist.py [--repeats 3] [--epochs 5] [override ...]
+
+Each trial runs in its own fresh process (so peak memory is that trial's own), the two ways
+alternate, and the table shows the median of the repeats. The framework trial is exactly
+``python -m experiments.train`` (experiment mnist_mlp: checkpoints, history.csv, TensorBoard,
+test of the best checkpoint), timed around ``trainer.fit`` as ``metrics.json`` reports it. The
+plain loop is what a careful PyTorch user writes: the same tensors, model, optimiser, batch
+order seeding and per-epoch validation, and no files. Extra arguments are Hydra overrides given
+to the framework trial only (for trying trainer settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plain_trial(epochs: int, seed: int) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F
+
+    from experiments.data import MNISTDataModule
+    from experiments.models import MLP
+
+    torch.manual_seed(seed)
+    started = time.perf_counter()  # like the framework's fit time, it includes reading the data
+    data = MNISTDataModule(str(ROOT / "data" / "mnist"), seed=seed)
+    data.setup()
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = data.train_set, data.val_set, data.test_set
+    model = MLP((1, 28, 28), (10,), hidden=[128], activation="relu")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def evaluate(x: torch.Tensor, y: torch.Tensor) -> float:
+        model.eval()
+        with torch.no_grad():
+            correct = sum(int((model(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum()) for i in range(0, len(x), 1000))
+        model.train()
+        return correct / len(x)
+
+    steps = 0
+    for epoch in range(epochs):
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed + epoch))
+        for start in range(0, len(order), 32):
+            batch = order[start : start + 32]
+            loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        evaluate(x_val, y_val)
+    fit_seconds = time.perf_counter() - started
+    return {"fit_seconds": fit_seconds, "steps": steps, "test_acc": evaluate(x_test, y_test), "rss_mib": peak_rss_mib()}
+
+
+def framework_trial(epochs: int, seed: int, overrides: list[str]) -> dict[str, float]:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from experiments.config import CONFIG_DIR
+    from experiments.train import train
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=["experiment=mnist_mlp", f"trainer.max_epochs={epochs}", f"seed={seed}", *overrides],
+                return_hydra_config=True,
+            )
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = run_dir
+            cfg.callbacks.history.verbose = False
+            del cfg.hydra
+        metrics = train(cfg)
+    steps = epochs * -(-(60000 - 6000) // 32)
+    return {"fit_seconds": metrics["fit_seconds"], "steps": steps, "test_acc": metrics["test"]["test/acc"], "rss_mib": peak_rss_mib()}
+
+
+def run_child(way: str, args: argparse.Namespace) -> dict[str, float]:
+    command = [sys.executable, __file__, "--child", way, "--epochs", str(args.epochs), "--seed", str(args.seed), *args.overrides]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"{way} trial failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", choices=["plain", "framework"], help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the framework trial")
+    args = parser.parse_args()
+    if args.child:
+        import lightning  # noqa: F401 - both trials pay the same import cost before timing
+
+        result = plain_trial(args.epochs, args.seed) if args.child == "plain" else framework_trial(args.epochs, args.seed, args.overrides)
+        print(json.dumps(result))
+        return
+
+    results: dict[str, list[dict[str, float]]] = {"plain": [], "framework": []}
+    for repeat in range(args.repeats):
+        for way in ("plain", "framework") if repeat % 2 == 0 else ("framework", "plain"):
+            result = run_child(way, args)
+            results[way].append(result)
+            print(f"repeat {repeat + 1} {way:9s} fit {result['fit_seconds']:6.2f}s  test acc {result['test_acc']:.4f}", flush=True)
+
+    def median(way: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[way])
+
+    print(f"\nMNIST primer recipe, {args.epochs} epochs, batch 32, median of {args.repeats} "
+          f"(torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}, cpus: {os.cpu_count()})")
+    print("| way | fit seconds | steps/s | peak RSS MiB | test accuracy |")
+    print("| --- | --- | --- | --- | --- |")
+    for way, label in (("plain", "plain PyTorch loop"), ("framework", "experiments.train (Lightning)")):
+        seconds = median(way, "fit_seconds")
+        print(f"| {label} | {seconds:.2f} | {results[way][0]['steps'] / seconds:.0f} | "
+              f"{median(way, 'rss_mib'):.0f} | {median(way, 'test_acc') * 100:.2f}% |")
+    ratios = [f["fit_seconds"] / p["fit_seconds"] for f, p in zip(results["framework"], results["plain"])]
+    print(f"\nratio framework / plain: {median('framework', 'fit_seconds') / median('plain', 'fit_seconds'):.3f} "
+          f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)})")
+
+
+if __name__ == "__main__":
+    main()
