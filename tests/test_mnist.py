@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.data import InMemoryLoader
 from experiments.data.mnist import FILES, MNISTDataModule, random_affine, read_idx
 from experiments.errors import UserError
 
@@ -94,3 +95,91 @@ def test_augmentation_shifts_whole_batches_and_is_identity_at_zero(mnist: MNISTD
     # A small shift keeps the digit: the ink barely changes in amount.
     ink = lambda x: (x > 0.5).flatten(1).float().sum(1)  # noqa: E731
     assert ((ink(moved) - ink(images)).abs() / ink(images)).mean() < 0.15
+
+
+def test_loader_yields_every_sample_once_per_epoch_in_a_seeded_order() -> None:
+    data = torch.arange(1000)
+    loader = InMemoryLoader(data, batch_size=32, shuffle=True, seed=7)
+    epochs = [torch.cat([batch for (batch,) in loader]) for _ in range(2)]
+    assert all(sorted(epoch.tolist()) == list(range(1000)) for epoch in epochs)
+    assert not torch.equal(epochs[0], epochs[1])  # a new order each epoch
+    replay = InMemoryLoader(data, batch_size=32, shuffle=True, seed=7)
+    assert torch.equal(torch.cat([batch for (batch,) in replay]), epochs[0])
+    assert len(loader) == 32 and [len(b) for (b,) in loader][-1] == 1000 - 31 * 32
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_loader_shards_are_disjoint_and_equally_long_under_ddp(world_size: int) -> None:
+    data = torch.arange(1000)
+    shards = [
+        torch.cat([b for (b,) in InMemoryLoader(data, batch_size=16, shuffle=True, seed=1, rank=r, world_size=world_size)])
+        for r in range(world_size)
+    ]
+    lengths = {len(InMemoryLoader(data, batch_size=16, rank=r, world_size=world_size)) for r in range(world_size)}
+    assert len(lengths) == 1 and {len(s) for s in shards} == {1000 // world_size}
+    together = torch.cat(shards)
+    assert len(set(together.tolist())) == len(together)  # disjoint
+
+
+def test_train_without_arguments_is_the_primer_mnist_recipe(compose_train) -> None:
+    cfg = compose_train()
+    assert cfg.name == "mnist_mlp" and cfg.data._target_.endswith("MNISTDataModule")
+    assert list(cfg.model.hidden) == [128] and cfg.model.activation == "relu"
+    assert cfg.data.batch_size == 32 and cfg.data.val_size == 6000
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.001
+    assert cfg.trainer.max_epochs == 5
+
+
+SLICE = ["data.train_limit=3000", "data.val_size=500", "logger=none", "callbacks.history.verbose=false"]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "extra", "floor"),
+    [
+        ("mnist_mlp", ["trainer.max_epochs=2"], 0.80),
+        ("mnist_cnn", ["trainer.max_epochs=2", "data.batch_size=64", "model.channels=[8,16]", "model.dense_size=32"], 0.80),
+        ("mnist_lstm", ["trainer.max_epochs=2", "data.batch_size=32", "model.hidden_size=64"], 0.50),
+    ],
+)
+def test_each_model_learns_mnist_from_a_slice(compose_train, experiment: str, extra: list[str], floor: float) -> None:
+    from experiments.train import train
+
+    metrics = train(compose_train(f"experiment={experiment}", *SLICE, *extra))
+    # Chance is 10%; a few hundred steps on 2,500 images should clear the floor by far.
+    assert metrics["test"]["test/acc"] > floor, metrics
+    assert metrics["epochs"] == 2
+
+
+def test_resuming_from_the_last_checkpoint_equals_training_straight_through(tmp_path: Path) -> None:
+    from conftest import compose_config
+    from experiments.train import train
+
+    common = ["experiment=mnist_mlp", *SLICE, "data.train_limit=1200", "data.val_size=200", "model.hidden=[32]"]
+    straight = train(compose_config("train", [*common, "trainer.max_epochs=3"], tmp_path / "straight"))
+    train(compose_config("train", [*common, "trainer.max_epochs=1"], tmp_path / "first"))
+    resumed = train(
+        compose_config(
+            "train",
+            [*common, "trainer.max_epochs=3", f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"],
+            tmp_path / "resumed",
+        )
+    )
+    assert resumed["epochs"] == straight["epochs"] == 3
+    assert resumed["test"] == straight["test"] and resumed["best"] == straight["best"]
+    weights = [
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        for run in (tmp_path / "straight", tmp_path / "resumed")
+    ]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # Every epoch trains on every batch: Lightning stops after len(loader) batches without
+    # exhausting the loader's generator, and the next epoch must still start at its first batch.
+    checkpoint = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 3 * -(-1000 // 32)
+
+
+@pytest.mark.slow
+def test_primer_recipe_reaches_its_accuracy(compose_train) -> None:
+    from experiments.train import train
+
+    metrics = train(compose_train("experiment=mnist_mlp", "logger=none"))
+    assert metrics["test"]["test/acc"] >= 0.973, metrics

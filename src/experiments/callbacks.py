@@ -1,4 +1,6 @@
-"""Callbacks that leave a run's history as files: ``history.csv`` and ``learning_curves.png``."""
+"""Callbacks: a run's history as files (``history.csv``, ``learning_curves.png``), its random
+state in checkpoints for exact resumes, and a guard that stops it when the loss stops being finite.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from experiments.errors import UserError
 from experiments.runs import write_atomic
 
 
@@ -129,3 +132,117 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+class ResumeState(Callback):
+    """Saves what a Lightning checkpoint lacks for an exact resume, and puts it back.
+
+    Lightning saves no random state, and restores a train loader's position only from a
+    checkpoint taken inside an epoch, not from one taken at its end. This saves the random number
+    generators (Python, NumPy, torch, CUDA) and the train loader's position in every checkpoint, so
+    that dropout, shuffling and every other random draw after a resume are the ones the run would
+    have made without the interruption. Stored as lists and tensors, so the checkpoint still loads
+    with ``torch.load(weights_only=True)``. Put back when training starts rather than when the
+    checkpoint is read, so that nothing Lightning does in between can draw from them first.
+    """
+
+    KEY = "resume_state"
+
+    def __init__(self) -> None:
+        self._to_restore: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        kind, keys, position, has_gauss, cached = np.random.get_state()
+        state: dict[str, Any] = {
+            "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+            "train_loaders": [loader.state_dict() for loader in _train_loaders(trainer)],
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[self.KEY] = state
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._to_restore = checkpoint.get(self.KEY)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._to_restore is None:
+            return
+        import random
+
+        import numpy as np
+        import torch
+
+        state, self._to_restore = self._to_restore, None
+        random.setstate(state["python"])
+        kind, keys, position, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        for loader, loader_state in zip(_train_loaders(trainer), state["train_loaders"]):
+            loader.load_state_dict(loader_state)
+
+
+def _train_loaders(trainer: L.Trainer) -> list[Any]:
+    """The train loaders that can save their position (only their iterators have started)."""
+    loaders = trainer.train_dataloader
+    candidates = list(loaders.values()) if isinstance(loaders, dict) else loaders if isinstance(loaders, list) else [loaders]
+    return [d for d in candidates if hasattr(d, "state_dict") and hasattr(d, "load_state_dict")]
+
+
+class NonFiniteError(UserError):
+    """Training produced a NaN or infinite loss or weights; the last good checkpoint is kept."""
+
+
+class FiniteGuard(Callback):
+    """Stops a run whose loss or weights stop being finite, before they reach a checkpoint.
+
+    The loss is checked before its backward pass, so the weights are never updated from it; the
+    weights are checked whenever a checkpoint is about to be written, so a step whose finite loss
+    blew the weights up cannot replace the last good ``last.ckpt``. Lightning's own
+    ``detect_anomaly`` finds where a NaN appears but does not stop the run cleanly, and
+    ``EarlyStopping(check_finite=True)`` only looks at the monitored metric once an epoch.
+    """
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Any) -> None:
+        import torch
+
+        bad = not bool(torch.isfinite(loss).all())
+        if trainer.world_size > 1:  # every rank stops at the same step, none waits for the others
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise NonFiniteError(
+                f"loss became {float(loss.detach())} at step {trainer.global_step + 1} "
+                f"(epoch {trainer.current_epoch + 1}); stopped without updating the weights; "
+                f"{_last_good(trainer)}; lower optimizer.lr or set trainer.gradient_clip_val=1.0"
+            )
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        import torch
+
+        bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # DDP keeps the weights equal on every rank, so every rank decides the same
+            raise NonFiniteError(
+                f"weights became non-finite ({', '.join(bad[:3])}) by step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch + 1}); stopped before writing them to a checkpoint; "
+                f"{_last_good(trainer)}; lower optimizer.lr or set trainer.gradient_clip_val=1.0"
+            )
+
+
+def _last_good(trainer: L.Trainer) -> str:
+    paths = [
+        Path(c.last_model_path or c.best_model_path)
+        for c in trainer.checkpoint_callbacks
+        if getattr(c, "last_model_path", None) or getattr(c, "best_model_path", None)
+    ]
+    existing = [p for p in paths if p.is_file()]
+    if not existing:
+        return "no checkpoint was written before it"
+    return f"the last good checkpoint is {max(existing, key=lambda p: p.stat().st_mtime)}"

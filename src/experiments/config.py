@@ -11,10 +11,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from typeguard import TypeCheckError, check_type
 
+from experiments.checkpoints import run_directory
 from experiments.data.base import InMemoryDataModule
 from experiments.errors import UserError, suggest
 from experiments.tasks import Task, task_for
@@ -32,6 +34,8 @@ OmegaConf.register_new_resolver(
     lambda: str(PROJECT_ROOT if (PROJECT_ROOT / "conf").is_dir() else Path.cwd()),
     replace=True,
 )
+# hydra.run.dir: a fresh directory, or the run that resume=latest|<run dir> continues.
+OmegaConf.register_new_resolver("run_dir", run_directory, replace=True)
 
 # Keys filled in by the entry point from the data module, never by the user.
 _SUPPLIED = {"input_shape", "output_shape", "params", "optimizer", "self", "callbacks", "logger"}
@@ -120,7 +124,16 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
     """The data module, and the task around a model sized from what the data module declares."""
     datamodule = instantiate(cfg.data)
     spec = datamodule.spec
-    model = instantiate(cfg.model, input_shape=spec.input_shape, output_shape=spec.output_shape)
+    try:
+        model = instantiate(cfg.model, input_shape=spec.input_shape, output_shape=spec.output_shape)
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, ValueError):
+            raise
+        raise UserError(
+            f"model {cfg.model._target_.rsplit('.', 1)[-1]} does not fit data "
+            f"{cfg.data._target_.rsplit('.', 1)[-1]} (input shape {list(spec.input_shape)}): "
+            f"{err.__cause__}; choose a model that takes such inputs (model=mlp takes any)"
+        ) from None
     options = OmegaConf.to_container(cfg.task, resolve=True) if cfg.get("task") else {}
     task = task_for(
         spec,

@@ -29,10 +29,27 @@ def describe(err: BaseException) -> str | None:
         MissingConfigException,
         OverrideParseException,
     )
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     if isinstance(err, UserError):
         return str(err)
+    # A UserError raised inside a resolver or a constructor reaches here wrapped by OmegaConf or Hydra.
+    cause = err.__cause__ or err.__context__
+    while cause is not None:
+        if isinstance(cause, UserError):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(err, MissingMandatoryValue):
+        key = getattr(err, "full_key", None) or "a value"
+        return f"{key} is required: pass {key}=..."
+    if isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting
+        return _first_line(err)
+    if isinstance(err, OSError) and err.filename:
+        return (
+            f"cannot use {err.filename}: {err.strerror or err}; check that the path exists "
+            "and is writable (for the run directory: hydra.run.dir=<writable folder>)"
+        )
     if isinstance(err, MissingConfigException) and err.options is not None:
         match = re.search(r"Could not find '([^']+)/([^'/]+)'", str(err))
         if match:
@@ -53,7 +70,7 @@ def describe(err: BaseException) -> str | None:
         inner = err.__cause__ or err.__context__
         key = re.search(r"full_key: (\S+)", str(err))
         where = f"{key.group(1)}: " if key else ""
-        if isinstance(inner, (ValueError, TypeError, UserError)):
+        if isinstance(inner, (ValueError, TypeError, UserError, MisconfigurationException)):
             return f"{where}{_first_line(inner)}"
         if isinstance(inner, ImportError) or "Error locating target" in str(err):
             return f"{where}{_first_line(err)}"

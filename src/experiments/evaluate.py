@@ -11,12 +11,12 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig
 
+from experiments.checkpoints import load_weights, read_checkpoint
 from experiments.config import CONFIG_DIR, build, build_trainer
 from experiments.data.base import InMemoryDataModule
-from experiments.errors import UserError, run_cli, user_errors_exit
+from experiments.errors import run_cli, user_errors_exit
 from experiments.runs import load_run_config
 from experiments.tasks import Task
 
@@ -31,19 +31,8 @@ def restore(ckpt_path: str | Path) -> tuple[Path, DictConfig, InMemoryDataModule
     ckpt, run_cfg = load_run_config(ckpt_path)
     L.seed_everything(run_cfg.seed, verbose=False)
     datamodule, task = build(run_cfg)
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and I/O errors all mean the same thing to the user
-        raise UserError(f"cannot read checkpoint {ckpt}: {str(err).splitlines()[0]}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(f"{ckpt} is not a Lightning checkpoint (it has no state_dict)")
-    try:
-        task.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
-        raise UserError(
-            f"checkpoint {ckpt} does not fit the model in its run's config.yaml: "
-            f"{' '.join(str(err).split())[:300]}"
-        ) from None
+    checkpoint = read_checkpoint(ckpt)
+    load_weights(task, checkpoint, ckpt, "the model in its run's config.yaml")
     trainer = build_trainer(
         run_cfg,
         devices=1,

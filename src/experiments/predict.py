@@ -7,10 +7,12 @@ rows of a CSV file, written to a CSV file and summarised on screen.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.utils import instantiate
 import torch
 from omegaconf import DictConfig
 
@@ -19,7 +21,7 @@ from experiments.data.loader import InMemoryLoader
 from experiments.data.spec import DataSpec
 from experiments.errors import UserError, run_cli, user_errors_exit
 from experiments.evaluate import restore
-from experiments.runs import run_dir_of, write_atomic
+from experiments.runs import load_run_config, run_dir_of, write_atomic
 
 
 def read_inputs(path: str | Path, spec: DataSpec) -> torch.Tensor:
@@ -44,6 +46,14 @@ def read_inputs(path: str | Path, spec: DataSpec) -> torch.Tensor:
     return torch.tensor([[float(v) for v in r] for r in rows]).view(-1, *spec.input_shape)
 
 
+def _check_writable(path: Path) -> None:
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write {path}: {folder} is not a writable folder; pass output=<writable path>")
+
+
 def _numeric(row: list[str]) -> bool:
     try:
         [float(v) for v in row]
@@ -61,11 +71,16 @@ def _columns(name: str, values: torch.Tensor) -> dict[str, list[float]]:
 
 def predict(cfg: DictConfig) -> Path:
     """Write the predictions of ``cfg.ckpt_path`` to a CSV file and return its path."""
+    # Bad inputs or an unwritable output are refused before the model and trainer are built.
+    _, run_cfg = load_run_config(cfg.ckpt_path)
+    given = read_inputs(cfg.inputs, instantiate(run_cfg.data).spec) if cfg.inputs else None
+    if cfg.output:
+        _check_writable(Path(cfg.output))
     ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path)
     spec = datamodule.spec
     targets = None
-    if cfg.inputs:
-        inputs = read_inputs(cfg.inputs, spec)
+    if given is not None:
+        inputs = given
     else:
         datamodule.setup("test")
         inputs, targets = datamodule.test_set  # type: ignore[misc]

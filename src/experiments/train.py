@@ -21,9 +21,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.callbacks import History
+from experiments.callbacks import History, NonFiniteError
+from experiments.checkpoints import checkpoint_to_resume, load_weights, read_checkpoint
 from experiments.config import CONFIG_DIR, build, build_trainer, check_config, instantiate_group
 from experiments.diagnosis import Diagnosis, diagnose, trivial_loss
+from experiments.distributed import ddp_job
 from experiments.errors import UserError, describe, run_cli, user_errors_exit
 from experiments.runs import save_config, write_json
 from experiments.sweeps import TrialPruned, pruning_callbacks
@@ -85,26 +87,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)
+    resume_from = checkpoint_to_resume(cfg, run_dir)
+    if resume_from is not None:
+        # Refuse a missing, unsafe or mismatched checkpoint in one line, before anything is written.
+        resumed = read_checkpoint(resume_from)
+        load_weights(task, resumed, resume_from, "the model of this config")
     callbacks = instantiate_group(cfg.get("callbacks")) + pruning_callbacks(cfg.monitor)
     loggers = instantiate_group(cfg.get("logger"))
+    for logger in loggers:
+        if resume_from is not None and isinstance(logger, TensorBoardLogger):
+            # TensorBoard hides what the interrupted run logged after its checkpoint, so the curves
+            # of the resumed run carry on without doubled points. (Passed through to SummaryWriter.)
+            logger._kwargs.setdefault("purge_step", int(resumed.get("global_step", 0)))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         save_config(cfg, run_dir)
 
-    started = time.perf_counter()
-    # Resuming from a checkpoint of our own run: full state (optimizer, loops, loader position).
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
-    fit_seconds = time.perf_counter() - started
+    with ddp_job(trainer):
+        started = time.perf_counter()
+        # The full state (optimizer, loops, random state, loader position), read with
+        # weights_only=True like every checkpoint: a checkpoint can never run code.
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        fit_seconds = time.perf_counter() - started
 
-    checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
-    best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
-    final_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    diverged = _diverged(trainer.callback_metrics, cfg.monitor)
-    # Before testing: loading the best checkpoint rewinds the History callback to that epoch.
-    history = next((c for c in callbacks if isinstance(c, History)), None)
-    diagnosis = _diagnose(history, datamodule) if history and not diverged else None
-    tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
-    test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+        checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+        best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+        final_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        diverged = _diverged(trainer.callback_metrics, cfg.monitor)
+        # Before testing: loading the best checkpoint rewinds the History callback to that epoch.
+        history = next((c for c in callbacks if isinstance(c, History)), None)
+        diagnosis = _diagnose(history, datamodule) if history and not diverged else None
+        tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
+        test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
 
     metrics: dict[str, Any] = {
         "status": "failed" if diverged else "completed",
@@ -120,8 +134,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "diagnosis": diagnosis.as_dict() if diagnosis else None,
     }
     hparam_metrics = {f"best/{cfg.monitor.replace('/', '_')}": metrics["best"], **test_metrics}
-    _log_hyperparameters(trainer, cfg, {k: v for k, v in hparam_metrics.items() if v is not None})
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # other ranks' loggers are stand-ins without a writer
+        _log_hyperparameters(trainer, cfg, {k: v for k, v in hparam_metrics.items() if v is not None})
         write_json(run_dir / "metrics.json", metrics)
         summary = " ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items()))
         print(f"{cfg.get('name')}: {summary} | epochs={metrics['epochs']} fit={fit_seconds:.1f}s | {run_dir}")
@@ -146,8 +160,10 @@ def _diagnose(history: History, datamodule: Any) -> Diagnosis | None:
     return diagnose(history.rows, trivial_loss(spec.task, targets, spec.num_classes))
 
 
-def _discard_or_mark_failed(run_dir: Path, err: BaseException) -> None:
+def _discard_or_mark_failed(run_dir: Path, err: BaseException, resuming: bool = False) -> None:
     """Leave nothing that looks like a result: an untouched single run goes, anything else is marked."""
+    if resuming and isinstance(err, UserError) and not isinstance(err, NonFiniteError):
+        return  # a resume refused before it started leaves the run it named as it was
     single_run = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
     # Only Hydra's own files: the run never started, so there is nothing to keep. Never delete a
     # directory that holds anything else (hydra.run.dir may point at a user's folder).
@@ -176,7 +192,7 @@ def _main(cfg: DictConfig) -> float | None:
         print(f"pruned: {err} | {run_dir}")
         return None
     except Exception as err:
-        _discard_or_mark_failed(run_dir, err)
+        _discard_or_mark_failed(run_dir, err, resuming=bool(cfg.get("resume")))
         if not multirun:
             raise
         reason = describe(err)

@@ -54,7 +54,6 @@ class InMemoryDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world_size,
-            resumable=train,
         )
 
     def train_dataloader(self) -> InMemoryLoader:

@@ -19,9 +19,10 @@ class InMemoryLoader:
     ``len % world_size`` samples of a shuffled epoch are dropped), so every rank runs the same
     number of batches.
 
-    A ``resumable`` loader (the training loader) continues a partly consumed epoch where it
-    stopped; any other loader starts at its first batch on every ``iter()``, so an evaluation
-    pass never continues the sanity check's few batches.
+    Each ``iter()`` starts the next epoch. Lightning asks a loader that has a length for a batch
+    only when it trains on it (no prefetching) and stops at ``len()`` without exhausting the
+    iterator, so the position is counted as batches are handed out, and :meth:`state_dict` taken
+    in a checkpoint says exactly how many batches of which epoch the model has seen.
     """
 
     def __init__(
@@ -33,7 +34,6 @@ class InMemoryLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        resumable: bool = True,
     ) -> None:
         if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("InMemoryLoader needs one or more tensors of equal length")
@@ -48,10 +48,16 @@ class InMemoryLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.resumable = resumable
         self.epoch = 0
         self._batches_done = 0
-        self._handed_out_last = False
+        self._started = False  # whether an iteration of ``self.epoch`` has begun
+        self._resume_at: int | None = None
+        # Lightning calls ``dataloader.sampler.set_epoch(epoch)`` at the start of every training
+        # epoch (meant for a DistributedSampler). Being our own sampler, the epoch counter follows
+        # the trainer's, also after resuming from a checkpoint taken at an epoch's end, where
+        # Lightning restores no loader state.
+        self.sampler = self
+        self.batch_sampler = None
 
     @property
     def num_samples(self) -> int:
@@ -64,15 +70,18 @@ class InMemoryLoader:
         return -(-self.num_samples // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Make the next ``iter()`` run ``epoch`` from its start, unless it resumes inside it."""
+        if self._resume_at is not None and epoch == self.epoch:
+            return
+        self.epoch, self._started, self._resume_at = epoch, False, None
 
-    def _indices(self) -> torch.Tensor | None:
-        """This rank's sample order for the current epoch, or None for the plain order 0..n-1."""
+    def _indices(self, epoch: int) -> torch.Tensor | None:
+        """This rank's sample order for ``epoch``, or None for the plain order 0..n-1."""
         n = len(self.tensors[0])
         if not self.shuffle and self.world_size == 1:
             return None
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
@@ -80,37 +89,32 @@ class InMemoryLoader:
         return order[self.rank : self.num_samples * self.world_size : self.world_size].to(self.tensors[0].device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        # Lightning stops asking after len() batches, so the previous generator may never have
-        # run past its last yield: the epoch is over all the same.
-        if self._handed_out_last:
-            self._end_epoch()
-        elif not self.resumable:
-            self._batches_done = 0
-        indices = self._indices()
-        for batch in range(self._batches_done, len(self)):
-            start = batch * self.batch_size
-            stop = min(start + self.batch_size, self.num_samples)
-            self._handed_out_last = batch == len(self) - 1
-            if indices is None:
-                yield tuple(t[start:stop] for t in self.tensors)
-            else:
-                chosen = indices[start:stop]
-                yield tuple(t[chosen] for t in self.tensors)
+        if self._resume_at is not None:
+            start, self._resume_at = self._resume_at, None
+        else:
+            if self._started:
+                self.epoch += 1
+            start = 0
+        self._started = True
+        self._batches_done = start
+        indices = self._indices(self.epoch)
+        for batch in range(start, len(self)):
+            begin = batch * self.batch_size
+            stop = min(begin + self.batch_size, self.num_samples)
             self._batches_done = batch + 1
-        if self._handed_out_last or len(self) == 0:
-            self._end_epoch()
-
-    def _end_epoch(self) -> None:
-        self._batches_done = 0
-        self._handed_out_last = False
-        self.epoch += 1
+            if indices is None:
+                yield tuple(t[begin:stop] for t in self.tensors)
+            else:
+                chosen = indices[begin:stop]
+                yield tuple(t[chosen] for t in self.tensors)
 
     def state_dict(self) -> dict[str, Any]:
-        if self._handed_out_last:  # the whole epoch went out: resume at the next one
-            return {"epoch": self.epoch + 1, "batches_done": 0}
         return {"epoch": self.epoch, "batches_done": self._batches_done}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
-        self._batches_done = int(state["batches_done"])
-        self._handed_out_last = False
+        """Continue where ``state`` was taken: inside its epoch, or with the next one if it was complete."""
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= len(self):
+            self.set_epoch(epoch + 1)
+        else:
+            self.epoch, self._started, self._resume_at = epoch, True, done

@@ -11,6 +11,8 @@ from torch import nn
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
+_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_train_count"})
+
 
 class Task(L.LightningModule):
     """A plain model plus what training needs: the loss, the metrics, the optimizer and scheduler.
@@ -39,6 +41,15 @@ class Task(L.LightningModule):
         # Running sums of this epoch's training values (see log_split), kept on the device.
         self._train_sums: dict[str, torch.Tensor] = {}
         self._train_count = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name around every hook it calls, some 40 times per training
+        # step; nn.Module.__setattr__ (which looks for parameters, buffers and submodules) costs
+        # more than those steps can afford. These attributes are never any of those.
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -75,7 +86,7 @@ class Task(L.LightningModule):
                 on_step=False,
                 on_epoch=True,
                 batch_size=batch_size,
-                sync_dist=split != "train",
+                sync_dist=True,  # reduced once per epoch (on_step=False), so it costs nothing per step
                 prog_bar=name == "loss",
             )
 

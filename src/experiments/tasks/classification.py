@@ -45,23 +45,26 @@ class ClassificationTask(Task):
         out = self.model(x)
         return out.reshape(len(out)) if self.binary else out
 
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
     def loss_and_probabilities(
         self, logits: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.binary:
-            loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
-            return loss, torch.sigmoid(logits)
-        loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
-        return loss, logits.softmax(dim=-1)
+        probabilities = torch.sigmoid(logits) if self.binary else logits.softmax(dim=-1)
+        return self.loss(logits, target), probabilities
 
     def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, target = batch
         logits = self.logits(x)
-        loss, probabilities = self.loss_and_probabilities(logits, target)
         if split == "train":
+            loss = self.loss(logits, target)
             predicted = logits.detach() >= 0 if self.binary else logits.detach().argmax(dim=-1)
             accuracy: Any = (predicted == target).float().mean()
         else:
+            loss, probabilities = self.loss_and_probabilities(logits, target)
             accuracy = self.accuracy[f"{split}_acc"]
             accuracy.update(probabilities.detach(), target)
         self.log_split(split, {"loss": loss, "acc": accuracy}, batch_size=len(x))

@@ -1,0 +1,87 @@
+"""Finding, reading and checking checkpoints: safely, and with one clear line when they are wrong.
+
+Every checkpoint is read with ``torch.load(weights_only=True)``, which unpickles only tensors and
+plain containers, so a checkpoint crafted to run code when unpickled is refused without running it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from experiments.errors import UserError
+
+LAST = Path("checkpoints") / "last.ckpt"
+
+
+def run_directory(runs: str, fresh: str, resume: Any = None) -> str:
+    """Hydra's run directory (resolver ``${run_dir:...}``): ``runs/fresh`` for a new run, or the
+    directory of the run to continue for ``resume=latest`` or ``resume=<run dir>``.
+
+    ``latest`` is the run under ``runs`` whose ``checkpoints/last.ckpt`` was written last.
+    """
+    if resume is None or resume is False or str(resume) in ("", "false", "False"):
+        return f"{runs}/{fresh}"
+    if str(resume) == "latest":
+        candidates = [p.parent.parent for p in Path(runs).glob(f"*/{LAST}")]
+        if not candidates:
+            raise UserError(
+                f"resume=latest: no run in {runs}/ has a {LAST} to continue from; "
+                "start a new run without resume=, or pass resume=<run dir>"
+            )
+        return str(max(candidates, key=lambda d: (d / LAST).stat().st_mtime))
+    directory = Path(str(resume)).expanduser()
+    if not (directory / LAST).is_file():
+        raise UserError(
+            f"resume={resume}: no {LAST} in that directory; pass resume=latest or the directory of a run"
+        )
+    return str(directory)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint's contents, read without running any code it may carry."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"checkpoint not found: {file}; pass the path of a .ckpt file written by a run")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and I/O errors all mean the same thing to the user
+        first = " ".join(str(err).split())[:200]
+        raise UserError(
+            f"cannot read checkpoint {file} safely: {first}; it is corrupt or holds more than weights "
+            "(only checkpoints with tensors and plain values are loaded)"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{file} is not a Lightning checkpoint (it has no state_dict)")
+    return checkpoint
+
+
+def load_weights(module: nn.Module, checkpoint: dict[str, Any], path: str | Path, against: str) -> None:
+    """Load a checkpoint's weights into ``module``, or say in one line why they don't fit."""
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise UserError(
+            f"checkpoint {path} does not fit {against}: {' '.join(str(err).split())[:300]}"
+        ) from None
+
+
+def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint a training run continues from: ``<run dir>/checkpoints/last.ckpt`` for
+    ``resume=...``, the given file for ``ckpt_path=...``, or None for a fresh run."""
+    resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
+    if resume and ckpt_path:
+        raise UserError("pass either resume=latest|<run dir> or ckpt_path=<file>, not both")
+    if resume:
+        last = run_dir / LAST
+        if not last.is_file():
+            raise UserError(
+                f"resume={resume}: no {LAST} in the run directory {run_dir}; resume works for single "
+                "runs (not -m), in the directory that resume= chose"
+            )
+        return last
+    return Path(str(ckpt_path)).expanduser() if ckpt_path else None

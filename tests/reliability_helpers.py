@@ -1,0 +1,160 @@
+"""A synthetic data set big enough for mid-epoch checkpoints, and a callback that kills its own
+process with SIGKILL at a chosen point, so that a test can interrupt a real run deterministically.
+
+Importable by the runs a test starts: the tests add this folder to PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from experiments.data.base import InMemoryDataModule
+from experiments.data.spec import DataSpec
+
+
+class BlobsDataModule(InMemoryDataModule):
+    """``classes`` Gaussian blobs in ``features`` dimensions, drawn from ``data_seed``."""
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        n_train: int = 256,
+        n_val: int = 64,
+        n_test: int = 64,
+        features: int = 8,
+        classes: int = 3,
+        data_seed: int = 0,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size)
+        self.sizes = (n_train, n_val, n_test)
+        self.features = features
+        self.classes = classes
+        self.data_seed = data_seed
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(input_shape=(self.features,), output_shape=(self.classes,), task="classification",
+                        num_classes=self.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        generator = torch.Generator().manual_seed(self.data_seed)
+        centres = 2.0 * torch.randn(self.classes, self.features, generator=generator)
+        splits = []
+        for n in self.sizes:
+            y = torch.randint(0, self.classes, (n,), generator=generator)
+            x = centres[y] + torch.randn(n, self.features, generator=generator)
+            splits.append((x, y))
+        self.train_set, self.val_set, self.test_set = splits
+
+
+class KillAt(Callback):
+    """SIGKILL this process at ``hook`` once ``global_step`` (train batches) or ``epoch`` is reached.
+
+    Callbacks run before Lightning's checkpoint callbacks, so a kill in ``on_train_batch_end``
+    lands after the optimizer step and before that step's checkpoint is written.
+    """
+
+    def __init__(self, hook: str, step: int = -1, epoch: int = -1) -> None:
+        if hook not in ("train_batch_end", "validation_batch_end", "train_epoch_start"):
+            raise ValueError(f"unknown hook {hook!r}")
+        self.hook, self.step, self.epoch = hook, step, epoch
+
+    def _maybe_kill(self, trainer: L.Trainer, hook: str) -> None:
+        if hook == self.hook and (trainer.global_step == self.step or trainer.current_epoch == self.epoch):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self._maybe_kill(trainer, "train_batch_end")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if not trainer.sanity_checking:
+            self._maybe_kill(trainer, "validation_batch_end")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: object) -> None:
+        self._maybe_kill(trainer, "train_epoch_start")
+
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a run started by a test: the sources and this folder on the path."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("HYDRA_FULL_ERROR", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(HERE), env.get("PYTHONPATH", "")])
+    return env
+
+
+def start(module: str, *args: str, cwd: Path) -> subprocess.Popen[str]:
+    """Start ``python -m experiments.<module> args...`` without waiting for it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"experiments.{module}", *args],
+        cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, so that a test can end it with its children
+    )
+
+
+def run(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m experiments.<module> args...`` to the end, as a user would. On a timeout
+    the whole process group goes, DDP children included."""
+    process = start(module, *args, cwd=cwd)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def call_cli(module: str, *args: str) -> tuple[int, str, str]:
+    """Run an entry point in this process exactly as its console script does (``run_cli`` around
+    the Hydra main, ``sys.argv`` as typed): returns the exit code, stdout and stderr."""
+    import contextlib
+    import importlib
+    import io
+
+    from experiments.errors import run_cli
+
+    entry = importlib.import_module(f"experiments.{module}")
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [f"experiments.{module}", *args]
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_cli(entry._main)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+    return code, out.getvalue(), err.getvalue()
+
+
+def completed_results(root: Path) -> list[Path]:
+    """Every metrics.json under ``root`` that claims a completed run."""
+    found = []
+    for path in root.rglob("metrics.json"):
+        try:
+            if json.loads(path.read_text()).get("status") == "completed":
+                found.append(path)
+        except ValueError:
+            found.append(path)  # half a file posing as a result counts too
+    return found

@@ -1,0 +1,156 @@
+"""The catalogue of bad inputs: each is refused with one line on stderr that names the problem and
+the fix, a non-zero exit code, no traceback, and nothing left that poses as a finished result.
+
+Most cases run in this process through ``call_cli`` (``run_cli`` around the Hydra main with
+``sys.argv`` as typed: what the console script runs); the ones marked ``cli`` start the real
+command in a subprocess, to show the two agree. Placeholders in the arguments: ``{tmp}`` is the
+case's own folder, ``{run}`` a finished XOR run, ``{ckpt}`` its best checkpoint.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import MNIST_DIR
+from reliability_helpers import call_cli, completed_results, run
+
+# (id, entry point, arguments, words the error line must contain, through a subprocess)
+CASES = [
+    # unknown options and misspelt keys
+    ("unknown-model", "train", ["model=mpl"], ["unknown model 'mpl'", "did you mean 'mlp'"], True),
+    ("unknown-experiment", "train", ["experiment=xorr"], ["unknown experiment 'xorr'", "did you mean 'xor'"], False),
+    ("unknown-trainer", "train", ["trainer=tpu"], ["unknown trainer 'tpu'", "choose one of"], False),
+    ("misspelt-top-key", "train", ["sed=1"], ["unknown key 'sed'", "did you mean 'seed'"], False),
+    ("misspelt-nested-key", "train", ["optimizer.lrr=0.1"], ["unknown key 'optimizer.lrr'", "optimizer.lr"], False),
+    ("misspelt-model-option", "train", ["+model.hiden=[4]"], ["model.hiden is not an option", "'hidden'"], False),
+    ("override-syntax", "train", ["model.hidden=[4"], ["'[4'", "override_grammar"], False),
+    ("missing-required", "evaluate", [], ["ckpt_path is required", "ckpt_path="], False),
+    # wrong types and ranges
+    ("epochs-not-int", "train", ["trainer.max_epochs=abc"], ["trainer.max_epochs='abc'", "expected int"], False),
+    ("hidden-not-list", "train", ["model.hidden=abc"], ["model.hidden='abc'", "expected list"], False),
+    ("seed-not-int", "train", ["seed=abc"], ["seed='abc'", "expected int"], False),
+    ("batch-size-float", "train", ["data.batch_size=2.5"], ["data.batch_size=2.5", "expected int"], False),
+    ("negative-lr", "train", ["optimizer.lr=-1"], ["learning rate", "-1"], False),
+    ("zero-batch-size", "train", ["data.batch_size=0"], ["batch_size must be a positive integer", "got 0"], False),
+    ("negative-epochs", "train", ["trainer.max_epochs=-5"], ["max_epochs", "-5"], False),
+    ("bad-precision", "train", ["trainer.precision=13"], ["trainer.precision=13", "bf16-mixed"], False),
+    ("bad-monitor-mode", "train", ["monitor_mode=maximum"], ["`mode` can be min, max", "maximum"], False),
+    ("negative-checkpoint-steps", "train", ["checkpoint_every_n_steps=-1"], ["every_n_train_steps=-1", ">= 0"], False),
+    ("gpu-without-gpu", "train", ["trainer=gpu"], ["gpu", "found"], False),
+    # a monitored metric that no task logs is found after the first validation, and the run that
+    # started is marked failed
+    ("misspelt-monitor", "train", ["monitor=val/accc", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"],
+     ["val/accc", "monitored"], False),
+    # model and data that cannot fit
+    ("cnn-on-xor", "train", ["model=cnn", "~model.hidden"], ["model CNN does not fit data XORDataModule", "model=mlp"], True),
+    # missing, corrupt and incompatible checkpoints
+    ("evaluate-missing-ckpt", "evaluate", ["ckpt_path={tmp}/nothing.ckpt"], ["checkpoint not found", "ckpt_path="], False),
+    ("evaluate-corrupt-ckpt", "evaluate", ["ckpt_path={tmp}/run/checkpoints/corrupt.ckpt"],
+     ["cannot read checkpoint", "corrupt"], True),
+    ("evaluate-not-lightning", "evaluate", ["ckpt_path={tmp}/run/checkpoints/plain.ckpt"], ["not a Lightning checkpoint"], False),
+    ("evaluate-ckpt-outside-run", "evaluate", ["ckpt_path={tmp}/loose.ckpt"], ["no config.yaml", "checkpoints/ folder"], False),
+    ("evaluate-incompatible", "evaluate", ["ckpt_path={tmp}/run/checkpoints/best.ckpt"], ["does not fit the model"], False),
+    ("resume-missing-ckpt", "train", ["ckpt_path={tmp}/nothing.ckpt"], ["checkpoint not found"], False),
+    ("resume-corrupt-ckpt", "train", ["ckpt_path={tmp}/run/checkpoints/corrupt.ckpt"], ["cannot read checkpoint"], False),
+    ("resume-incompatible", "train", ["resume={run}", "model.hidden=[16]"], ["does not fit the model of this config"], False),
+    ("resume-nothing", "train", ["resume=latest"], ["resume=latest: no run", "without resume="], True),
+    ("resume-not-a-run", "train", ["resume={tmp}"], ["no checkpoints/last.ckpt in that directory"], False),
+    ("resume-and-ckpt-path", "train", ["resume={run}", "ckpt_path={ckpt}"], ["not both"], False),
+    # bad input files
+    ("predict-missing-inputs", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/none.csv"], ["inputs file not found"], False),
+    ("predict-wrong-columns", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/three.csv"], ["should hold 2 numbers"], True),
+    # damaged data files (found when the data module reads them, once the trainer has started:
+    # on the command line Lightning's start-up lines come first, the error line is the last)
+    ("mnist-missing-file", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_missing}"], ["is missing"], False),
+    ("mnist-truncated-gzip", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_truncated}"],
+     ["corrupt or truncated"], False),
+    ("mnist-wrong-magic", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_magic}"], ["magic number"], False),
+    # an output directory that cannot be written
+    ("unwritable-run-dir", "train", ["hydra.run.dir={tmp}/file/run"], ["cannot use", "hydra.run.dir="], True),
+    ("unwritable-predictions", "predict", ["ckpt_path={ckpt}", "output={tmp}/file/p.csv"], ["cannot write", "output="], False),
+]
+
+
+@pytest.fixture(scope="module")
+def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-epoch XOR run."""
+    run_dir = tmp_path_factory.mktemp("xor") / "run"
+    code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    return run_dir
+
+
+def _prepare(tmp: Path, xor_run: Path) -> None:
+    """The bad files the cases name, each in the case's own folder."""
+    (tmp / "file").write_text("a file where a folder should be\n")
+    (tmp / "three.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp / "loose.ckpt").write_bytes((xor_run / "checkpoints" / "best.ckpt").read_bytes())
+    run = tmp / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    config = (xor_run / "config.yaml").read_text().replace("- 8", "- 5")  # a model of another size
+    (run / "config.yaml").write_text(config)
+    (run / "checkpoints" / "best.ckpt").write_bytes((xor_run / "checkpoints" / "best.ckpt").read_bytes())
+    good = (xor_run / "checkpoints" / "best.ckpt").read_bytes()
+    (run / "checkpoints" / "corrupt.ckpt").write_bytes(good[: len(good) // 2])
+    torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "plain.ckpt")
+
+
+DAMAGE = {
+    "mnist_missing": lambda p: p.unlink(),
+    "mnist_truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+    "mnist_magic": lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + gzip.decompress(p.read_bytes())[4:])),
+}
+
+
+def _damaged_mnist(tmp: Path, name: str) -> Path:
+    """A copy of the shipped MNIST files whose training labels are damaged as ``name`` says."""
+    folder = tmp / name
+    shutil.copytree(MNIST_DIR, folder)
+    DAMAGE[name](folder / "train-labels-idx1-ubyte.gz")
+    return folder
+
+
+def test_catalogue_has_at_least_20_cases() -> None:
+    assert len(CASES) >= 20
+    assert sum(case[4] for case in CASES) >= 6  # a good share through the real command line
+
+
+@pytest.mark.parametrize(("module", "args", "expected", "cli"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_in_one_line(
+    module: str, args: list[str], expected: list[str], cli: bool, xor_run: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _prepare(tmp_path, xor_run)
+    before = json.loads((xor_run / "metrics.json").read_text())
+    damaged = {name: _damaged_mnist(tmp_path, name) for name in DAMAGE if any(f"{{{name}}}" in a for a in args)}
+    argv = [a.format(tmp=tmp_path, run=xor_run, ckpt=xor_run / "checkpoints" / "best.ckpt", **damaged) for a in args]
+    if module == "train" and not any(a.startswith(("hydra.run.dir=", "resume=")) for a in argv):
+        argv.append(f"hydra.run.dir={tmp_path}/out")
+    if module == "train" and not any(a.startswith("experiment=") for a in argv):
+        argv.insert(0, "experiment=xor")  # small and fast, and what the file names and shapes above assume
+    monkeypatch.chdir(tmp_path)  # resume=latest looks for outputs/ here
+    if cli:
+        result = run(module, *argv, cwd=tmp_path)
+        code, stderr = result.returncode, result.stderr
+    else:
+        code, _, stderr = call_cli(module, *argv)
+
+    lines = stderr.strip().splitlines()
+    assert code != 0
+    assert "Traceback" not in stderr
+    if any(a.startswith(("monitor=", "data.data_dir=")) for a in argv):
+        # found only once training runs, after Lightning's own lines ("GPU available: ...")
+        lines = [line for line in lines if line.startswith("error: ")]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    for words in expected:
+        assert words in lines[0], lines[0]
+    assert completed_results(tmp_path) == []
+    # a run the bad command named is left as it was
+    assert json.loads((xor_run / "metrics.json").read_text()) == before

@@ -1,0 +1,93 @@
+"""DDP on the CPU: 2 processes (gloo) match 1 process with the same global batch, only rank 0
+writes files, and a multirun of DDP jobs gives each job one directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.data import InMemoryLoader
+from reliability_helpers import run
+
+# No dropout: then 2 ranks x 16 samples and 1 process x 32 samples take the same steps, and only
+# the order of floating-point sums differs.
+BLOBS = [
+    "experiment=xor",
+    "name=blobs",
+    "data._target_=reliability_helpers.BlobsDataModule",
+    "model.hidden=[16]",
+    "trainer.max_epochs=3",
+]
+# Stated tolerance: relative 1e-4 on every logged loss, identical accuracies.
+RTOL = 1e-4
+
+
+def _rows(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / "history.csv") as handle:
+        return [{k: float(v) for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def _files(run_dir: Path) -> set[str]:
+    """The run's files, event files and checkpoints by kind rather than by name."""
+    names = set()
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            name = str(path.relative_to(run_dir))
+            names.add("tensorboard/events" if "tfevents" in name else name)
+    return names
+
+
+def test_each_rank_takes_a_disjoint_shard_of_the_same_batches() -> None:
+    data = torch.arange(64)
+    single = list(InMemoryLoader(data, batch_size=32, shuffle=True, seed=3))
+    ranks = [list(InMemoryLoader(data, batch_size=16, shuffle=True, seed=3, rank=r, world_size=2)) for r in (0, 1)]
+    for step, (whole,) in enumerate(single):
+        part0, part1 = ranks[0][step][0], ranks[1][step][0]
+        assert not set(part0.tolist()) & set(part1.tolist())
+        assert sorted(part0.tolist() + part1.tolist()) == sorted(whole.tolist())
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    first = run("train", *BLOBS, "data.batch_size=32", f"hydra.run.dir={one}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run("train", *BLOBS, "trainer=ddp_cpu", "data.batch_size=16", f"hydra.run.dir={two}", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "MEMBER: 2/2" in second.stdout + second.stderr
+
+    for a, b in zip(_rows(one), _rows(two), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key.endswith("/acc") or key == "epoch":
+                assert a[key] == b[key], key
+            else:
+                assert b[key] == pytest.approx(a[key], rel=RTOL), key
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (one, two)]
+    assert metrics[1]["status"] == "completed"
+    assert metrics[1]["test"]["test/acc"] == metrics[0]["test"]["test/acc"]
+    assert metrics[1]["test"]["test/loss"] == pytest.approx(metrics[0]["test"]["test/loss"], rel=RTOL)
+    # Rank 1 writes nothing: the same files as a single process, and nothing beside the runs.
+    assert _files(two) == _files(one)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+
+
+@pytest.mark.slow
+def test_multirun_with_ddp_gives_each_job_one_directory(tmp_path: Path) -> None:
+    result = run("train", "-m", *BLOBS, "trainer.max_epochs=1", "trainer=ddp_cpu", "data.batch_size=16", "seed=0,1",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (result.stdout + result.stderr).count("MEMBER: 2/2") == 2  # each job ran two ranks
+    (sweep,) = (tmp_path / "outputs" / "blobs" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "completed"
+        assert f"seed: {job}" in (sweep / job / "config.yaml").read_text()
+    assert _files(sweep / "0") == _files(sweep / "1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+    assert list((tmp_path / "outputs").iterdir()) == [tmp_path / "outputs" / "blobs"]
+    assert [p.name for p in (tmp_path / "outputs" / "blobs").iterdir()] == ["multiruns"]
