@@ -152,10 +152,11 @@ class WindowDataModule(InMemoryDataModule):
 
 
 class SineDataModule(WindowDataModule):
-    """A sum of sines with Gaussian noise per column, reproducible from ``seed``; no file needed.
+    """A sum of sines with Gaussian noise per column, reproducible from ``series_seed``; no file needed.
 
     Each column adds ``waves`` sines whose periods (between ``min_period`` and ``max_period``
-    steps), amplitudes and phases are drawn from ``seed``. The split is chronological by
+    steps), amplitudes and phases are drawn from ``series_seed``; ``seed`` only orders the
+    training batches, so runs with different seeds see the same series. The split is chronological by
     ``split`` fractions of the rows (train, validation; the test takes the rest).
     """
 
@@ -168,6 +169,7 @@ class SineDataModule(WindowDataModule):
         max_period: float = 96.0,
         noise: float = 0.05,
         split: tuple[float, float] = (0.7, 0.1),
+        series_seed: int = 0,
         input_length: int = 96,
         horizon: int = 48,
         features: Features = "M",
@@ -193,13 +195,14 @@ class SineDataModule(WindowDataModule):
         self.max_period = max_period
         self.noise = noise
         self.split = tuple(split)
+        self.series_seed = series_seed
 
     @property
     def columns(self) -> list[str]:
         return [f"s{i}" for i in range(self.num_columns)]
 
     def load_series(self) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.series_seed)
         shape = (1, self.num_columns, self.waves)
         log_min, log_max = math.log(self.min_period), math.log(self.max_period)
         periods = torch.exp(log_min + (log_max - log_min) * torch.rand(shape, generator=generator, dtype=torch.float64))

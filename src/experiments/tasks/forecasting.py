@@ -32,9 +32,9 @@ class ForecastingTask(Task):
     logs ``loss``; validation and test also log ``mse`` and ``mae`` of the model, and
     ``naive_mse`` and ``naive_mae`` of the repeat-last-value baseline on the very same windows.
     The metrics accumulate sums over every window, so a last partial batch weighs what it holds.
-    After testing, a figure of forecasts against the truth for ``plot_windows`` test windows
-    (the last output channel, the target) goes to TensorBoard and to ``forecasts.png`` in the run
-    directory.
+    After testing in a run with loggers, a figure of forecasts against the truth for
+    ``plot_windows`` test windows (the last output channel, the target) goes to TensorBoard and to
+    ``forecasts.png`` in the trainer's ``default_root_dir`` (the run directory).
     """
 
     def __init__(
@@ -109,7 +109,8 @@ class ForecastingTask(Task):
         self._examples = []
 
     def on_test_epoch_end(self) -> None:
-        if not self._examples or not self.trainer.is_global_zero:
+        # Only a logged run (train) draws: evaluate and predict leave the run's files alone.
+        if not self._examples or not self.trainer.is_global_zero or not self.trainer.loggers:
             return
         count = min(self.plot_windows, len(self._examples))
         picks = [round(i * (len(self._examples) - 1) / max(count - 1, 1)) for i in range(count)]
