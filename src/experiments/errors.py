@@ -34,6 +34,15 @@ def describe(err: BaseException) -> str | None:
 
     if isinstance(err, UserError):
         return str(err)
+    if isinstance(err, InstantiationException):
+        inner = err.__cause__ or err.__context__
+        key = re.search(r"full_key: (\S+)", str(err))
+        where = f"{key.group(1)}: " if key else ""
+        if isinstance(inner, (ValueError, TypeError, UserError, MisconfigurationException)):
+            return f"{where}{_first_line(inner)}"
+        if isinstance(inner, ImportError) or "Error locating target" in str(err):
+            return f"{where}{_first_line(err)}"
+        return None
     # A UserError raised inside a resolver or a constructor reaches here wrapped by OmegaConf or Hydra.
     cause = err.__cause__ or err.__context__
     while cause is not None:
@@ -66,18 +75,6 @@ def describe(err: BaseException) -> str | None:
                 f"unknown key {key!r}{_suggest_key(err, key)}; check the spelling, "
                 f"or add a new key with +{key}=..."
             )
-    if isinstance(err, InstantiationException):
-        inner = err.__cause__ or err.__context__
-        key = re.search(r"full_key: (\S+)", str(err))
-        where = f"{key.group(1)}: " if key else ""
-        if isinstance(inner, (ValueError, TypeError, UserError, MisconfigurationException)):
-            return f"{where}{_first_line(inner)}"
-        if isinstance(inner, ImportError) or "Error locating target" in str(err):
-            return f"{where}{_first_line(err)}"
-        return None
-    if isinstance(err, MissingMandatoryValue):
-        key = getattr(err, "full_key", None) or "a required option"
-        return f"{key} is required: pass {key}=... on the command line"
     if isinstance(err, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return None

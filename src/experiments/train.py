@@ -66,8 +66,6 @@ def _log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str,
             # again at step 0 and put a false first point on the test curves.
             from torch.utils.tensorboard.summary import hparams
 
-            best = {k: v for k, v in metrics.items() if k.startswith("best/")}
-            logger.log_metrics(best, step=trainer.global_step)  # the HPARAMS tab reads scalars
             writer = logger.experiment._get_file_writer()
             for summary in hparams(params, metrics):
                 writer.add_summary(summary)
