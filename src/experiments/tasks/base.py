@@ -100,7 +100,7 @@ class Task(L.LightningModule):
         self._train_count += batch_size
         # Logged from the last step rather than on_train_epoch_end, so that callbacks that read
         # the epoch's metrics in their own on_train_epoch_end (History) see them.
-        if self.trainer.is_last_batch:
+        if self._trainer is not None and self._trainer.is_last_batch:
             self._log_train_epoch()
 
     def _log_train_epoch(self) -> None:
