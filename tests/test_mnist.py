@@ -137,7 +137,7 @@ SLICE = ["data.train_limit=3000", "data.val_size=500", "logger=none", "callbacks
     ("experiment", "extra", "floor"),
     [
         ("mnist_mlp", ["trainer.max_epochs=2"], 0.80),
-        ("mnist_cnn", ["trainer.max_epochs=2", "data.batch_size=64", "model.channels=[8,16]", "model.dense_size=32"], 0.80),
+        ("mnist_cnn", ["trainer.max_epochs=2", "data.batch_size=64", "data.augment=true", "model.channels=[8,16]", "model.dense_size=32"], 0.80),
         ("mnist_lstm", ["trainer.max_epochs=2", "data.batch_size=32", "model.hidden_size=64"], 0.50),
     ],
 )

@@ -102,8 +102,11 @@ class Task(L.LightningModule):
         # the epoch's metrics in their own on_train_epoch_end (History) see them.
         # is_last_batch alone misses the end of an epoch cut short by limit_train_batches or
         # overfit_batches, where the loader still has batches left.
-        started = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        if self.trainer.is_last_batch or started >= self.trainer.num_training_batches:
+        trainer = self._trainer
+        if trainer is not None and (
+            trainer.is_last_batch
+            or trainer.fit_loop.epoch_loop.batch_progress.current.ready >= trainer.num_training_batches
+        ):
             self._log_train_epoch()
 
     def _log_train_epoch(self) -> None:
