@@ -83,7 +83,7 @@ def test_multirun_with_ddp_gives_each_job_one_directory(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert (result.stdout + result.stderr).count("MEMBER: 2/2") == 2  # each job ran two ranks
     (sweep,) = (tmp_path / "outputs" / "blobs" / "multiruns").iterdir()
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "best.yaml", "multirun.yaml", "summary.csv", "summary.md"]
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "completed"
         assert f"seed: {job}" in (sweep / job / "config.yaml").read_text()
