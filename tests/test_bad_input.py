@@ -47,6 +47,9 @@ CASES = [
     # started is marked failed
     ("misspelt-monitor", "train", ["monitor=val/accc", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"],
      ["val/accc", "monitored"], False),
+    ("zero-horizon", "train", ["experiment=sine_lstm", "data.horizon=0"], ["horizon", "must be positive"], False),
+    ("window-longer-than-series", "train", ["experiment=sine_lstm", "data.input_length=5000"],
+     ["fewer than input_length + horizon", "shorter input_length"], False),
     # model and data that cannot fit
     ("cnn-on-xor", "train", ["model=cnn", "~model.hidden"], ["model CNN does not fit data XORDataModule", "model=mlp"], True),
     # missing, corrupt and incompatible checkpoints
