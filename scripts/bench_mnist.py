@@ -2,13 +2,15 @@
 
     PYTHONPATH=src python scripts/bench_mnist.py [--repeats 3] [--epochs 5] [override ...]
 
-Each trial runs in its own fresh process (so peak memory is that trial's own), the two ways
+Each trial runs in its own fresh process (so peak memory is that trial's own), the ways
 alternate, and the table shows the median of the repeats. The framework trial is exactly
 ``python -m experiments.train`` (experiment mnist_mlp: checkpoints, history.csv, TensorBoard,
 test of the best checkpoint), timed around ``trainer.fit`` as ``metrics.json`` reports it. The
 plain loop is what a careful PyTorch user writes: the same tensors, model, optimiser, batch
-order seeding and per-epoch validation, and no files. Extra arguments are Hydra overrides given
-to the framework trial only (for trying trainer settings).
+order seeding and per-epoch validation, no files, and no Lightning imported. The third way is
+the floor under any framework built on Lightning's Trainer: the same task and data through a
+bare Trainer (no callbacks, logger, checkpoints or files). Extra arguments are Hydra overrides
+given to the framework trial only (for trying trainer settings).
 """
 
 from __future__ import annotations
@@ -23,8 +25,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+WAYS = {
+    "plain": "plain PyTorch loop",
+    "framework": "experiments.train",
+    "lightning": "bare Lightning Trainer, same task",
+}
 
 
 def peak_rss_mib() -> float:
@@ -38,6 +48,10 @@ def plain_trial(epochs: int, seed: int) -> dict[str, float]:
     from experiments.data import MNISTDataModule
     from experiments.models import MLP
 
+    # The data module (imported for the very same tensors) brings Lightning in, and importing
+    # Lightning slows every optimizer step (see experiments.config.build_trainer); a plain
+    # PyTorch program has no Lightning.
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     torch.manual_seed(seed)
     started = time.perf_counter()  # like the framework's fit time, it includes reading the data
     data = MNISTDataModule(str(ROOT / "data" / "mnist"), seed=seed)
@@ -68,29 +82,55 @@ def plain_trial(epochs: int, seed: int) -> dict[str, float]:
     return {"fit_seconds": fit_seconds, "steps": steps, "test_acc": evaluate(x_test, y_test), "rss_mib": peak_rss_mib()}
 
 
-def framework_trial(epochs: int, seed: int, overrides: list[str]) -> dict[str, float]:
+def _compose(epochs: int, seed: int, overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     from experiments.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["experiment=mnist_mlp", f"trainer.max_epochs={epochs}", f"seed={seed}", *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.callbacks.history.verbose = False
+        del cfg.hydra
+    return cfg
+
+
+def framework_trial(epochs: int, seed: int, overrides: list[str]) -> dict[str, float]:
+    from omegaconf import open_dict
+
     from experiments.train import train
 
+    cfg = _compose(epochs, seed, overrides)
     with tempfile.TemporaryDirectory() as run_dir:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=["experiment=mnist_mlp", f"trainer.max_epochs={epochs}", f"seed={seed}", *overrides],
-                return_hydra_config=True,
-            )
-        HydraConfig().set_config(cfg)
         with open_dict(cfg):
             cfg.paths.output_dir = run_dir
-            cfg.callbacks.history.verbose = False
-            del cfg.hydra
         metrics = train(cfg)
     steps = epochs * -(-(60000 - 6000) // 32)
     return {"fit_seconds": metrics["fit_seconds"], "steps": steps, "test_acc": metrics["test"]["test/acc"], "rss_mib": peak_rss_mib()}
+
+
+def lightning_trial(epochs: int, seed: int) -> dict[str, float]:
+    import lightning as L
+
+    from experiments.config import build, build_trainer
+
+    cfg = _compose(epochs, seed, [])
+    L.seed_everything(seed, verbose=False)
+    datamodule, task = build(cfg)
+    trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, default_root_dir=tempfile.mkdtemp())
+    started = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - started
+    tested = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+    steps = epochs * -(-(60000 - 6000) // 32)
+    return {"fit_seconds": fit_seconds, "steps": steps, "test_acc": tested["test/acc"], "rss_mib": peak_rss_mib()}
 
 
 def run_child(way: str, args: argparse.Namespace) -> dict[str, float]:
@@ -107,19 +147,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--child", choices=["plain", "framework"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=list(WAYS), help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the framework trial")
     args = parser.parse_args()
     if args.child:
-        import lightning  # noqa: F401 - both trials pay the same import cost before timing
-
-        result = plain_trial(args.epochs, args.seed) if args.child == "plain" else framework_trial(args.epochs, args.seed, args.overrides)
+        if args.child == "plain":
+            result = plain_trial(args.epochs, args.seed)
+        elif args.child == "lightning":
+            result = lightning_trial(args.epochs, args.seed)
+        else:
+            result = framework_trial(args.epochs, args.seed, args.overrides)
         print(json.dumps(result))
         return
 
-    results: dict[str, list[dict[str, float]]] = {"plain": [], "framework": []}
+    results: dict[str, list[dict[str, float]]] = {way: [] for way in WAYS}
     for repeat in range(args.repeats):
-        for way in ("plain", "framework") if repeat % 2 == 0 else ("framework", "plain"):
+        for way in WAYS if repeat % 2 == 0 else reversed(WAYS):
             result = run_child(way, args)
             results[way].append(result)
             print(f"repeat {repeat + 1} {way:9s} fit {result['fit_seconds']:6.2f}s  test acc {result['test_acc']:.4f}", flush=True)
@@ -131,13 +174,15 @@ def main() -> None:
           f"(torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}, cpus: {os.cpu_count()})")
     print("| way | fit seconds | steps/s | peak RSS MiB | test accuracy |")
     print("| --- | --- | --- | --- | --- |")
-    for way, label in (("plain", "plain PyTorch loop"), ("framework", "experiments.train (Lightning)")):
+    for way, label in WAYS.items():
         seconds = median(way, "fit_seconds")
         print(f"| {label} | {seconds:.2f} | {results[way][0]['steps'] / seconds:.0f} | "
               f"{median(way, 'rss_mib'):.0f} | {median(way, 'test_acc') * 100:.2f}% |")
-    ratios = [f["fit_seconds"] / p["fit_seconds"] for f, p in zip(results["framework"], results["plain"])]
-    print(f"\nratio framework / plain: {median('framework', 'fit_seconds') / median('plain', 'fit_seconds'):.3f} "
-          f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)})")
+    print()
+    for way in ("framework", "lightning"):
+        ratios = [w["fit_seconds"] / p["fit_seconds"] for w, p in zip(results[way], results["plain"])]
+        print(f"ratio {way} / plain: {median(way, 'fit_seconds') / median('plain', 'fit_seconds'):.3f} "
+              f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)})")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,29 @@ def test_every_option_of_a_group_composes(group: str, tmp_path: Path) -> None:
     for option in sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")):
         cfg = compose_config("train", ["experiment=xor", f"{group}={option}"], tmp_path)
         check_config(cfg)
+
+
+def test_a_step_checkpoint_is_built_only_when_it_would_save(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from experiments.config import build_callbacks
+
+    def step_intervals(overrides: list[str]) -> list[int]:
+        callbacks = build_callbacks(compose_config("train", ["experiment=xor", *overrides], tmp_path))
+        return sorted(c._every_n_train_steps for c in callbacks if isinstance(c, ModelCheckpoint))
+
+    assert step_intervals([]) == [0, 0]  # best.ckpt and last.ckpt at epoch ends only
+    assert step_intervals(["checkpoint_every_n_steps=7"]) == [0, 0, 7]
+
+
+def test_the_trainer_takes_back_lightnings_per_step_nvml_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments.config import build_trainer
+
+    cfg = compose_config("train", ["experiment=xor"], tmp_path)
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    build_trainer(cfg, logger=False)
+    assert "PYTORCH_NVML_BASED_CUDA_CHECK" not in os.environ
+    # A launcher that forks needs it: CUDA must not be initialised before the fork.
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    build_trainer(cfg, logger=False, strategy="ddp_fork", devices=2)
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"

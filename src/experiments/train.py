@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.callbacks import History, NonFiniteError
 from experiments.checkpoints import checkpoint_to_resume, load_weights, read_checkpoint
-from experiments.config import CONFIG_DIR, build, build_trainer, check_config, instantiate_group
+from experiments.config import CONFIG_DIR, build, build_callbacks, build_trainer, check_config, instantiate_group
 from experiments.diagnosis import Diagnosis, diagnose, trivial_loss
 from experiments.distributed import ddp_job
 from experiments.errors import UserError, describe, run_cli, user_errors_exit
@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Refuse a missing, unsafe or mismatched checkpoint in one line, before anything is written.
         resumed = read_checkpoint(resume_from)
         load_weights(task, resumed, resume_from, "the model of this config")
-    callbacks = instantiate_group(cfg.get("callbacks")) + pruning_callbacks(cfg.monitor)
+    callbacks = build_callbacks(cfg) + pruning_callbacks(cfg.monitor)
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         if resume_from is not None and isinstance(logger, TensorBoardLogger):
