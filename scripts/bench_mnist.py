@@ -37,6 +37,9 @@ WAYS = {
 }
 
 
+TRAIN_STEPS_PER_EPOCH = -(-(60000 - 6000) // 32)  # the primer's split and batch size
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -112,7 +115,7 @@ def framework_trial(epochs: int, seed: int, overrides: list[str]) -> dict[str, f
         with open_dict(cfg):
             cfg.paths.output_dir = run_dir
         metrics = train(cfg)
-    steps = epochs * -(-(60000 - 6000) // 32)
+    steps = epochs * TRAIN_STEPS_PER_EPOCH
     return {"fit_seconds": metrics["fit_seconds"], "steps": steps, "test_acc": metrics["test"]["test/acc"], "rss_mib": peak_rss_mib()}
 
 
@@ -124,12 +127,13 @@ def lightning_trial(epochs: int, seed: int) -> dict[str, float]:
     cfg = _compose(epochs, seed, [])
     L.seed_everything(seed, verbose=False)
     datamodule, task = build(cfg)
-    trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, default_root_dir=tempfile.mkdtemp())
-    started = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule)
-    fit_seconds = time.perf_counter() - started
-    tested = trainer.test(task, datamodule=datamodule, verbose=False)[0]
-    steps = epochs * -(-(60000 - 6000) // 32)
+    with tempfile.TemporaryDirectory() as root_dir:
+        trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, default_root_dir=root_dir)
+        started = time.perf_counter()
+        trainer.fit(task, datamodule=datamodule)
+        fit_seconds = time.perf_counter() - started
+        tested = trainer.test(task, datamodule=datamodule, verbose=False)[0]
+    steps = epochs * TRAIN_STEPS_PER_EPOCH
     return {"fit_seconds": fit_seconds, "steps": steps, "test_acc": tested["test/acc"], "rss_mib": peak_rss_mib()}
 
 
