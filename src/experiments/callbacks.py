@@ -5,6 +5,7 @@ state in checkpoints for exact resumes, and a guard that stops it when the loss 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch import callbacks as lightning_callbacks
 from lightning.pytorch.callbacks import Callback
 
 from experiments.errors import UserError
@@ -134,6 +136,20 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with its state key built once instead of on every call.
+
+    Lightning formats every callback's ``state_key`` into a profiler label each time it calls one
+    of the callback's hooks, six times a training step; ModelCheckpoint's key is the ``repr`` of
+    a dict of its settings, rebuilt each time (1.2 us). The settings it describes are fixed when
+    the callback is made.
+    """
+
+    @functools.cached_property
+    def state_key(self) -> str:  # type: ignore[override]
+        return super().state_key
+
+
 class ResumeState(Callback):
     """Saves what a Lightning checkpoint lacks for an exact resume, and puts it back.
 
@@ -214,7 +230,8 @@ class FiniteGuard(Callback):
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Any) -> None:
         import torch
 
-        bad = not bool(torch.isfinite(loss).all())
+        # One host read (0.2 us) instead of three tensor ops (7 us) for the usual scalar loss.
+        bad = not (math.isfinite(loss.item()) if loss.numel() == 1 else bool(torch.isfinite(loss).all()))
         if trainer.world_size > 1:  # every rank stops at the same step, none waits for the others
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:

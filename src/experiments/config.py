@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import typing
@@ -13,6 +14,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
+from lightning.pytorch.profilers import PassThroughProfiler
 from omegaconf import DictConfig, OmegaConf
 from typeguard import TypeCheckError, check_type
 
@@ -161,8 +163,26 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
     return datamodule, task
 
 
+class _NoProfiler(PassThroughProfiler):
+    """Lightning's default profiler, minus the generator it builds around every hook call.
+
+    The Trainer wraps each of the 30-odd hook calls of a training step in ``profiler.profile()``,
+    which Lightning's profilers implement with ``contextlib.contextmanager``: a new generator per
+    call even when nothing is profiled, about 4% of a small model's step. One shared, reusable
+    null context does the same nothing for free. ``trainer.profiler=simple`` (or ``advanced``,
+    ``pytorch``) still profiles.
+    """
+
+    _nothing = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.nullcontext:  # type: ignore[override]
+        return self._nothing
+
+
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     """The Lightning Trainer of ``cfg.trainer``; ``overrides`` win over the config."""
+    if cfg.trainer.get("profiler") is None:
+        overrides.setdefault("profiler", _NoProfiler())
     trainer = instantiate(cfg.trainer, **overrides)
     launcher = trainer.strategy.launcher
     if launcher is None or not launcher.is_interactive_compatible:
