@@ -1,6 +1,9 @@
 """The primer's MNIST recipe through the framework and through a plain PyTorch loop, side by side.
 
-    PYTHONPATH=src python scripts/bench_mnist.py [--repeats 3] [--epochs 5] [override ...]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/bench_mnist.py [--repeats 3] [--epochs 5] [override ...]
+
+One torch thread per trial makes the timings repeat within a few percent; with two threads on
+two cores, any other load on the machine moves a trial by up to 2x.
 
 Each trial runs in its own fresh process (so peak memory is that trial's own), the ways
 alternate, and the table shows the median of the repeats. The framework trial is exactly
