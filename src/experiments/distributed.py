@@ -35,7 +35,10 @@ def ddp_job(trainer: L.Trainer) -> Iterator[None]:
         or launcher.cluster_environment.creates_processes_externally  # torchrun, SLURM, or a child
         or not HydraConfig.initialized()
     ):
-        yield
+        try:
+            yield
+        finally:
+            _close_process_group()
         return
     hydra = HydraConfig.get()
     saved_argv, saved_env = sys.argv, dict(os.environ)
@@ -54,7 +57,15 @@ def ddp_job(trainer: L.Trainer) -> Iterator[None]:
         sys.argv = saved_argv  # Hydra sets a fresh HydraConfig for every job, so run.dir can stay
         for process in launcher.procs:
             process.wait()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        _close_process_group()
         os.environ.clear()
         os.environ.update(saved_env)
+
+
+def _close_process_group() -> None:
+    # Every rank closes its process group itself. Left to the interpreter's exit, gloo's can abort
+    # the process ("terminate called without an active exception", exit code -6); Lightning then
+    # kills the whole run, and inside a sweep it kills the next job, whose other ranks then wait
+    # forever.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
