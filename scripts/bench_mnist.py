@@ -1,4 +1,4 @@
-"""The primer's MNIST recipe through the framework and through a plain PyTorch loop, side by side.
+"""The primer's MNIST recipe through the framework, Lightning and a plain PyTorch loop, side by side.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/bench_mnist.py [--repeats 3] [--epochs 5] [override ...]
 
@@ -12,8 +12,10 @@ test of the best checkpoint), timed around ``trainer.fit`` as ``metrics.json`` r
 plain loop is what a careful PyTorch user writes: the same tensors, model, optimiser, batch
 order seeding and per-epoch validation, no files, and no Lightning imported. The third way is
 the floor under any framework built on Lightning's Trainer: the same task and data through a
-bare Trainer (no callbacks, logger, checkpoints or files). Extra arguments are Hydra overrides
-given to the framework trial only (for trying trainer settings).
+bare Trainer (no callbacks, logger, checkpoints or files). The fourth is the plain loop on
+Lightning Fabric: the floor for a loop of our own on Lightning's device, precision and DDP layer.
+Extra arguments are Hydra overrides given to the framework trial only (for trying trainer
+settings).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ WAYS = {
     "plain": "plain PyTorch loop",
     "framework": "experiments.train",
     "lightning": "bare Lightning Trainer, same task",
+    "fabric": "the plain loop on Lightning Fabric",
 }
 
 
@@ -47,7 +50,10 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def plain_trial(epochs: int, seed: int) -> dict[str, float]:
+def plain_trial(epochs: int, seed: int, fabric: bool = False) -> dict[str, float]:
+    """The plain loop; with ``fabric``, the same loop with Lightning Fabric's device, precision
+    and DDP layer (``fabric.setup``, ``fabric.backward``): what a loop of our own, instead of
+    Lightning's Trainer, would cost."""
     import torch
     import torch.nn.functional as F
 
@@ -65,6 +71,13 @@ def plain_trial(epochs: int, seed: int) -> dict[str, float]:
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = data.train_set, data.val_set, data.test_set
     model = MLP((1, 28, 28), (10,), hidden=[128], activation="relu")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    backward = torch.Tensor.backward
+    if fabric:
+        import lightning as L
+
+        runner = L.Fabric(accelerator="cpu", devices=1)
+        model, optimizer = runner.setup(model, optimizer)
+        backward = runner.backward
 
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> float:
         model.eval()
@@ -80,7 +93,7 @@ def plain_trial(epochs: int, seed: int) -> dict[str, float]:
             batch = order[start : start + 32]
             loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
             optimizer.zero_grad()
-            loss.backward()
+            backward(loss)
             optimizer.step()
             steps += 1
         evaluate(x_val, y_val)
@@ -158,8 +171,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the framework trial")
     args = parser.parse_args()
     if args.child:
-        if args.child == "plain":
-            result = plain_trial(args.epochs, args.seed)
+        if args.child in ("plain", "fabric"):
+            result = plain_trial(args.epochs, args.seed, fabric=args.child == "fabric")
         elif args.child == "lightning":
             result = lightning_trial(args.epochs, args.seed)
         else:
@@ -186,7 +199,7 @@ def main() -> None:
         print(f"| {label} | {seconds:.2f} | {results[way][0]['steps'] / seconds:.0f} | "
               f"{median(way, 'rss_mib'):.0f} | {median(way, 'test_acc') * 100:.2f}% |")
     print()
-    for way in ("framework", "lightning"):
+    for way in ("framework", "lightning", "fabric"):
         ratios = [w["fit_seconds"] / p["fit_seconds"] for w, p in zip(results[way], results["plain"])]
         print(f"ratio {way} / plain: {median(way, 'fit_seconds') / median('plain', 'fit_seconds'):.3f} "
               f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)})")
