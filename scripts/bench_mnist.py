@@ -199,7 +199,7 @@ def main() -> None:
         print(f"| {label} | {seconds:.2f} | {results[way][0]['steps'] / seconds:.0f} | "
               f"{median(way, 'rss_mib'):.0f} | {median(way, 'test_acc') * 100:.2f}% |")
     print()
-    for way in ("framework", "lightning", "fabric"):
+    for way in (w for w in WAYS if w != "plain"):
         ratios = [w["fit_seconds"] / p["fit_seconds"] for w, p in zip(results[way], results["plain"])]
         print(f"ratio {way} / plain: {median(way, 'fit_seconds') / median('plain', 'fit_seconds'):.3f} "
               f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)})")
