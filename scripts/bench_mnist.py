@@ -1,6 +1,7 @@
 """The primer's MNIST recipe through the framework, Lightning and a plain PyTorch loop, side by side.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python scripts/bench_mnist.py [--repeats 3] [--epochs 5] [override ...]
+    PYTHONPATH=src python scripts/bench_mnist.py --accelerator gpu   # every way on one CUDA GPU, float32
 
 One torch thread per trial makes the timings repeat within a few percent; with two threads on
 two cores, any other load on the machine moves a trial by up to 2x.
@@ -15,7 +16,9 @@ the floor under any framework built on Lightning's Trainer: the same task and da
 bare Trainer (no callbacks, logger, checkpoints or files). The fourth is the plain loop on
 Lightning Fabric: the floor for a loop of our own on Lightning's device, precision and DDP layer.
 Extra arguments are Hydra overrides given to the framework trial only (for trying trainer
-settings).
+settings). With ``--accelerator gpu`` every way keeps the data and the model on the GPU in
+float32 (the framework as ``trainer=gpu trainer.precision=32-true``), and the clock stops only
+after the GPU has finished.
 """
 
 from __future__ import annotations
@@ -50,7 +53,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def plain_trial(epochs: int, seed: int, fabric: bool = False) -> dict[str, float]:
+def _device_overrides(accelerator: str) -> list[str]:
+    return ["trainer=gpu", "trainer.precision=32-true"] if accelerator == "gpu" else []
+
+
+def _synchronize(accelerator: str) -> None:
+    import torch
+
+    if accelerator == "gpu":
+        torch.cuda.synchronize()
+
+
+def plain_trial(epochs: int, seed: int, accelerator: str = "cpu", fabric: bool = False) -> dict[str, float]:
     """The plain loop; with ``fabric``, the same loop with Lightning Fabric's device, precision
     and DDP layer (``fabric.setup``, ``fabric.backward``): what a loop of our own, instead of
     Lightning's Trainer, would cost."""
@@ -68,14 +82,17 @@ def plain_trial(epochs: int, seed: int, fabric: bool = False) -> dict[str, float
     started = time.perf_counter()  # like the framework's fit time, it includes reading the data
     data = MNISTDataModule(str(ROOT / "data" / "mnist"), seed=seed)
     data.setup()
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = data.train_set, data.val_set, data.test_set
-    model = MLP((1, 28, 28), (10,), hidden=[128], activation="relu")
+    device = torch.device("cuda" if accelerator == "gpu" else "cpu")
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        tuple(t.to(device) for t in split) for split in (data.train_set, data.val_set, data.test_set)
+    )
+    model = MLP((1, 28, 28), (10,), hidden=[128], activation="relu").to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     backward = torch.Tensor.backward
     if fabric:
         import lightning as L
 
-        runner = L.Fabric(accelerator="cpu", devices=1)
+        runner = L.Fabric(accelerator=accelerator, devices=1)
         model, optimizer = runner.setup(model, optimizer)
         backward = runner.backward
 
@@ -88,7 +105,7 @@ def plain_trial(epochs: int, seed: int, fabric: bool = False) -> dict[str, float
 
     steps = 0
     for epoch in range(epochs):
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed + epoch))
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed + epoch)).to(device)
         for start in range(0, len(order), 32):
             batch = order[start : start + 32]
             loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
@@ -97,6 +114,7 @@ def plain_trial(epochs: int, seed: int, fabric: bool = False) -> dict[str, float
             optimizer.step()
             steps += 1
         evaluate(x_val, y_val)
+    _synchronize(accelerator)
     fit_seconds = time.perf_counter() - started
     return {"fit_seconds": fit_seconds, "steps": steps, "test_acc": evaluate(x_test, y_test), "rss_mib": peak_rss_mib()}
 
@@ -135,18 +153,19 @@ def framework_trial(epochs: int, seed: int, overrides: list[str]) -> dict[str, f
     return {"fit_seconds": metrics["fit_seconds"], "steps": steps, "test_acc": metrics["test"]["test/acc"], "rss_mib": peak_rss_mib()}
 
 
-def lightning_trial(epochs: int, seed: int) -> dict[str, float]:
+def lightning_trial(epochs: int, seed: int, accelerator: str = "cpu") -> dict[str, float]:
     import lightning as L
 
     from experiments.config import build, build_trainer
 
-    cfg = _compose(epochs, seed, [])
+    cfg = _compose(epochs, seed, _device_overrides(accelerator))
     L.seed_everything(seed, verbose=False)
     datamodule, task = build(cfg)
     with tempfile.TemporaryDirectory() as root_dir:
         trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, default_root_dir=root_dir)
         started = time.perf_counter()
         trainer.fit(task, datamodule=datamodule)
+        _synchronize(accelerator)
         fit_seconds = time.perf_counter() - started
         tested = trainer.test(task, datamodule=datamodule, verbose=False)[0]
     steps = epochs * TRAIN_STEPS_PER_EPOCH
@@ -154,7 +173,8 @@ def lightning_trial(epochs: int, seed: int) -> dict[str, float]:
 
 
 def run_child(way: str, args: argparse.Namespace) -> dict[str, float]:
-    command = [sys.executable, __file__, "--child", way, "--epochs", str(args.epochs), "--seed", str(args.seed), *args.overrides]
+    command = [sys.executable, __file__, "--child", way, "--epochs", str(args.epochs), "--seed", str(args.seed),
+               "--accelerator", args.accelerator, *args.overrides]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -167,22 +187,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--ways", default=",".join(WAYS), help="which ways to run, comma-separated (plain always runs)")
     parser.add_argument("--child", choices=list(WAYS), help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the framework trial")
     args = parser.parse_args()
     if args.child:
         if args.child in ("plain", "fabric"):
-            result = plain_trial(args.epochs, args.seed, fabric=args.child == "fabric")
+            result = plain_trial(args.epochs, args.seed, args.accelerator, fabric=args.child == "fabric")
         elif args.child == "lightning":
-            result = lightning_trial(args.epochs, args.seed)
+            result = lightning_trial(args.epochs, args.seed, args.accelerator)
         else:
-            result = framework_trial(args.epochs, args.seed, args.overrides)
+            result = framework_trial(args.epochs, args.seed, _device_overrides(args.accelerator) + args.overrides)
         print(json.dumps(result))
         return
 
-    results: dict[str, list[dict[str, float]]] = {way: [] for way in WAYS}
+    unknown = set(args.ways.split(",")) - set(WAYS)
+    if unknown:
+        sys.exit(f"--ways: unknown {', '.join(sorted(unknown))}; choose from {', '.join(WAYS)}")
+    ways = {way: label for way, label in WAYS.items() if way == "plain" or way in args.ways.split(",")}
+    results: dict[str, list[dict[str, float]]] = {way: [] for way in ways}
     for repeat in range(args.repeats):
-        for way in WAYS if repeat % 2 == 0 else reversed(WAYS):
+        for way in ways if repeat % 2 == 0 else reversed(ways):
             result = run_child(way, args)
             results[way].append(result)
             print(f"repeat {repeat + 1} {way:9s} fit {result['fit_seconds']:6.2f}s  test acc {result['test_acc']:.4f}", flush=True)
@@ -191,15 +217,15 @@ def main() -> None:
         return statistics.median(r[key] for r in results[way])
 
     print(f"\nMNIST primer recipe, {args.epochs} epochs, batch 32, median of {args.repeats} "
-          f"(torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}, cpus: {os.cpu_count()})")
+          f"on {args.accelerator} (torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}, cpus: {os.cpu_count()})")
     print("| way | fit seconds | steps/s | peak RSS MiB | test accuracy |")
     print("| --- | --- | --- | --- | --- |")
-    for way, label in WAYS.items():
+    for way, label in ways.items():
         seconds = median(way, "fit_seconds")
         print(f"| {label} | {seconds:.2f} | {results[way][0]['steps'] / seconds:.0f} | "
               f"{median(way, 'rss_mib'):.0f} | {median(way, 'test_acc') * 100:.2f}% |")
     print()
-    for way in (w for w in WAYS if w != "plain"):
+    for way in (w for w in ways if w != "plain"):
         ratios = [w["fit_seconds"] / p["fit_seconds"] for w, p in zip(results[way], results["plain"])]
         print(f"ratio {way} / plain: {median(way, 'fit_seconds') / median('plain', 'fit_seconds'):.3f} "
               f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)})")

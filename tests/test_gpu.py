@@ -23,9 +23,21 @@ def test_bf16_run_keeps_its_data_on_the_gpu(compose_train) -> None:
     L.seed_everything(cfg.seed)
     datamodule, task = build(cfg)
     trainer = build_trainer(cfg, logger=False, callbacks=[], enable_checkpointing=False)
+    devices_as_yielded: set[str] = set()
+
+    def record(batch, dataloader_idx):  # sees each batch as its loader yields it, before any transfer
+        devices_as_yielded.update(t.device.type for t in batch)
+        return batch
+
+    task.on_before_batch_transfer = record
     trainer.fit(task, datamodule=datamodule)
     assert trainer.precision == "bf16-mixed"
-    assert datamodule.train_set[0].is_cuda and datamodule.train_set[1].is_cuda
+    # The loaders hold the splits on the GPU (moved once, when each loader was made), so batches
+    # are cut there and none crosses from the host.
+    assert devices_as_yielded == {"cuda"}
+    for loader in (trainer.train_dataloader, trainer.val_dataloaders):
+        assert all(t.is_cuda for t in loader.tensors)
+    assert not datamodule.train_set[0].is_cuda  # the data module's own copy stays where it was read
     assert float(trainer.callback_metrics["train/loss"]) < 0.69  # learnt something
 
 
