@@ -15,6 +15,10 @@ order seeding and per-epoch validation, no files, and no Lightning imported. The
 the floor under any framework built on Lightning's Trainer: the same task and data through a
 bare Trainer (no callbacks, logger, checkpoints or files). The fourth is the plain loop on
 Lightning Fabric: the floor for a loop of our own on Lightning's device, precision and DDP layer.
+The fifth is that loop doing the work every run of the framework does (deterministic
+algorithms, a finite-loss check and the epoch's training metrics each step; validation loss and
+accuracy, TensorBoard, ``best.ckpt``, ``last.ckpt`` and ``history.csv`` each epoch), without
+any callbacks or configuration: the floor for a framework of our own on Fabric.
 Extra arguments are Hydra overrides given to the framework trial only (for trying trainer
 settings). With ``--accelerator gpu`` every way keeps the data and the model on the GPU in
 float32 (the framework as ``trainer=gpu trainer.precision=32-true``), and the clock stops only
@@ -27,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +48,7 @@ WAYS = {
     "framework": "experiments.train",
     "lightning": "bare Lightning Trainer, same task",
     "fabric": "the plain loop on Lightning Fabric",
+    "fabric_run": "that loop doing a run's work",
 }
 
 
@@ -64,10 +70,15 @@ def _synchronize(accelerator: str) -> None:
         torch.cuda.synchronize()
 
 
-def plain_trial(epochs: int, seed: int, accelerator: str = "cpu", fabric: bool = False) -> dict[str, float]:
+def plain_trial(
+    epochs: int, seed: int, accelerator: str = "cpu", fabric: bool = False, run_work: bool = False
+) -> dict[str, float]:
     """The plain loop; with ``fabric``, the same loop with Lightning Fabric's device, precision
     and DDP layer (``fabric.setup``, ``fabric.backward``): what a loop of our own, instead of
-    Lightning's Trainer, would cost."""
+    Lightning's Trainer, would cost; with ``run_work`` too, that loop doing a run's work."""
+    import csv
+    import math
+
     import torch
     import torch.nn.functional as F
 
@@ -91,10 +102,16 @@ def plain_trial(epochs: int, seed: int, accelerator: str = "cpu", fabric: bool =
     backward = torch.Tensor.backward
     if fabric:
         import lightning as L
+        from lightning.fabric.loggers import TensorBoardLogger
 
-        runner = L.Fabric(accelerator=accelerator, devices=1)
+        run_dir = Path(tempfile.mkdtemp())
+        runner = L.Fabric(accelerator=accelerator, devices=1, loggers=[TensorBoardLogger(run_dir)] if run_work else [])
         model, optimizer = runner.setup(model, optimizer)
         backward = runner.backward
+    if run_work:
+        torch.use_deterministic_algorithms(True)
+        history: list[dict[str, float]] = []
+        best = -1.0
 
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> float:
         model.eval()
@@ -106,16 +123,43 @@ def plain_trial(epochs: int, seed: int, accelerator: str = "cpu", fabric: bool =
     steps = 0
     for epoch in range(epochs):
         order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed + epoch)).to(device)
+        sums = torch.zeros(2, device=device)
         for start in range(0, len(order), 32):
             batch = order[start : start + 32]
-            loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
+            logits = model(x_train[batch])
+            loss = F.cross_entropy(logits, y_train[batch])
+            if run_work:
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss {loss.item()} at step {steps + 1}")
+                sums += torch.stack([loss.detach(), (logits.detach().argmax(1) == y_train[batch]).float().mean()]) * len(batch)
             optimizer.zero_grad()
             backward(loss)
             optimizer.step()
             steps += 1
-        evaluate(x_val, y_val)
+        val_acc = evaluate(x_val, y_val)
+        if run_work:
+            with torch.no_grad():
+                model.eval()
+                val_loss = sum(float(F.cross_entropy(model(x_val[i : i + 1000]), y_val[i : i + 1000], reduction="sum"))
+                               for i in range(0, len(x_val), 1000)) / len(x_val)
+                model.train()
+            train_loss, train_acc = (sums / len(order)).tolist()
+            row = {"epoch": epoch + 1, "train/loss": train_loss, "train/acc": train_acc, "val/loss": val_loss, "val/acc": val_acc}
+            runner.log_dict(row, step=steps)
+            state = {"model": model, "optimizer": optimizer, "epoch": epoch, "step": steps, "rng": torch.get_rng_state()}
+            runner.save(run_dir / "last.ckpt", state)
+            if val_acc > best:
+                best = val_acc
+                runner.save(run_dir / "best.ckpt", state)
+            history.append(row)
+            with open(run_dir / "history.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(row))
+                writer.writeheader()
+                writer.writerows(history)
     _synchronize(accelerator)
     fit_seconds = time.perf_counter() - started
+    if fabric:
+        shutil.rmtree(run_dir)
     return {"fit_seconds": fit_seconds, "steps": steps, "test_acc": evaluate(x_test, y_test), "rss_mib": peak_rss_mib()}
 
 
@@ -193,8 +237,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the framework trial")
     args = parser.parse_args()
     if args.child:
-        if args.child in ("plain", "fabric"):
-            result = plain_trial(args.epochs, args.seed, args.accelerator, fabric=args.child == "fabric")
+        if args.child in ("plain", "fabric", "fabric_run"):
+            result = plain_trial(
+                args.epochs, args.seed, args.accelerator, fabric=args.child != "plain", run_work=args.child == "fabric_run"
+            )
         elif args.child == "lightning":
             result = lightning_trial(args.epochs, args.seed, args.accelerator)
         else:

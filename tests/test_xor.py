@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,26 @@ from experiments.train import train
 
 
 @pytest.fixture(scope="module")
-def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One finished `experiment=xor` run, made through the command line."""
+def xor_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One finished `experiment=xor` run, made through the command line, and what it printed."""
     workdir = tmp_path_factory.mktemp("xor")
     result = run_cli("train", "experiment=xor", f"hydra.run.dir={workdir / 'run'}", cwd=workdir)
     assert result.returncode == 0, result.stderr
-    return workdir / "run"
+    return workdir / "run", result
+
+
+@pytest.fixture(scope="module")
+def xor_run(xor_cli: tuple[Path, subprocess.CompletedProcess[str]]) -> Path:
+    return xor_cli[0]
+
+
+def test_run_prints_its_epochs_and_result_without_library_chatter(xor_cli) -> None:
+    run_dir, result = xor_cli
+    printed = result.stdout + result.stderr
+    assert "epoch train/acc train/loss val/acc val/loss" in result.stdout
+    assert any(line.startswith("xor: test/acc=1.0000") and str(run_dir) in line for line in result.stdout.splitlines())
+    # Lightning's deprecation warning about torch's pytree API and its cloud-logger advert
+    assert "LeafSpec" not in printed and "litlogger" not in printed
 
 
 def test_run_directory_holds_every_promised_file(xor_run: Path) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -136,6 +138,7 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         os.environ["EXPERIMENTS_FULL_ERROR"] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    _quiet_library_chatter()
     try:
         hydra_main()
     except Exception as err:
@@ -143,3 +146,16 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
         if message is None:
             raise
         exit_on_user_error(message)
+
+
+def _quiet_library_chatter() -> None:
+    """Keep two lines out of every run's output that tell the user nothing they can act on.
+
+    Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates (a warning with Lightning's
+    file path in it, printed by every run), and advertises its cloud logger whenever no LitLogger is
+    configured. Done for the command-line tools only: a library user's own settings stay theirs.
+    """
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+    )
