@@ -156,6 +156,8 @@ def _quiet_library_chatter() -> None:
     configured. Done for the command-line tools only: a library user's own settings stay theirs.
     """
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
-    )
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)  # once, however often called
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
