@@ -104,8 +104,8 @@ def plain_trial(
         import lightning as L
         from lightning.fabric.loggers import TensorBoardLogger
 
-        run_dir = Path(tempfile.mkdtemp())
-        runner = L.Fabric(accelerator=accelerator, devices=1, loggers=[TensorBoardLogger(run_dir)] if run_work else [])
+        run_dir = Path(tempfile.mkdtemp()) if run_work else None
+        runner = L.Fabric(accelerator=accelerator, devices=1, loggers=[TensorBoardLogger(run_dir)] if run_dir else [])
         model, optimizer = runner.setup(model, optimizer)
         backward = runner.backward
     if run_work:
@@ -113,12 +113,18 @@ def plain_trial(
         history: list[dict[str, float]] = []
         best = -1.0
 
-    def evaluate(x: torch.Tensor, y: torch.Tensor) -> float:
+    def evaluate(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """Accuracy and, with ``run_work``, mean loss, from one pass over ``x``."""
         model.eval()
+        correct, loss_sum = 0, 0.0
         with torch.no_grad():
-            correct = sum(int((model(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum()) for i in range(0, len(x), 1000))
+            for i in range(0, len(x), 1000):
+                logits = model(x[i : i + 1000])
+                correct += int((logits.argmax(1) == y[i : i + 1000]).sum())
+                if run_work:
+                    loss_sum += float(F.cross_entropy(logits, y[i : i + 1000], reduction="sum"))
         model.train()
-        return correct / len(x)
+        return correct / len(x), loss_sum / len(x)
 
     steps = 0
     for epoch in range(epochs):
@@ -136,13 +142,8 @@ def plain_trial(
             backward(loss)
             optimizer.step()
             steps += 1
-        val_acc = evaluate(x_val, y_val)
+        val_acc, val_loss = evaluate(x_val, y_val)
         if run_work:
-            with torch.no_grad():
-                model.eval()
-                val_loss = sum(float(F.cross_entropy(model(x_val[i : i + 1000]), y_val[i : i + 1000], reduction="sum"))
-                               for i in range(0, len(x_val), 1000)) / len(x_val)
-                model.train()
             train_loss, train_acc = (sums / len(order)).tolist()
             row = {"epoch": epoch + 1, "train/loss": train_loss, "train/acc": train_acc, "val/loss": val_loss, "val/acc": val_acc}
             runner.log_dict(row, step=steps)
@@ -158,9 +159,9 @@ def plain_trial(
                 writer.writerows(history)
     _synchronize(accelerator)
     fit_seconds = time.perf_counter() - started
-    if fabric:
+    if run_work:
         shutil.rmtree(run_dir)
-    return {"fit_seconds": fit_seconds, "steps": steps, "test_acc": evaluate(x_test, y_test), "rss_mib": peak_rss_mib()}
+    return {"fit_seconds": fit_seconds, "steps": steps, "test_acc": evaluate(x_test, y_test)[0], "rss_mib": peak_rss_mib()}
 
 
 def _compose(epochs: int, seed: int, overrides: list[str]) -> Any:
