@@ -200,14 +200,20 @@ def framework_trial(epochs: int, seed: int, overrides: list[str]) -> dict[str, f
 
 def lightning_trial(epochs: int, seed: int, accelerator: str = "cpu") -> dict[str, float]:
     import lightning as L
+    from omegaconf import OmegaConf
 
-    from experiments.config import build, build_trainer
+    from experiments.config import build
 
     cfg = _compose(epochs, seed, _device_overrides(accelerator))
     L.seed_everything(seed, verbose=False)
     datamodule, task = build(cfg)
+    # Lightning's own Trainer, one optimizer step per Lightning step, with the run's settings.
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+                if k not in ("_target_", "steps_per_execution")}
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # as experiments.engine.Trainer does
     with tempfile.TemporaryDirectory() as root_dir:
-        trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, default_root_dir=root_dir)
+        settings["default_root_dir"] = root_dir
+        trainer = L.Trainer(**settings, callbacks=[], logger=False, enable_checkpointing=False)
         started = time.perf_counter()
         trainer.fit(task, datamodule=datamodule)
         _synchronize(accelerator)

@@ -56,27 +56,21 @@ def test_the_trainer_takes_back_lightnings_per_step_nvml_check(tmp_path: Path, m
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
 
 
-def test_the_trainer_profiles_nothing_unless_asked_and_profiles_when_asked(tmp_path: Path) -> None:
-    from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
+def test_the_trainer_profiles_when_asked(tmp_path: Path) -> None:
+    from lightning.pytorch.profilers import SimpleProfiler
 
     from experiments.config import build_trainer
 
-    quiet = build_trainer(compose_config("train", ["experiment=xor"], tmp_path), logger=False).profiler
-    assert isinstance(quiet, PassThroughProfiler)
-    for _ in range(2):  # one shared context, entered once per hook call
-        with quiet.profile("[LightningModule]Task.training_step") as entered:
-            assert entered is None
     profiled = compose_config("train", ["experiment=xor", "trainer.profiler=simple"], tmp_path)
     assert isinstance(build_trainer(profiled, logger=False).profiler, SimpleProfiler)
 
 
-def test_the_checkpoint_callbacks_keep_lightnings_state_keys(tmp_path: Path) -> None:
-    # Checkpoints store each callback's state under its key: ours must read Lightning's and back.
-    from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_steps_per_execution_must_be_auto_or_a_positive_integer(tmp_path: Path, value: str) -> None:
+    from experiments.config import build_trainer
+    from experiments.errors import describe
 
-    from experiments.callbacks import ModelCheckpoint
-
-    settings = {"dirpath": str(tmp_path), "monitor": "val/acc", "mode": "max", "every_n_train_steps": 7}
-    ours, theirs = ModelCheckpoint(**settings), LightningModelCheckpoint(**settings)
-    assert ours.state_key == theirs.state_key == ours.state_key
-    assert ModelCheckpoint(dirpath=str(tmp_path), monitor=None).state_key != ours.state_key
+    cfg = compose_config("train", ["experiment=xor", f"trainer.steps_per_execution={value}"], tmp_path)
+    with pytest.raises(Exception) as caught:
+        build_trainer(cfg, logger=False)
+    assert "trainer.steps_per_execution" in (describe(caught.value) or "")

@@ -1,12 +1,10 @@
 """Callbacks: a run's history as files (``history.csv``, ``learning_curves.png``), its random
-state in checkpoints for exact resumes, a guard that stops it when the loss stops being finite,
-and Lightning's ModelCheckpoint made cheaper per step.
+state in checkpoints for exact resumes, and a guard that stops it when the loss stops being finite.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -15,7 +13,6 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
 from experiments.errors import UserError
 from experiments.runs import write_atomic
@@ -135,20 +132,6 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-class ModelCheckpoint(LightningModelCheckpoint):
-    """Lightning's ModelCheckpoint, with its state key built once instead of on every call.
-
-    Lightning formats every callback's ``state_key`` into a profiler label each time it calls one
-    of the callback's hooks, six times a training step; ModelCheckpoint's key is the ``repr`` of
-    a dict of its settings, rebuilt each time (1.2 us). The settings it describes are fixed when
-    the callback is made.
-    """
-
-    @functools.cached_property
-    def state_key(self) -> str:  # type: ignore[override]
-        return super().state_key
 
 
 class ResumeState(Callback):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import typing
@@ -14,7 +13,6 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
-from lightning.pytorch.profilers import PassThroughProfiler
 from omegaconf import DictConfig, OmegaConf
 from typeguard import TypeCheckError, check_type
 
@@ -163,44 +161,16 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
     return datamodule, task
 
 
-class _NoProfiler(PassThroughProfiler):
-    """Lightning's default profiler, minus the generator it builds around every hook call.
-
-    The Trainer wraps each of the 30-odd hook calls of a training step in ``profiler.profile()``,
-    which Lightning's profilers implement with ``contextlib.contextmanager``: a new generator per
-    call even when nothing is profiled, about 4% of a Lightning step of the MNIST primer. One
-    shared, reusable null context does the same nothing for free. ``trainer.profiler=simple`` (or
-    ``advanced``, ``pytorch``) still profiles.
-    """
-
-    _nothing = contextlib.nullcontext()
-
-    def profile(self, action_name: str) -> contextlib.nullcontext:  # type: ignore[override]
-        return self._nothing
-
-
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
-    """The Lightning Trainer of ``cfg.trainer``; ``overrides`` win over the config."""
-    if cfg.trainer.get("profiler") is None:
-        overrides.setdefault("profiler", _NoProfiler())
-    trainer = instantiate(cfg.trainer, **overrides)
-    launcher = trainer.strategy.launcher
-    if launcher is None or not launcher.is_interactive_compatible:
-        # Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 so that torch.cuda.is_available()
-        # cannot initialise CUDA in a process that forks later. With it, every such call loads the
-        # NVML library anew, and torch's optimizers make that call in every step (40 us a step
-        # here, 4% of the MNIST primer's whole step). Only the fork-based launchers (ddp_fork,
-        # ddp_notebook: "interactive compatible") need it.
-        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-    return trainer
+    """The Trainer of ``cfg.trainer`` (:class:`experiments.engine.Trainer`); ``overrides`` win over the config."""
+    return instantiate(cfg.trainer, **overrides)
 
 
 def build_callbacks(cfg: DictConfig) -> list[Any]:
     """The callbacks of ``cfg.callbacks``, less the step checkpoint when ``checkpoint_every_n_steps`` is 0."""
     nodes = dict(cfg.get("callbacks") or {})
     if cfg.get("checkpoint_every_n_steps", 0) == 0:
-        # It would never save, yet Lightning would still call it six times in every training step.
-        nodes.pop("step_checkpoint", None)
+        nodes.pop("step_checkpoint", None)  # it would never save
     return instantiate_group(nodes)
 
 

@@ -75,14 +75,12 @@ def pruning_callbacks(monitor: str) -> list[Callback]:
     import optuna
     from hydra.utils import instantiate
 
+    from experiments.engine import optuna_trial
+
     url = storage_url(sweeper.get("storage"), hydra_cfg.sweep.dir)
     # The pruner is not stored with the study: each trial builds the sweep's own.
     study = optuna.load_study(
         study_name=sweeper.study_name, storage=open_storage(url), pruner=instantiate(sweeper.pruner)
     )
-    number = int(hydra_cfg.job.num)
-    trial_id = next((t._trial_id for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if trial_id is None:
-        return []
-    # Trial(study, id) is how Optuna itself hands a running trial to a worker; the id has no public getter.
-    return [OptunaPruning(optuna.trial.Trial(study, trial_id), monitor)]
+    trial = optuna_trial(study, int(hydra_cfg.job.num))
+    return [] if trial is None else [OptunaPruning(trial, monitor)]

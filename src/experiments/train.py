@@ -26,6 +26,7 @@ from experiments.checkpoints import checkpoint_to_resume, load_weights, read_che
 from experiments.config import CONFIG_DIR, build, build_callbacks, build_trainer, check_config, instantiate_group
 from experiments.diagnosis import Diagnosis, diagnose, trivial_loss
 from experiments.distributed import ddp_job
+from experiments.engine import purge_tensorboard_after, write_tensorboard_hparams
 from experiments.errors import UserError, describe, run_cli, user_errors_exit
 from experiments.runs import save_config, write_json
 from experiments.sweeps import TrialPruned, pruning_callbacks
@@ -62,19 +63,7 @@ def _log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str,
     params = _hyperparameters(cfg)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            # Written directly rather than through log_hyperparams, which would log every metric
-            # again at step 0 and put a false first point on the test curves.
-            from torch.utils.tensorboard.summary import hparams
-
-            writer = logger.experiment._get_file_writer()
-            for summary in hparams(params, metrics):
-                writer.add_summary(summary)
-            # The HPARAMS tab reads each metric's value from a scalar of the same tag: the test
-            # metrics are logged already, the best validation value is not.
-            for name, value in metrics.items():
-                if name.startswith("best/"):
-                    logger.experiment.add_scalar(name, value, global_step=trainer.global_step)
-            writer.flush()
+            write_tensorboard_hparams(logger, params, metrics, trainer.global_step)
         else:
             logger.log_hyperparams(params)
 
@@ -93,10 +82,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = build_callbacks(cfg) + pruning_callbacks(cfg.monitor)
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
-        if resume_from is not None and isinstance(logger, TensorBoardLogger):
+        if resume_from is not None:
             # TensorBoard hides what the interrupted run logged after its checkpoint, so the curves
-            # of the resumed run carry on without doubled points. (Passed through to SummaryWriter.)
-            logger._kwargs.setdefault("purge_step", int(resumed.get("global_step", 0)))
+            # of the resumed run carry on without doubled points.
+            purge_tensorboard_after(logger, int(resumed.get("global_step", 0)))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         save_config(cfg, run_dir)

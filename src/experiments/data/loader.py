@@ -69,6 +69,11 @@ class InMemoryLoader:
             return self.num_samples // self.batch_size
         return -(-self.num_samples // self.batch_size)
 
+    @property
+    def start_position(self) -> int:
+        """The batch of ``self.epoch`` that the next ``iter()`` starts at (non-zero only when resuming)."""
+        return self._resume_at if self._resume_at is not None else 0
+
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` run ``epoch`` from its start, unless it resumes inside it."""
         if self._resume_at is not None and epoch == self.epoch:

@@ -187,6 +187,6 @@ class MNISTDataModule(InMemoryDataModule):
             self._augment_generator = torch.Generator(device=images.device)
         # Seeded by the batch count (restored on resume), so a resumed run draws the same shifts
         # and rotations as an uninterrupted one.
-        batches_seen = trainer.fit_loop.total_batch_idx + 1
+        batches_seen = trainer.global_step + 1
         self._augment_generator.manual_seed(hash((self.seed, batches_seen, trainer.global_rank)))
         return random_affine(images, self.max_shift, self.max_rotation, self._augment_generator), labels

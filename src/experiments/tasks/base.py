@@ -11,8 +11,6 @@ from torch import nn
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
-_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_train_count"})
-
 
 class Task(L.LightningModule):
     """A plain model plus what training needs: the loss, the metrics, the optimizer and scheduler.
@@ -38,18 +36,6 @@ class Task(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.monitor = monitor
-        # Running sums of this epoch's training values (see log_split), kept on the device.
-        self._train_sums: dict[str, torch.Tensor] = {}
-        self._train_count = 0
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets _current_fx_name around every hook it calls, some 40 times per training
-        # step; nn.Module.__setattr__ (which looks for parameters, buffers and submodules) costs
-        # more than those steps can afford. These attributes are never any of those.
-        if name in _PLAIN_ATTRIBUTES:
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -67,18 +53,12 @@ class Task(L.LightningModule):
         self.shared_step(batch, "test")
 
     def log_split(self, split: str, values: dict[str, Any], batch_size: int) -> None:
-        """Log per-epoch values of a split as ``<split>/<name>`` (reduced across DDP ranks).
+        """Log per-epoch values of a split as ``<split>/<name>``, reduced across DDP ranks.
 
-        Training values are batch means as tensors: they are summed on the device and logged
-        once, at the epoch's last batch, as the epoch's sample-weighted mean. ``self.log`` costs
-        more than a whole training step of a small model (it reorganises Lightning's result
-        collection on every call), and the per-step values are not used. Validation and test
-        values (tensors or torchmetrics metrics) go through ``self.log`` on every batch: those
-        loops are short.
+        Values are tensors (batch means, weighted by ``batch_size`` over the epoch) or
+        torchmetrics metrics. Only epoch values are logged: per-step values of every batch are
+        not used by anything in a run.
         """
-        if split == "train":
-            self._accumulate_train(values, batch_size)
-            return
         for name, value in values.items():
             self.log(
                 f"{split}/{name}",
@@ -89,51 +69,6 @@ class Task(L.LightningModule):
                 sync_dist=True,  # reduced once per epoch (on_step=False), so it costs nothing per step
                 prog_bar=name == "loss",
             )
-
-    def _accumulate_train(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
-        for name, value in values.items():
-            total = value.detach() * batch_size
-            if name in self._train_sums:
-                self._train_sums[name].add_(total)
-            else:
-                self._train_sums[name] = total
-        self._train_count += batch_size
-        # Logged from the last step rather than on_train_epoch_end, so that callbacks that read
-        # the epoch's metrics in their own on_train_epoch_end (History) see them.
-        # is_last_batch alone misses the end of an epoch cut short by limit_train_batches or
-        # overfit_batches, where the loader still has batches left.
-        trainer = self._trainer
-        if trainer is not None and (
-            trainer.is_last_batch
-            or trainer.fit_loop.epoch_loop.batch_progress.current.ready >= trainer.num_training_batches
-        ):
-            self._log_train_epoch()
-
-    def _log_train_epoch(self) -> None:
-        count, sums = self._train_count, self._train_sums
-        self._train_sums, self._train_count = {}, 0
-        for name, total in sums.items():
-            self.log(
-                f"train/{name}",
-                total / count,
-                on_step=False,
-                on_epoch=True,
-                batch_size=count,
-                sync_dist=True,  # once per epoch; every rank holds the same number of samples
-                prog_bar=name == "loss",
-            )
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # A checkpoint taken mid-epoch resumes with the epoch's running sums.
-        checkpoint["train_epoch_sums"] = {
-            "sums": {k: v.detach().cpu() for k, v in self._train_sums.items()},
-            "count": self._train_count,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("train_epoch_sums") or {"sums": {}, "count": 0}
-        self._train_sums = {k: v.to(self.device) for k, v in state["sums"].items()}
-        self._train_count = int(state["count"])
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

@@ -230,9 +230,9 @@ def _finished(study: Any) -> int:
 
 def _tell_from_metrics(study: Any, number: int, metrics: dict[str, Any]) -> None:
     """Tell Optuna what a trial's ``metrics.json`` says: its objective, pruned, or failed and why."""
-    import optuna
+    from experiments.engine import optuna_trial
 
-    trial = optuna.trial.Trial(study, study.trials[number]._trial_id)
+    trial = optuna_trial(study, number)
     status, value = metrics.get("status"), metrics.get("best")
     if status == "pruned":
         trial.set_user_attr("pruned", metrics.get("error", ""))
@@ -271,6 +271,8 @@ def _recover_interrupted(study: Any, sweep_dir: Path) -> None:
     written, else as failed ("interrupted") with their parameters queued again."""
     import optuna
 
+    from experiments.engine import optuna_trial
+
     host = socket.gethostname()
     for frozen in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
         worker_host, _, pid = str(frozen.user_attrs.get("worker", "")).rpartition(":")
@@ -285,7 +287,7 @@ def _recover_interrupted(study: Any, sweep_dir: Path) -> None:
         if metrics.get("status") in ("completed", "pruned", "failed"):
             _tell_from_metrics(study, frozen.number, metrics)  # it finished; only the telling was lost
             continue
-        optuna.trial.Trial(study, frozen._trial_id).set_user_attr("fail_reason", INTERRUPTED)
+        optuna_trial(study, frozen.number).set_user_attr("fail_reason", INTERRUPTED)
         study.tell(frozen.number, state=_state("FAIL"))
         if run_dir.is_dir():
             shutil.rmtree(run_dir)  # half a run: nothing in it is a result
