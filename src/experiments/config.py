@@ -54,26 +54,40 @@ def _hint_text(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+def _options(target: Any) -> tuple[list[str], dict[str, Any], bool]:
+    """The keyword options of ``target``, their type hints, and whether it takes any other keyword.
+
+    A class whose ``__init__`` passes ``**kwargs`` on to its base (experiments.engine.Trainer to
+    Lightning's) also has the base's options, checked the same way.
+    """
+    parameters: list[str] = []
+    hints: dict[str, Any] = {}
+    for init in [c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]:
+        signature = inspect.signature(init)
+        parameters += [n for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        try:
+            hints = {**typing.get_type_hints(init), **hints}
+        except Exception:  # noqa: BLE001 - unresolved forward references: check names, not types
+            pass
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            return list(dict.fromkeys(parameters)), hints, False
+    return list(dict.fromkeys(parameters)), hints, True
+
+
 def _check_node(key: str, node: DictConfig) -> None:
     """Check the keys and value types of one ``_target_`` node against its target's signature."""
     try:
         target = get_object(node._target_)
     except Exception as err:  # hydra wraps the import error; one line is enough here
         raise UserError(f"{key}._target_: cannot import {node._target_!r}") from err
-    init = target.__init__ if inspect.isclass(target) else target
-    signature = inspect.signature(init)
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    try:
-        hints = typing.get_type_hints(init)
-    except Exception:  # noqa: BLE001 - unresolved forward references: check names, not types
-        hints = {}
+    parameters, hints, takes_any = _options(target)
     for name, value in node.items():
         if str(name).startswith("_"):
             continue
-        if name not in signature.parameters:
+        if name not in parameters:
             if takes_any:
                 continue
-            valid = [p for p in signature.parameters if p not in _SUPPLIED]
+            valid = [p for p in parameters if p not in _SUPPLIED]
             raise UserError(
                 f"{key}.{name} is not an option of {node._target_}{suggest(str(name), valid)}; "
                 f"valid options: {', '.join(valid)}"
