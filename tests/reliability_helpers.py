@@ -58,10 +58,12 @@ class BlobsDataModule(InMemoryDataModule):
 
 
 class KillAt(Callback):
-    """SIGKILL this process at ``hook`` once ``global_step`` (train batches) or ``epoch`` is reached.
+    """SIGKILL this process at ``hook`` once ``global_step`` (optimizer steps) or ``epoch`` is reached.
 
     Callbacks run before Lightning's checkpoint callbacks, so a kill in ``on_train_batch_end``
-    lands after the optimizer step and before that step's checkpoint is written.
+    lands after the optimizer step and before that step's checkpoint is written. With fused
+    steps, ``on_train_batch_end`` runs once per chunk: the kill lands at the end of the first
+    chunk that reaches ``step``.
     """
 
     def __init__(self, hook: str, step: int = -1, epoch: int = -1) -> None:
@@ -70,7 +72,8 @@ class KillAt(Callback):
         self.hook, self.step, self.epoch = hook, step, epoch
 
     def _maybe_kill(self, trainer: L.Trainer, hook: str) -> None:
-        if hook == self.hook and (trainer.global_step == self.step or trainer.current_epoch == self.epoch):
+        reached = (0 <= self.step <= trainer.global_step) if hook == "train_batch_end" else trainer.global_step == self.step
+        if hook == self.hook and (reached or trainer.current_epoch == self.epoch):
             os.kill(os.getpid(), signal.SIGKILL)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:

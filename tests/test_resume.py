@@ -24,6 +24,9 @@ BLOBS = [
     "model.dropout=0.2",
     "trainer.max_epochs=6",
     "checkpoint_every_n_steps=5",
+    # Chunks of 3 steps (3, 3, 2 per epoch): step checkpoints land inside chunks, and the kill
+    # after step 13 lands at the chunk's end (step 14).
+    "trainer.steps_per_execution=3",
 ]
 KILL = "+callbacks.kill._target_=reliability_helpers.KillAt"
 # Where the three runs die (SIGKILL from within, at a fixed point, so the test is repeatable):

@@ -37,15 +37,20 @@ the versions that ``pyproject.toml`` allows (Lightning 2.5-2.6, Optuna 4-5).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
+import time
+from pathlib import Path
+from weakref import proxy
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -224,6 +229,7 @@ class _FusedSteps(Callback):
         self.steps = steps  # 0: auto
         self.limit: int | float = 1.0
         self.logs: _EpochLogs | None = None  # set while installed
+        self._in_chunk = False
         self._saved_logs: dict[str, Any] | None = None
 
     @property
@@ -292,7 +298,7 @@ class _FusedSteps(Callback):
         self.step_schedulers = [c.scheduler for c in schedulers]
         self.step_checkpoints = [
             c for c in trainer.checkpoint_callbacks
-            if isinstance(c, ModelCheckpoint) and (c._every_n_train_steps > 0 or c._train_time_interval)
+            if isinstance(c, LightningModelCheckpoint) and (c._every_n_train_steps > 0 or c._train_time_interval)
         ]
         self.hooks = {
             name: [getattr(c, name) for c in trainer.callbacks if is_overridden(name, c, Callback)]
@@ -325,6 +331,18 @@ class _FusedSteps(Callback):
         if self.logs is not None:
             self.logs.flush_epoch()
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint taken while training still holds the finished progress of the last
+        # validation run (2 of 2 batches, say). A run restarted from it twice can take that for a
+        # validation that has already run and skip the epoch's validation (Lightning 2.6); taken
+        # outside validation, it is one that has not started.
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.val_loop.batch_progress")
+        if progress is not None and not trainer.validating:
+            progress["current"] = {key: 0 for key in progress["current"]}
+            progress["is_last_batch"] = False
+        if self._in_chunk:
+            _as_if_after_previous_chunk(checkpoint)
+
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "epoch_logs": self.logs.state_dict() if self.logs else {}}
 
@@ -339,6 +357,7 @@ class _FusedSteps(Callback):
         logs = self.logs
         assert logs is not None
         logs.active = True
+        self._in_chunk = True
         try:
             last = batch.size - 1
             for i in range(batch.size):
@@ -349,6 +368,7 @@ class _FusedSteps(Callback):
             return None
         finally:
             logs.active = False
+            self._in_chunk = False
             logs.flush_steps()
 
     def _transfer(self, batch: Any) -> Any:
@@ -408,11 +428,33 @@ class _FusedSteps(Callback):
         self.progress.step.increment_completed()
         for scheduler in self.step_schedulers:
             module.lr_scheduler_step(scheduler, None)
-        for checkpoint in self.step_checkpoints:
-            checkpoint.on_train_batch_end(trainer, module, output, batch, batch_idx)
+        for checkpoint in self.step_checkpoints:  # Lightning's own rule: never an epoch's last batch here
+            LightningModelCheckpoint.on_train_batch_end(checkpoint, trainer, module, output, batch, batch_idx)
         # Counted after the checkpoint, as Lightning counts its own steps after on_train_batch_end
         # (and adds one when it restarts from such a checkpoint).
         trainer.fit_loop.epoch_loop._batches_that_stepped += 1
+
+
+def _as_if_after_previous_chunk(checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint taken inside a chunk restart the way Lightning restarts one taken at the
+    end of a training batch (``on_train_batch_end``).
+
+    Lightning never checkpoints inside a training step, and restarts from such a checkpoint with
+    its batch counters one apart for good (``total.ready`` ahead of ``total.completed``), which
+    makes the next restart misjudge where it stopped and skip an epoch's validation. Here the
+    chunk in progress counts as not started, and the one before it as ended but not yet completed,
+    which Lightning completes when it restarts. The loader's own position, saved with the
+    checkpoint, says where inside the chunk training goes on; and the logging step count is one
+    short, as Lightning saves it at a batch end.
+    """
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = loops.get("epoch_loop.batch_progress")
+    if progress is None:
+        return
+    for part in ("total", "current"):
+        done = progress[part]["completed"]
+        progress[part].update(ready=done, started=done, processed=done, completed=done - 1)
+    progress["is_last_batch"] = False
 
 
 def _is_callback_hook(hook: Any) -> bool:
@@ -443,8 +485,10 @@ class Trainer(L.Trainer):
     """Lightning's Trainer with ``steps_per_execution``: K optimizer steps per Lightning step.
 
     ``steps_per_execution="auto"`` (the default) picks K from the model's size and the batch size
-    so that Lightning's per-step cost is hidden (see :func:`auto_steps`); ``1`` is Lightning's own
-    loop, untouched. Any other Trainer argument is Lightning's. ``profiler=None`` adds no profiler.
+    so that Lightning's per-step cost is hidden (see :func:`auto_steps`); ``1`` pays Lightning's
+    cost at every step. Either way the training values of an epoch are summed here, so a run
+    resumed inside an epoch logs the same epoch means as one never stopped (Lightning's own
+    logging restarts those sums). Any other Trainer argument is Lightning's.
     """
 
     def __init__(self, *args: Any, steps_per_execution: int | str = AUTO, **kwargs: Any) -> None:
@@ -456,12 +500,11 @@ class Trainer(L.Trainer):
             raise UserError(
                 f"trainer.steps_per_execution={steps_per_execution!r}: expected a positive integer or 'auto'"
             )
-        self._fused = None if steps_per_execution == 1 else _FusedSteps(0 if steps_per_execution == AUTO else int(steps_per_execution))
-        if self._fused is not None:
-            # First among the callbacks: its on_train_epoch_end logs the epoch's training values
-            # before other callbacks read them. Present for test/predict too, so that Lightning
-            # finds the callback whose state a checkpoint holds.
-            kwargs["callbacks"] = [self._fused, *_as_list(kwargs.get("callbacks"))]
+        self._fused = _FusedSteps(0 if steps_per_execution == AUTO else int(steps_per_execution))
+        # First among the callbacks: its on_train_epoch_end logs the epoch's training values
+        # before other callbacks read them. Present for test/predict too, so that Lightning
+        # finds the callback whose state a checkpoint holds.
+        kwargs["callbacks"] = [self._fused, *_as_list(kwargs.get("callbacks"))]
         super().__init__(*args, **kwargs)
         self.steps_per_execution = steps_per_execution
         launcher = self.strategy.launcher
@@ -475,7 +518,7 @@ class Trainer(L.Trainer):
 
     def fit(self, model: L.LightningModule, *args: Any, datamodule: Any = None, **kwargs: Any) -> None:
         fused = self._fused
-        if fused is None or not self._can_fuse(model, datamodule, bool(args) or "train_dataloaders" in kwargs):
+        if not self._can_fuse(model, datamodule, bool(args) or "train_dataloaders" in kwargs):
             return super().fit(model, *args, datamodule=datamodule, **kwargs)
         limit_train_batches = self.limit_train_batches
         # Counted in batches by the chunked loader, not in chunks by Lightning.
@@ -495,6 +538,139 @@ class Trainer(L.Trainer):
         if reason is not None:
             log.warning("steps_per_execution: %s; one optimizer step per Lightning step", reason)
         return reason is None
+
+
+# Checkpoints written by time ------------------------------------------------------------------
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's ModelCheckpoint that writes to disk at most every ``min_write_interval`` seconds.
+
+    Every save still *takes* the checkpoint at its moment, as a copy in memory; the copy is
+    written once ``min_write_interval`` seconds have passed since the last write, and whatever is
+    pending when fitting ends, fails or is interrupted is written then. On XOR (one batch of four
+    samples per epoch) writing ``best.ckpt`` and ``last.ckpt`` at every epoch was half of the fit
+    time. A kill (SIGKILL) loses at most the last interval's checkpoint, which an exact resume
+    recomputes; and a monitoring checkpoint's pending copy rides in every checkpoint Lightning
+    writes (this callback's state), so ``last.ckpt`` holds the best-so-far weights even when
+    ``best.ckpt`` on disk is older, and a resumed run writes them. ``min_write_interval=0`` is
+    Lightning's behaviour: every save is written at once.
+
+    A step checkpoint (``every_n_train_steps``) due at the last batch of an epoch is taken at the
+    end of that epoch instead, after its validation and ``on_train_epoch_end``: Lightning,
+    restarting from a checkpoint taken at an epoch's last batch, goes on with the next epoch and
+    skips what was left of that one (its validation, its history row).
+    """
+
+    def __init__(self, *args: Any, min_write_interval: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if min_write_interval < 0:
+            raise ValueError(f"min_write_interval must be >= 0 seconds, got {min_write_interval}")
+        self.min_write_interval = min_write_interval
+        self._pending: tuple[str, dict[str, Any]] | None = None
+        self._last_write = -math.inf
+        self._taking = False
+        self._owed = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if (
+            trainer.is_last_batch
+            and self._every_n_train_steps > 0
+            and trainer.global_step % self._every_n_train_steps == 0
+            and not self._should_skip_saving_checkpoint(trainer)
+        ):
+            self._owed = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._owed:
+            self._owed = False
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if self.min_write_interval <= 0:
+            return super()._save_checkpoint(trainer, filepath)
+        self._taking = True
+        try:
+            checkpoint = _own_tensors(trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only))
+        finally:
+            self._taking = False
+        self._pending = (filepath, checkpoint)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if time.monotonic() - self._last_write >= self.min_write_interval:
+            self.write_pending(trainer)
+        return None
+
+    def write_pending(self, trainer: L.Trainer) -> None:
+        """Write the checkpoint taken last, if it is not on disk yet."""
+        if self._pending is None:
+            return
+        filepath, checkpoint = self._pending
+        step = checkpoint.get("global_step", -1)
+        if any(
+            c is not self and c._last_checkpoint_saved == filepath and c._last_global_step_saved > step
+            for c in trainer.checkpoint_callbacks
+            if isinstance(c, LightningModelCheckpoint)
+        ):
+            self._pending = None  # a step checkpoint wrote a later state to the same file
+            return
+        trainer.strategy.save_checkpoint(checkpoint, filepath)
+        self._pending = None
+        self._last_write = time.monotonic()
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.write_pending(trainer)  # a resumed run's best-so-far weights, carried by last.ckpt
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.write_pending(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        self.write_pending(trainer)  # taken at a consistent point, before whatever failed
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.monitor is not None and self._pending is not None and not self._taking:
+            state["pending"] = {"path": self._pending[0], "checkpoint": self._pending[1]}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pending = state_dict.get("pending")
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "pending"})
+        if pending and Path(pending["path"]).parent == Path(self.dirpath or ""):
+            self._pending = (pending["path"], pending["checkpoint"])
+
+
+def _own_tensors(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint that training can't change: copies of the weights and optimizer state.
+
+    Those are the only parts of what ``dump_checkpoint`` returns that refer to live tensors that
+    training updates in place; everything else is built anew by each ``state_dict()`` call. (A
+    deep copy of the whole checkpoint also copies the history rows, so costs grow with epochs.)
+    """
+    owned = dict(checkpoint)
+    if "state_dict" in owned:
+        owned["state_dict"] = {k: v.detach().clone() for k, v in owned["state_dict"].items()}
+    if "optimizer_states" in owned:
+        owned["optimizer_states"] = [
+            {**state, "state": {i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in per.items()}
+                                for i, per in state["state"].items()}}
+            for state in owned["optimizer_states"]
+        ]
+    if "lr_schedulers" in owned:
+        owned["lr_schedulers"] = copy.deepcopy(owned["lr_schedulers"])
+    return owned
 
 
 # Other internals ------------------------------------------------------------------------------
