@@ -11,7 +11,9 @@ alternate, and the table shows the median of the repeats. The framework trial is
 ``python -m experiments.train`` (experiment mnist_mlp: checkpoints, history.csv, TensorBoard,
 test of the best checkpoint), timed around ``trainer.fit`` as ``metrics.json`` reports it. The
 plain loop is what a careful PyTorch user writes: the same tensors, model, optimiser, batch
-order seeding and per-epoch validation, no files, and no Lightning imported. The third way is
+order seeding and per-epoch validation, no files, and no Lightning imported. The framework
+runs ``trainer.steps_per_execution=auto`` (21 optimizer steps per Lightning step for this
+model); the ``unfused`` way is the same command with one step per Lightning step. The next way is
 the floor under any framework built on Lightning's Trainer: the same task and data through a
 bare Trainer (no callbacks, logger, checkpoints or files). The fourth is the plain loop on
 Lightning Fabric: the floor for a loop of our own on Lightning's device, precision and DDP layer.
@@ -46,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WAYS = {
     "plain": "plain PyTorch loop",
     "framework": "experiments.train",
+    "unfused": "experiments.train, trainer.steps_per_execution=1",
     "lightning": "bare Lightning Trainer, same task",
     "fabric": "the plain loop on Lightning Fabric",
     "fabric_run": "that loop doing a run's work",
@@ -223,10 +226,12 @@ def lightning_trial(epochs: int, seed: int, accelerator: str = "cpu") -> dict[st
     return {"fit_seconds": fit_seconds, "steps": steps, "test_acc": tested["test/acc"], "rss_mib": peak_rss_mib()}
 
 
-def run_child(way: str, args: argparse.Namespace) -> dict[str, float]:
+def run_child(way: str, args: argparse.Namespace, own_threads: bool = False) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", way, "--epochs", str(args.epochs), "--seed", str(args.seed),
                "--accelerator", args.accelerator, *args.overrides]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if own_threads:  # as a user runs it: the run chooses its threads (trainer.num_threads=auto)
+        env.pop("OMP_NUM_THREADS", None)
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"{way} trial failed:\n{done.stderr[-3000:]}")
@@ -240,6 +245,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--ways", default=",".join(WAYS), help="which ways to run, comma-separated (plain always runs)")
+    parser.add_argument("--under-load", action="store_true",
+                        help="time the framework as a user runs it (its own thread choice), idle and with one busy "
+                             "process on the machine, alternating")
     parser.add_argument("--child", choices=list(WAYS), help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the framework trial")
     args = parser.parse_args()
@@ -251,10 +259,14 @@ def main() -> None:
         elif args.child == "lightning":
             result = lightning_trial(args.epochs, args.seed, args.accelerator)
         else:
-            result = framework_trial(args.epochs, args.seed, _device_overrides(args.accelerator) + args.overrides)
+            fusion = ["trainer.steps_per_execution=1"] if args.child == "unfused" else []
+            result = framework_trial(args.epochs, args.seed, _device_overrides(args.accelerator) + fusion + args.overrides)
         print(json.dumps(result))
         return
 
+    if args.under_load:
+        under_load(args)
+        return
     unknown = set(args.ways.split(",")) - set(WAYS)
     if unknown:
         sys.exit(f"--ways: unknown {', '.join(sorted(unknown))}; choose from {', '.join(WAYS)}")
@@ -282,6 +294,24 @@ def main() -> None:
         ratios = [w["fit_seconds"] / p["fit_seconds"] for w, p in zip(results[way], results["plain"])]
         print(f"ratio {way} / plain: {median(way, 'fit_seconds') / median('plain', 'fit_seconds'):.3f} "
               f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)})")
+
+
+def under_load(args: argparse.Namespace) -> None:
+    """Fit time of the framework idle and beside one busy process (a pure-Python loop)."""
+    idle, loaded = [], []
+    for repeat in range(args.repeats):
+        idle.append(run_child("framework", args, own_threads=True)["fit_seconds"])
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            loaded.append(run_child("framework", args, own_threads=True)["fit_seconds"])
+        finally:
+            busy.kill()
+            busy.wait()
+        print(f"repeat {repeat + 1}: idle {idle[-1]:.2f}s, one busy process {loaded[-1]:.2f}s "
+              f"({loaded[-1] / idle[-1]:.2f}x)", flush=True)
+    print(f"\nunder load / idle: {statistics.median(loaded) / statistics.median(idle):.2f} "
+          f"(median fit {statistics.median(idle):.2f}s idle, {statistics.median(loaded):.2f}s loaded; "
+          f"cpus: {os.cpu_count()})")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,39 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
     return datamodule, task
 
 
+def resolve_threads(cfg: DictConfig, task: Task, datamodule: Any) -> None:
+    """Replace ``trainer.num_threads=auto`` by the number of threads this run will use, chosen
+    from the work of one training step and the processes that share the machine's cores."""
+    from experiments.engine import AUTO, choose_threads, step_flops
+
+    if cfg.trainer.get("num_threads", AUTO) != AUTO:
+        return
+    parameter = next(task.parameters(), None)
+    inputs = torch.zeros(
+        getattr(datamodule, "batch_size", 1), *datamodule.spec.input_shape,
+        dtype=parameter.dtype if parameter is not None else torch.float32,
+    )
+    cfg.trainer.num_threads = choose_threads(step_flops(task, inputs), _processes_sharing_cores(cfg))
+
+
+def _processes_sharing_cores(cfg: DictConfig) -> int:
+    """Processes of this job on this machine: DDP ranks on the CPU times parallel sweep workers."""
+    from hydra.core.hydra_config import HydraConfig
+
+    ranks = 1
+    if cfg.trainer.get("accelerator") == "cpu" and "ddp" in str(cfg.trainer.get("strategy")):
+        devices = cfg.trainer.get("devices")
+        ranks = devices if isinstance(devices, int) and devices > 0 else os.cpu_count() or 1
+    workers = 1
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        for node in (hydra_cfg.get("sweeper"), hydra_cfg.get("launcher")):
+            jobs = (node or {}).get("n_jobs")
+            if isinstance(jobs, int) and jobs > 1 and hydra_cfg.mode.name == "MULTIRUN":
+                workers = max(workers, jobs)
+    return ranks * workers
+
+
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     """The Trainer of ``cfg.trainer`` (:class:`experiments.engine.Trainer`); ``overrides`` win over the config."""
     return instantiate(cfg.trainer, **overrides)

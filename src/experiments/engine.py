@@ -136,7 +136,24 @@ class ChunkedLoader:
         self.loader.load_state_dict(state)
 
 
-def auto_steps(parameters: int, batch_size: int, accelerator_is_cpu: bool) -> int:
+def step_flops(model: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """Floating-point operations of one training step on ``inputs``: its forward pass, counted
+    by torch's FLOP counter, times 3 for the backward pass. Falls back to 6 per parameter and
+    sample where the counter can't follow the model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(inputs)
+        flops = 3.0 * counter.get_total_flops()
+    except Exception:  # noqa: BLE001 - an estimate is all that is needed here
+        flops = 0.0
+    parameters = sum(p.numel() for p in model.parameters())
+    return flops or 6.0 * max(parameters, 1) * len(inputs)
+
+
+def auto_steps(flops_per_step: float, accelerator_is_cpu: bool) -> int:
     """K for ``steps_per_execution=auto``: enough work per Lightning step to hide its cost.
 
     Deterministic (a run resumes with the K it started with). On an accelerator a small step is
@@ -144,8 +161,52 @@ def auto_steps(parameters: int, batch_size: int, accelerator_is_cpu: bool) -> in
     """
     if not accelerator_is_cpu:
         return _AUTO_MAX_STEPS
-    flops = 6 * max(parameters, 1) * max(batch_size, 1)
-    return max(1, min(_AUTO_MAX_STEPS, math.ceil(_AUTO_FLOPS_PER_EXECUTION / flops)))
+    return max(1, min(_AUTO_MAX_STEPS, math.ceil(_AUTO_FLOPS_PER_EXECUTION / max(flops_per_step, 1.0))))
+
+
+# Below this many FLOPs per step (the MNIST MLP does 2e7, the CNN 2e9), a second intra-op thread
+# gains nothing: each tiny matrix product is split across threads that then wait on each other,
+# and when another process holds a core, that wait becomes the whole step (3.5x slower).
+_THREADS_MIN_FLOPS = 3e8
+_THREADS_MAX = 8
+
+
+def choose_threads(flops_per_step: float | None, processes: int = 1) -> int:
+    """Torch intra-op threads for a run: one for small steps; else the idle cores this process
+    may use (``os.sched_getaffinity``, less those busy right now), shared with the other
+    ``processes`` of the job (DDP ranks, sweep workers)."""
+    if flops_per_step is None or flops_per_step < _THREADS_MIN_FLOPS:
+        return 1
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    idle = _idle_cores(cores)
+    return max(1, min(_THREADS_MAX, idle // max(processes, 1)))
+
+
+def _idle_cores(cores: list[int], seconds: float = 0.1) -> int:
+    """How many of ``cores`` were idle over the last ``seconds`` (from /proc/stat; all of them
+    where that can't be read)."""
+    def sample() -> dict[int, tuple[int, int]]:
+        times = {}
+        with open("/proc/stat") as handle:
+            for line in handle:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name != "cpu":
+                    values = [int(v) for v in fields]
+                    times[int(name[3:])] = (values[3] + values[4], sum(values))  # idle + iowait, all
+        return times
+
+    try:
+        before = sample()
+        time.sleep(seconds)
+        after = sample()
+    except (OSError, ValueError):
+        return len(cores)
+    idle = 0.0
+    for core in cores:
+        if core in before and core in after:
+            total = after[core][1] - before[core][1]
+            idle += (after[core][0] - before[core][0]) / total if total > 0 else 1.0
+    return max(1, round(idle))
 
 
 class _EpochLogs:
@@ -268,9 +329,8 @@ class _FusedSteps(Callback):
             return loader
         steps = self.steps
         if steps == 0:  # auto
-            parameters = sum(p.numel() for p in self.module.parameters())
-            on_cpu = self.module.device.type == "cpu"
-            steps = auto_steps(parameters, loader.batch_size, on_cpu)
+            inputs = loader.tensors[0][: loader.batch_size]
+            steps = auto_steps(step_flops(self.module, inputs), self.module.device.type == "cpu")
         trainer = self.module.trainer
         steps_left = (lambda: trainer.max_steps - trainer.global_step) if trainer.max_steps >= 0 else None
         return ChunkedLoader(loader, steps, self.limit, steps_left)
@@ -491,7 +551,9 @@ class Trainer(L.Trainer):
     logging restarts those sums). Any other Trainer argument is Lightning's.
     """
 
-    def __init__(self, *args: Any, steps_per_execution: int | str = AUTO, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, steps_per_execution: int | str = AUTO, num_threads: int | str = AUTO, **kwargs: Any
+    ) -> None:
         if steps_per_execution != AUTO and (
             isinstance(steps_per_execution, bool) or not isinstance(steps_per_execution, int) or steps_per_execution < 1
         ):
@@ -500,6 +562,12 @@ class Trainer(L.Trainer):
             raise UserError(
                 f"trainer.steps_per_execution={steps_per_execution!r}: expected a positive integer or 'auto'"
             )
+        if num_threads != AUTO and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
+            from experiments.errors import UserError
+
+            raise UserError(f"trainer.num_threads={num_threads!r}: expected a positive integer or 'auto'")
+        # 'auto' here knows nothing of the model: one thread (train resolves it from the model first).
+        torch.set_num_threads(choose_threads(None) if num_threads == AUTO else int(num_threads))
         self._fused = _FusedSteps(0 if steps_per_execution == AUTO else int(steps_per_execution))
         # First among the callbacks: its on_train_epoch_end logs the epoch's training values
         # before other callbacks read them. Present for test/predict too, so that Lightning

@@ -23,7 +23,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.callbacks import History, NonFiniteError
 from experiments.checkpoints import checkpoint_to_resume, load_weights, read_checkpoint
-from experiments.config import CONFIG_DIR, build, build_callbacks, build_trainer, check_config, instantiate_group
+from experiments.config import (
+    CONFIG_DIR,
+    build,
+    build_callbacks,
+    build_trainer,
+    check_config,
+    instantiate_group,
+    resolve_threads,
+)
 from experiments.diagnosis import Diagnosis, diagnose, trivial_loss
 from experiments.distributed import ddp_job
 from experiments.engine import purge_tensorboard_after, write_tensorboard_hparams
@@ -74,6 +82,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)
+    resolve_threads(cfg, task, datamodule)
     resume_from = checkpoint_to_resume(cfg, run_dir)
     if resume_from is not None:
         # Refuse a missing, unsafe or mismatched checkpoint in one line, before anything is written.
