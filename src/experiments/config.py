@@ -23,8 +23,25 @@ from experiments.data.base import InMemoryDataModule
 from experiments.errors import UserError, suggest
 from experiments.tasks import Task, task_for
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = str(PROJECT_ROOT / "conf")
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parents[1]
+# A clone (or an editable install of one) reads the top-level conf/ itself; an installed wheel reads
+# the copy that the build put into the package (setup.py), so conf/ has one source in git.
+IN_CLONE = (PROJECT_ROOT / "conf" / "train.yaml").is_file()
+CONFIG_DIR = str(PROJECT_ROOT / "conf" if IN_CLONE else PACKAGE_DIR / "conf")
+
+
+def data_root() -> Path:
+    """Where data sets live: ``$EXPERIMENTS_DATA``, else a clone's ``data/`` (MNIST shipped there),
+    else the user cache of an installed package (``$XDG_CACHE_HOME/experiments``, by default
+    ``~/.cache/experiments``), into which missing data sets are downloaded."""
+    if os.environ.get("EXPERIMENTS_DATA"):
+        return Path(os.environ["EXPERIMENTS_DATA"]).expanduser()
+    if IN_CLONE:
+        return PROJECT_ROOT / "data"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "experiments"
+
 
 # Run directories end in the process id: two runs started in the same second on one machine
 # are different processes, so they never share a directory. Cached, so that the jobs of a sweep
@@ -32,10 +49,11 @@ CONFIG_DIR = str(PROJECT_ROOT / "conf")
 # still resolve the sweep directory of the process that started the sweep.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 OmegaConf.register_new_resolver(
-    "project_root",
-    lambda: str(PROJECT_ROOT if (PROJECT_ROOT / "conf").is_dir() else Path.cwd()),
-    replace=True,
+    "project_root", lambda: str(PROJECT_ROOT if IN_CLONE else Path.cwd()), replace=True
 )
+# paths.data_dir, and whether missing data sets may be fetched (not in a clone: it ships its data).
+OmegaConf.register_new_resolver("data_root", lambda: str(data_root()), replace=True)
+OmegaConf.register_new_resolver("fetch_missing_data", lambda: not IN_CLONE, replace=True)
 # hydra.run.dir: a fresh directory, or the run that resume=latest|<run dir> continues.
 OmegaConf.register_new_resolver("run_dir", run_directory, replace=True)
 
