@@ -20,6 +20,7 @@ from typeguard import TypeCheckError, check_type
 
 from experiments.checkpoints import run_directory
 from experiments.data.base import InMemoryDataModule
+from experiments.data.spec import DataSpec
 from experiments.errors import UserError, suggest
 from experiments.tasks import Task, task_for
 
@@ -79,7 +80,10 @@ def _check_node(key: str, node: DictConfig) -> None:
     try:
         target = get_object(node._target_)
     except Exception as err:  # hydra wraps the import error; one line is enough here
-        raise UserError(f"{key}._target_: cannot import {node._target_!r}") from err
+        raise UserError(
+            f"{key}._target_: cannot import {node._target_!r} ({type(err.__cause__ or err).__name__}); "
+            "check the name, and that its package is installed or on PYTHONPATH"
+        ) from err
     init = target.__init__ if inspect.isclass(target) else target
     signature = inspect.signature(init)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
@@ -113,16 +117,56 @@ def _check_node(key: str, node: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config whose options don't exist or have the wrong type, before anything runs."""
-    for key in ("data", "model", "optimizer", "scheduler", "trainer"):
+    for key in ("data", "model", "optimizer", "scheduler", "trainer", "task"):
         node = cfg.get(key)
         if isinstance(node, DictConfig) and "_target_" in node:
             _check_node(key, node)
+    _check_takes_shapes(cfg.get("model"))
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:
                 _check_node(f"{group}.{name}", node)
     if not isinstance(cfg.get("seed"), int):
         raise UserError(f"seed={cfg.get('seed')!r} has the wrong type: expected int")
+
+
+def _check_takes_shapes(node: Any) -> None:
+    """A model (ours or a user's) is sized from the data: it must take input_shape and output_shape."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    target = get_object(node._target_)
+    parameters = inspect.signature(target.__init__ if inspect.isclass(target) else target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    missing = [name for name in ("input_shape", "output_shape") if name not in parameters]
+    if missing:
+        raise UserError(
+            f"model {node._target_} does not take {' and '.join(missing)}; a model's constructor gets the "
+            "data's per-sample input_shape and output_shape (tuples of ints): add those parameters"
+        )
+
+
+def _task(spec: DataSpec, model: torch.nn.Module, options: dict[str, Any], **common: Any) -> Task:
+    """The task module: the one that matches the data, or a user's own (``task._target_``).
+
+    A user's task class gets the model, the optimizer and scheduler factories and the monitor, and
+    whichever of ``spec``, ``num_classes``, ``input_shape`` and ``output_shape`` its constructor names.
+    """
+    target = options.pop("_target_", None)
+    if target is None:
+        return task_for(spec, model, **common, **options)
+    cls = get_object(target)
+    if not (inspect.isclass(cls) and issubclass(cls, Task)):
+        raise UserError(f"task._target_: {target} is not a subclass of experiments.tasks.Task")
+    parameters = inspect.signature(cls.__init__).parameters
+    offered = {
+        "spec": spec,
+        "num_classes": spec.num_classes,
+        "input_shape": spec.input_shape,
+        "output_shape": spec.output_shape,
+    }
+    extra = {k: v for k, v in offered.items() if k in parameters and k not in options}
+    return cls(model, **common, **extra, **options)
 
 
 def _optional(node: Any) -> Callable[..., Any] | None:
@@ -143,7 +187,12 @@ _TRUE_PRECISION_DTYPES = {
 def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
     """The data module, and the task around a model sized from what the data module declares."""
     datamodule = instantiate(cfg.data)
-    spec = datamodule.spec
+    spec = getattr(datamodule, "spec", None)
+    if not isinstance(spec, DataSpec):
+        raise UserError(
+            f"data {cfg.data._target_} has no spec (a DataSpec of input_shape, output_shape and task); "
+            "subclass experiments.data.InMemoryDataModule and declare one"
+        )
     try:
         model = instantiate(cfg.model, input_shape=spec.input_shape, output_shape=spec.output_shape)
     except InstantiationException as err:
@@ -155,13 +204,13 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
             f"{err.__cause__}; choose a model that takes such inputs (model=mlp takes any)"
         ) from None
     options = OmegaConf.to_container(cfg.task, resolve=True) if cfg.get("task") else {}
-    task = task_for(
+    task = _task(
         spec,
         model,
+        options,  # type: ignore[arg-type]
         optimizer=_optional(cfg.optimizer),
         scheduler=_optional(cfg.get("scheduler")),
         monitor=cfg.monitor,
-        **options,  # type: ignore[arg-type]
     )
     # Lightning loads a checkpoint before it converts the module to a "-true" precision, which
     # would round float64 weights through float32 on resume; convert first.
