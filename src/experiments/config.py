@@ -60,6 +60,8 @@ OmegaConf.register_new_resolver("run_dir", run_directory, replace=True)
 
 # Keys filled in by the entry point from the data module, never by the user.
 _SUPPLIED = {"input_shape", "output_shape", "params", "optimizer", "self", "callbacks", "logger"}
+# ... and those it gives a task module of the user's own (see _task).
+_TASK_SUPPLIED = {"model", "scheduler", "monitor", "spec", "num_classes"}
 
 
 def _hint_text(hint: Any) -> str:
@@ -75,13 +77,13 @@ def _hint_text(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _check_node(key: str, node: DictConfig) -> None:
+def _check_node(key: str, node: DictConfig, supplied: frozenset[str] | set[str] = _SUPPLIED) -> None:
     """Check the keys and value types of one ``_target_`` node against its target's signature."""
     try:
         target = get_object(node._target_)
     except Exception as err:  # hydra wraps the import error; one line is enough here
         raise UserError(
-            f"{key}._target_: cannot import {node._target_!r} ({type(err.__cause__ or err).__name__}); "
+            f"{key}._target_: cannot import {node._target_!r}; "
             "check the name, and that its package is installed or on PYTHONPATH"
         ) from err
     init = target.__init__ if inspect.isclass(target) else target
@@ -97,7 +99,7 @@ def _check_node(key: str, node: DictConfig) -> None:
         if name not in signature.parameters:
             if takes_any:
                 continue
-            valid = [p for p in signature.parameters if p not in _SUPPLIED]
+            valid = [p for p in signature.parameters if p not in supplied and p != "self"]
             raise UserError(
                 f"{key}.{name} is not an option of {node._target_}{suggest(str(name), valid)}; "
                 f"valid options: {', '.join(valid)}"
@@ -120,7 +122,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("data", "model", "optimizer", "scheduler", "trainer", "task"):
         node = cfg.get(key)
         if isinstance(node, DictConfig) and "_target_" in node:
-            _check_node(key, node)
+            _check_node(key, node, _SUPPLIED | _TASK_SUPPLIED if key == "task" else _SUPPLIED)
     _check_takes_shapes(cfg.get("model"))
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
@@ -166,7 +168,10 @@ def _task(spec: DataSpec, model: torch.nn.Module, options: dict[str, Any], **com
         "output_shape": spec.output_shape,
     }
     extra = {k: v for k, v in offered.items() if k in parameters and k not in options}
-    return cls(model, **common, **extra, **options)
+    try:
+        return cls(model, **common, **extra, **options)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"task {target}: {err}") from None
 
 
 def _optional(node: Any) -> Callable[..., Any] | None:
