@@ -100,6 +100,8 @@ def test_run_mistakes_are_the_clis_one_line_and_leave_no_run(
         run("experiment=xor", "trainer.max_epoch=3")
     with pytest.raises(UserError, match=r"^optimizer: Invalid learning rate: -1"):
         run("experiment=xor", "optimizer.lr=-1")
+    with pytest.raises(UserError, match=r"^run\(\) trains in this process; trainer.strategy=ddp starts"):
+        run("experiment=xor", "trainer=ddp_cpu")
     with pytest.raises(UserError, match="config_dir .* is not a folder"):
         run("experiment=xor", config_dir=tmp_path / "nothing")
     with pytest.raises(UserError, match="pass 'best' or 'last'"):

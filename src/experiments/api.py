@@ -59,7 +59,8 @@ def run(*overrides: str, config_dir: str | os.PathLike[str] | None = None) -> Me
     ``"+task.label_smoothing=0.1"``); ``config_dir`` is the CLI's ``--config-dir``: a folder of your
     own configs (models, data, tasks, callbacks, experiments, search spaces) searched after ours.
     Returns what the run writes to ``metrics.json`` (``metrics["test"]`` holds the test metrics),
-    with the run folder as ``metrics.run_dir``. Sweeps (``-m``) are the CLI's.
+    with the run folder as ``metrics.run_dir``. Sweeps (``-m``) and ``trainer.strategy=ddp`` (whose
+    other processes rerun a command line) are the CLI's.
     """
     from hydra import version
     from hydra._internal.hydra import Hydra
@@ -118,6 +119,12 @@ def _job(cfg: DictConfig, log: _RunLogHandler) -> Metrics | _Failed:
     run_dir = Path(cfg.paths.output_dir)
     log.open(run_dir)
     try:
+        if str(cfg.trainer.get("strategy")) == "ddp" and "LOCAL_RANK" not in os.environ:
+            # Lightning would start the other ranks by rerunning this process's command line.
+            raise UserError(
+                "run() trains in this process; trainer.strategy=ddp starts its other processes from a "
+                "command line: use python -m experiments.train with the same overrides"
+            )
         metrics = train(cfg)
     except Exception as err:
         _discard_or_mark_failed(run_dir, err, resuming=bool(cfg.get("resume")))
@@ -153,11 +160,13 @@ def _quiet() -> Iterator[None]:
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        added = _not_an_advert not in rank_zero.filters  # the CLI's own may be there already
         rank_zero.addFilter(_not_an_advert)
         try:
             yield
         finally:
-            rank_zero.removeFilter(_not_an_advert)
+            if added:
+                rank_zero.removeFilter(_not_an_advert)
 
 
 class _RunLogHandler(logging.Handler):
