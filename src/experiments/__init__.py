@@ -1,0 +1,25 @@
+"""Train, sweep and inspect MLPs, CNNs and LSTMs, on PyTorch Lightning and Hydra.
+
+``experiments.run(*overrides)`` runs an experiment as ``python -m experiments.train`` does and returns
+its metrics; ``experiments.load_run(run_dir)`` loads a finished run (see :mod:`experiments.api`).
+Models (``experiments.models``), data modules (``experiments.data``) and task modules
+(``experiments.tasks``) are importable on their own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from experiments.api import Metrics, Run, load_run, run
+
+__all__ = ["Metrics", "Run", "load_run", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so that `import experiments.models` stays free of Lightning and Hydra.
+    if name in __all__:
+        from experiments import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'experiments' has no attribute {name!r}")

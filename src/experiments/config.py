@@ -18,11 +18,29 @@ from typeguard import TypeCheckError, check_type
 
 from experiments.checkpoints import run_directory
 from experiments.data.base import InMemoryDataModule
+from experiments.data.spec import DataSpec
 from experiments.errors import UserError, suggest
 from experiments.tasks import Task, task_for
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = str(PROJECT_ROOT / "conf")
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parents[1]
+# A clone (or an editable install of one) reads the top-level conf/ itself; an installed wheel reads
+# the copy that the build put into the package (setup.py), so conf/ has one source in git.
+IN_CLONE = (PROJECT_ROOT / "conf" / "train.yaml").is_file()
+CONFIG_DIR = str(PROJECT_ROOT / "conf" if IN_CLONE else PACKAGE_DIR / "conf")
+
+
+def data_root() -> Path:
+    """Where data sets live: ``$EXPERIMENTS_DATA``, else a clone's ``data/`` (MNIST shipped there),
+    else the user cache of an installed package (``$XDG_CACHE_HOME/experiments``, by default
+    ``~/.cache/experiments``), into which missing data sets are downloaded."""
+    if os.environ.get("EXPERIMENTS_DATA"):
+        return Path(os.environ["EXPERIMENTS_DATA"]).expanduser()
+    if IN_CLONE:
+        return PROJECT_ROOT / "data"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "experiments"
+
 
 # Run directories end in the process id: two runs started in the same second on one machine
 # are different processes, so they never share a directory. Cached, so that the jobs of a sweep
@@ -30,15 +48,18 @@ CONFIG_DIR = str(PROJECT_ROOT / "conf")
 # still resolve the sweep directory of the process that started the sweep.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 OmegaConf.register_new_resolver(
-    "project_root",
-    lambda: str(PROJECT_ROOT if (PROJECT_ROOT / "conf").is_dir() else Path.cwd()),
-    replace=True,
+    "project_root", lambda: str(PROJECT_ROOT if IN_CLONE else Path.cwd()), replace=True
 )
+# paths.data_dir, and whether missing data sets may be fetched (not in a clone: it ships its data).
+OmegaConf.register_new_resolver("data_root", lambda: str(data_root()), replace=True)
+OmegaConf.register_new_resolver("fetch_missing_data", lambda: not IN_CLONE, replace=True)
 # hydra.run.dir: a fresh directory, or the run that resume=latest|<run dir> continues.
 OmegaConf.register_new_resolver("run_dir", run_directory, replace=True)
 
 # Keys filled in by the entry point from the data module, never by the user.
 _SUPPLIED = {"input_shape", "output_shape", "params", "optimizer", "self", "callbacks", "logger"}
+# ... and those it gives a task module of the user's own (see _task).
+_TASK_SUPPLIED = {"model", "scheduler", "monitor", "spec", "num_classes"}
 
 
 def _hint_text(hint: Any) -> str:
@@ -74,12 +95,15 @@ def _options(target: Any) -> tuple[list[str], dict[str, Any], bool]:
     return list(dict.fromkeys(parameters)), hints, True
 
 
-def _check_node(key: str, node: DictConfig) -> None:
+def _check_node(key: str, node: DictConfig, supplied: frozenset[str] | set[str] = _SUPPLIED) -> None:
     """Check the keys and value types of one ``_target_`` node against its target's signature."""
     try:
         target = get_object(node._target_)
     except Exception as err:  # hydra wraps the import error; one line is enough here
-        raise UserError(f"{key}._target_: cannot import {node._target_!r}") from err
+        raise UserError(
+            f"{key}._target_: cannot import {node._target_!r}; "
+            "check the name, and that its package is installed or on PYTHONPATH"
+        ) from err
     parameters, hints, takes_any = _options(target)
     for name, value in node.items():
         if str(name).startswith("_"):
@@ -87,7 +111,7 @@ def _check_node(key: str, node: DictConfig) -> None:
         if name not in parameters:
             if takes_any:
                 continue
-            valid = [p for p in parameters if p not in _SUPPLIED]
+            valid = [p for p in parameters if p not in supplied and p != "self"]
             raise UserError(
                 f"{key}.{name} is not an option of {node._target_}{suggest(str(name), valid)}; "
                 f"valid options: {', '.join(valid)}"
@@ -107,16 +131,59 @@ def _check_node(key: str, node: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config whose options don't exist or have the wrong type, before anything runs."""
-    for key in ("data", "model", "optimizer", "scheduler", "trainer"):
+    for key in ("data", "model", "optimizer", "scheduler", "trainer", "task"):
         node = cfg.get(key)
         if isinstance(node, DictConfig) and "_target_" in node:
-            _check_node(key, node)
+            _check_node(key, node, _SUPPLIED | _TASK_SUPPLIED if key == "task" else _SUPPLIED)
+    _check_takes_shapes(cfg.get("model"))
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:
                 _check_node(f"{group}.{name}", node)
     if not isinstance(cfg.get("seed"), int):
         raise UserError(f"seed={cfg.get('seed')!r} has the wrong type: expected int")
+
+
+def _check_takes_shapes(node: Any) -> None:
+    """A model (ours or a user's) is sized from the data: it must take input_shape and output_shape."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    target = get_object(node._target_)
+    parameters = inspect.signature(target.__init__ if inspect.isclass(target) else target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    missing = [name for name in ("input_shape", "output_shape") if name not in parameters]
+    if missing:
+        raise UserError(
+            f"model {node._target_} does not take {' and '.join(missing)}; a model's constructor gets the "
+            "data's per-sample input_shape and output_shape (tuples of ints): add those parameters"
+        )
+
+
+def _task(spec: DataSpec, model: torch.nn.Module, options: dict[str, Any], **common: Any) -> Task:
+    """The task module: the one that matches the data, or a user's own (``task._target_``).
+
+    A user's task class gets the model, the optimizer and scheduler factories and the monitor, and
+    whichever of ``spec``, ``num_classes``, ``input_shape`` and ``output_shape`` its constructor names.
+    """
+    target = options.pop("_target_", None)
+    if target is None:
+        return task_for(spec, model, **common, **options)
+    cls = get_object(target)
+    if not (inspect.isclass(cls) and issubclass(cls, Task)):
+        raise UserError(f"task._target_: {target} is not a subclass of experiments.tasks.Task")
+    parameters = inspect.signature(cls.__init__).parameters
+    offered = {
+        "spec": spec,
+        "num_classes": spec.num_classes,
+        "input_shape": spec.input_shape,
+        "output_shape": spec.output_shape,
+    }
+    extra = {k: v for k, v in offered.items() if k in parameters and k not in options}
+    try:
+        return cls(model, **common, **extra, **options)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"task {target}: {err}") from None
 
 
 def _optional(node: Any) -> Callable[..., Any] | None:
@@ -137,7 +204,12 @@ _TRUE_PRECISION_DTYPES = {
 def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
     """The data module, and the task around a model sized from what the data module declares."""
     datamodule = instantiate(cfg.data)
-    spec = datamodule.spec
+    spec = getattr(datamodule, "spec", None)
+    if not isinstance(spec, DataSpec):
+        raise UserError(
+            f"data {cfg.data._target_} has no spec (a DataSpec of input_shape, output_shape and task); "
+            "subclass experiments.data.InMemoryDataModule and declare one"
+        )
     try:
         model = instantiate(cfg.model, input_shape=spec.input_shape, output_shape=spec.output_shape)
     except InstantiationException as err:
@@ -149,13 +221,13 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
             f"{err.__cause__}; choose a model that takes such inputs (model=mlp takes any)"
         ) from None
     options = OmegaConf.to_container(cfg.task, resolve=True) if cfg.get("task") else {}
-    task = task_for(
+    task = _task(
         spec,
         model,
+        options,  # type: ignore[arg-type]
         optimizer=_optional(cfg.optimizer),
         scheduler=_optional(cfg.get("scheduler")),
         monitor=cfg.monitor,
-        **options,  # type: ignore[arg-type]
     )
     # Lightning loads a checkpoint before it converts the module to a "-true" precision, which
     # would round float64 weights through float32 on resume; convert first.

@@ -62,8 +62,16 @@ def read_idx(path: Path, magic: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=header).reshape(shape)
 
 
+# Where download_mnist looks, in order; None: torchvision's MNIST mirrors.
+MIRRORS: list[str] | None = None
+
+
 def download_mnist(data_dir: Path) -> None:
-    """Fetch the missing MNIST files into ``data_dir`` from torchvision's mirrors (needs a network)."""
+    """Fetch the missing MNIST files into ``data_dir`` from torchvision's mirrors (needs a network).
+
+    Offline, or when every mirror fails, raises one :class:`UserError` line that says where the
+    files go and how to point the run at a copy.
+    """
     from torchvision.datasets import MNIST
     from torchvision.datasets.utils import download_url
 
@@ -72,14 +80,19 @@ def download_mnist(data_dir: Path) -> None:
         if (data_dir / name).is_file():
             continue
         errors = []
-        for mirror in MNIST.mirrors:
+        for mirror in MIRRORS if MIRRORS is not None else MNIST.mirrors:
             try:
                 download_url(mirror + name, root=str(data_dir), filename=name, md5=checksums[name])
                 break
             except Exception as err:  # noqa: BLE001 - try the next mirror; report all if none works
-                errors.append(f"{mirror}: {err}")
+                errors.append(" ".join(str(err).split()) or type(err).__name__)
         else:
-            raise UserError(f"could not download MNIST file {name}: " + "; ".join(errors))
+            (data_dir / name).unlink(missing_ok=True)  # a partial download is not a file to read
+            raise UserError(
+                f"MNIST is not in {data_dir} and could not be downloaded (offline? {errors[0] if errors else 'no mirror'}); "
+                f"put the four MNIST .gz files ({', '.join(n for n, _, _ in FILES.values())}) there, or point "
+                f"EXPERIMENTS_DATA (holding mnist/) or data.data_dir at a folder that holds them"
+            )
 
 
 def random_affine(

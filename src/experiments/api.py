@@ -1,0 +1,314 @@
+"""Python API: run an experiment the way the command line does, and load a finished run.
+
+    from experiments import run, load_run
+
+    metrics = run("experiment=xor", "seed=3")          # python -m experiments.train experiment=xor seed=3
+    metrics["test"]["test/acc"]                         # what the run's metrics.json holds
+    finished = load_run(metrics.run_dir)                # or a run folder, or a .ckpt file
+    finished.model, finished.history, finished.predict()
+
+``run`` composes the config with the same search path, defaults and overrides as the CLI (``config_dir``
+is ``--config-dir``), gets the same run folder (``outputs/<name>/runs/<time>_<pid>`` under the current
+folder, with ``.hydra/`` and ``train.log``), applies the same checks and prints the same lines. It
+does not touch the caller's logging or warnings settings beyond the run, and a mistake in the
+overrides raises :class:`~experiments.errors.UserError` with the CLI's one line.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from experiments.errors import UserError, describe
+
+__all__ = ["Metrics", "Run", "load_run", "run"]
+
+
+class Metrics(dict):  # type: ignore[type-arg]
+    """The dict of a run's ``metrics.json``, plus the run's folder as ``run_dir``."""
+
+    run_dir: Path
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+# The second of the last run started here: run folders are named <time to the second>_<pid>, so two
+# runs of one process must not start within the same second.
+_last_start: int | None = None
+
+
+def run(*overrides: str, config_dir: str | os.PathLike[str] | None = None) -> Metrics:
+    """Train and test one experiment in this process, as ``python -m experiments.train *overrides``.
+
+    ``overrides`` are the CLI's arguments (``"experiment=xor"``, ``"optimizer.lr=0.1"``,
+    ``"+task.label_smoothing=0.1"``); ``config_dir`` is the CLI's ``--config-dir``: a folder of your
+    own configs (models, data, tasks, callbacks, experiments, search spaces) searched after ours.
+    Returns what the run writes to ``metrics.json`` (``metrics["test"]`` holds the test metrics),
+    with the run folder as ``metrics.run_dir``. Sweeps (``-m``) and ``trainer.strategy=ddp`` (whose
+    other processes rerun a command line) are the CLI's.
+    """
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from experiments.config import CONFIG_DIR
+
+    bad = [o for o in overrides if not isinstance(o, str)]
+    if bad:
+        raise UserError(f"overrides are strings such as 'experiment=xor', got {bad[0]!r}")
+    search_path = create_config_search_path(CONFIG_DIR)
+    if config_dir is not None:
+        folder = Path(config_dir).expanduser().resolve()
+        if not folder.is_dir():
+            raise UserError(f"config_dir {folder} is not a folder; pass the folder that holds your model/, data/, ... configs")
+        # Exactly where the CLI's --config-dir goes: after our conf/, before structured configs.
+        search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+
+    _wait_for_a_new_second()
+    global_hydra, hydra_config = GlobalHydra.instance(), HydraConfig.instance()
+    saved = (global_hydra.hydra, hydra_config.cfg, version.getbase())
+    global_hydra.clear()
+    hydra_config.cfg = None
+    version.setbase("1.3")  # the CLI's @hydra.main(version_base="1.3")
+    try:
+        with _quiet(), _run_log() as log:
+            # task_name "train", like python -m experiments.train: the log is train.log.
+            hydra = Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
+            job = hydra.run(
+                config_name="train",
+                task_function=lambda cfg: _job(cfg, log),
+                overrides=[*overrides, "hydra.mode=RUN"],
+                with_log_configuration=False,  # Hydra's would replace the caller's logging handlers
+            )
+        result = job.return_value
+    except Exception as err:
+        raise _one_line(err) from None
+    finally:
+        global_hydra.clear()
+        global_hydra.hydra, hydra_config.cfg = saved[:2]
+        if isinstance(saved[2], version.Version):  # else it was never set
+            version.VersionBase.instance().setbase(saved[2])
+    if isinstance(result, _Failed):
+        raise _one_line(result.error) from None
+    return result
+
+
+def _job(cfg: DictConfig, log: _RunLogHandler) -> Metrics | _Failed:
+    """The CLI's single run (``train._main`` without its exit codes); failures are returned, so that
+    Hydra doesn't print its 'Error executing job' line."""
+    from experiments.train import _discard_or_mark_failed, train
+
+    run_dir = Path(cfg.paths.output_dir)
+    log.open(run_dir)
+    try:
+        if str(cfg.trainer.get("strategy")) == "ddp" and "LOCAL_RANK" not in os.environ:
+            # Lightning would start the other ranks by rerunning this process's command line.
+            raise UserError(
+                "run() trains in this process; trainer.strategy=ddp starts its other processes from a "
+                "command line: use python -m experiments.train with the same overrides"
+            )
+        metrics = train(cfg)
+    except Exception as err:
+        _discard_or_mark_failed(run_dir, err, resuming=bool(cfg.get("resume")))
+        return _Failed(err)
+    if metrics["status"] == "failed":
+        return _Failed(UserError(f"{metrics['error']} (run directory {run_dir})"))
+    result = Metrics(metrics)
+    result.run_dir = run_dir.resolve()
+    return result
+
+
+def _one_line(err: BaseException) -> BaseException:
+    """The CLI's one line as a UserError, or the error itself for a bug (or with HYDRA_FULL_ERROR=1)."""
+    if "1" in (os.environ.get("HYDRA_FULL_ERROR"), os.environ.get("EXPERIMENTS_FULL_ERROR")):
+        return err
+    message = describe(err)
+    return UserError(message) if message is not None else err
+
+
+def _wait_for_a_new_second() -> None:
+    global _last_start
+    now = time.time()
+    if _last_start is not None and int(now) <= _last_start:
+        time.sleep(_last_start + 1 - now + 0.01)
+    _last_start = int(time.time())
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """The CLI's two filters (errors._quiet_library_chatter), for this run only."""
+    from experiments.errors import _not_an_advert
+
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        added = _not_an_advert not in rank_zero.filters  # the CLI's own may be there already
+        rank_zero.addFilter(_not_an_advert)
+        try:
+            yield
+        finally:
+            if added:
+                rank_zero.removeFilter(_not_an_advert)
+
+
+class _RunLogHandler(logging.Handler):
+    """Writes to ``<run dir>/train.log`` once the run folder exists (as Hydra's file handler does)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        self.file: logging.FileHandler | None = None
+
+    def open(self, run_dir: Path) -> None:
+        self.file = logging.FileHandler(run_dir / "train.log")  # the CLI's is empty when nothing is logged
+        self.file.setFormatter(self.formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.file is not None:
+            self.file.emit(record)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().close()
+
+
+@contextmanager
+def _run_log() -> Iterator[_RunLogHandler]:
+    """The run's ``train.log``: what reaches the root logger at INFO during the run, as the CLI's
+    Hydra logging writes it, without the console handler that would print it twice in a notebook."""
+    root = logging.getLogger()
+    level = root.level
+    handler = _RunLogHandler()
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO))
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(level)
+
+
+@dataclass
+class Run:
+    """A finished run, loaded: its config, its trained model and its history.
+
+    ``model`` is the trained network (a plain ``nn.Module``, in eval mode on the CPU); ``task`` is the
+    Lightning module around it (loss, metrics, ``predict_step``); ``history`` holds one dict per epoch
+    (``history.csv``); ``metrics`` is ``metrics.json`` (None if the run wrote none).
+    """
+
+    run_dir: Path
+    checkpoint: Path
+    config: DictConfig
+    model: nn.Module
+    task: Any
+    datamodule: Any
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+
+    def column(self, name: str) -> list[float]:
+        """One column of the history, e.g. ``run.column("val/loss")`` (None for epochs without it)."""
+        return [row.get(name) for row in self.history]  # type: ignore[misc]
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """What ``python -m experiments.predict`` computes: for the run's test split, or for
+        ``inputs`` (``(N, *input_shape)``). Keys as predict's columns: ``prediction``, and
+        ``probability`` for classification."""
+        if inputs is None:
+            self.datamodule.setup("test")
+            inputs = self.datamodule.test_set[0]
+        parameter = next(self.task.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else None
+        size = getattr(self.datamodule, "eval_batch_size", None) or len(inputs)
+        batches = []
+        for start in range(0, len(inputs), size):
+            x = inputs[start : start + size].to(device)
+            if dtype is not None and x.is_floating_point():
+                x = x.to(dtype)
+            batches.append(self.task.predict_step((x,), start // size))
+        return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+
+def load_run(run_dir_or_ckpt: str | os.PathLike[str], which: Literal["best", "last"] = "best") -> Run:
+    """Load a finished run from its folder (the ``which`` checkpoint: ``best`` or ``last``) or from a
+    checkpoint file inside its ``checkpoints/``. Checkpoints are read with ``weights_only=True``."""
+    from experiments.checkpoints import load_weights, read_checkpoint
+    from experiments.config import build
+    from experiments.runs import load_run_config, run_dir_of
+
+    path = Path(run_dir_or_ckpt).expanduser()
+    if which not in ("best", "last"):
+        raise UserError(f"which={which!r}: pass 'best' or 'last'")
+    if path.is_dir():
+        metrics = _read_metrics(path)
+        best = (metrics or {}).get("best_checkpoint") or "checkpoints/best.ckpt"
+        ckpt = path / (best if which == "best" else "checkpoints/last.ckpt")
+        if not ckpt.is_file():
+            raise UserError(f"{path} has no {ckpt.relative_to(path)}; pass a finished run's folder or a .ckpt file")
+    elif path.is_file():
+        ckpt = path
+    else:
+        raise UserError(f"{path} does not exist; pass a run folder (outputs/<name>/runs/<run>) or a .ckpt file")
+    ckpt, config = load_run_config(ckpt)
+    run_dir = run_dir_of(ckpt)
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights; leave the caller's RNG be
+        datamodule, task = build(config)
+    load_weights(task, read_checkpoint(ckpt), ckpt, "the model in its run's config.yaml")
+    task.eval()
+    return Run(
+        run_dir=run_dir,
+        checkpoint=ckpt.resolve(),
+        config=config,
+        model=task.model,
+        task=task,
+        datamodule=datamodule,
+        history=_read_history(run_dir / "history.csv"),
+        metrics=_read_metrics(run_dir),
+    )
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    file = run_dir / "metrics.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def _read_history(file: Path) -> list[dict[str, float]]:
+    if not file.is_file():
+        return []
+    rows = []
+    with file.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows.append({k: _number(v) for k, v in row.items() if v not in ("", None)})
+    return rows
+
+
+def _number(text: str) -> Any:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
