@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -19,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 
 from experiments.data.base import InMemoryDataModule
 from experiments.data.spec import DataSpec
+from experiments.tasks import ClassificationTask
 
 
 class BlobsDataModule(InMemoryDataModule):
@@ -161,3 +163,14 @@ def completed_results(root: Path) -> list[Path]:
         except ValueError:
             found.append(path)  # half a file posing as a result counts too
     return found
+
+
+
+class OwnStepTask(ClassificationTask):
+    """A user's task that steps its own way (it overrides optimizer_step), so it can't be fused."""
+
+    steps_taken = 0
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
+        type(self).steps_taken += 1
+        return super().optimizer_step(*args, **kwargs)

@@ -98,3 +98,18 @@ def test_max_steps_stops_inside_a_chunk(compose_train: Callable[..., DictConfig]
     _train(compose_train, tmp_path / "run", "trainer.steps_per_execution=3", "+trainer.max_steps=10")
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 10
+
+
+def test_a_task_that_steps_its_own_way_trains_unfused_and_says_so(
+    compose_train: Callable[..., DictConfig], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from reliability_helpers import OwnStepTask
+
+    OwnStepTask.steps_taken = 0
+    with caplog.at_level("WARNING", logger="experiments.engine"):
+        metrics = _train(compose_train, tmp_path / "run", "+task._target_=reliability_helpers.OwnStepTask",
+                         "trainer.max_epochs=2")
+    assert metrics["status"] == "completed"
+    assert OwnStepTask.steps_taken == 16  # every step through its own optimizer_step
+    lines = [r.getMessage() for r in caplog.records if r.name == "experiments.engine"]
+    assert lines == ["steps_per_execution: OwnStepTask overrides optimizer_step; one optimizer step per Lightning step"]
