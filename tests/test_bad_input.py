@@ -68,6 +68,12 @@ CASES = [
     # bad input files
     ("predict-missing-inputs", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/none.csv"], ["inputs file not found"], False),
     ("predict-wrong-columns", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/three.csv"], ["should hold 2 numbers"], True),
+    ("predict-nan-row", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/nan.csv"],
+     ["data row 2 (line 3)", "not a finite number", "fix or drop that row"], True),
+    ("predict-infinite-row", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/inf.csv"], ["data row 1 (line 1)", "not a finite"], False),
+    ("predict-binary-file", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/binary.csv"],
+     ["is not a CSV text file", "save it as CSV (UTF-8)"], True),
+    ("predict-bad-batch-size", "predict", ["ckpt_path={ckpt}", "batch_size=0"], ["batch_size=0", "positive integer"], False),
     # damaged data files (found when the data module reads them, once the trainer has started:
     # on the command line Lightning's start-up lines come first, the error line is the last)
     ("mnist-missing-file", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_missing}"], ["is missing"], False),
@@ -93,6 +99,9 @@ def _prepare(tmp: Path, xor_run: Path) -> None:
     """The bad files the cases name, each in the case's own folder."""
     (tmp / "file").write_text("a file where a folder should be\n")
     (tmp / "three.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp / "nan.csv").write_text("a,b\n0,1\nnan,1\n1,1\n")
+    (tmp / "inf.csv").write_text("1e39,0\n0,1\n")  # finite as a double, infinite as float32
+    (tmp / "binary.csv").write_bytes((MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()[:4096])
     (tmp / "loose.ckpt").write_bytes((xor_run / "checkpoints" / "best.ckpt").read_bytes())
     run = tmp / "run"
     (run / "checkpoints").mkdir(parents=True)
