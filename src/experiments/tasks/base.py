@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torchmetrics
 from torch import nn
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -41,6 +42,8 @@ class Task(L.LightningModule):
         # Running sums of this epoch's training values (see log_split), kept on the device.
         self._train_sums: dict[str, torch.Tensor] = {}
         self._train_count = 0
+        # Validation and test values given as tensors, as sums and counts (see log_split).
+        self._eval_means = nn.ModuleDict()
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets _current_fx_name around every hook it calls, some 40 times per training
@@ -74,21 +77,37 @@ class Task(L.LightningModule):
         more than a whole training step of a small model (it reorganises Lightning's result
         collection on every call), and the per-step values are not used. Validation and test
         values (tensors or torchmetrics metrics) go through ``self.log`` on every batch: those
-        loops are short.
+        loops are short. Their tensors are kept as a sum and a count (``MeanMetric``), which add up
+        exactly across DDP ranks whose shards differ by a sample (Lightning's own mean of a tensor
+        averages the per-rank counts in integers, so uneven shards would be weighted wrongly).
         """
         if split == "train":
             self._accumulate_train(values, batch_size)
             return
         for name, value in values.items():
+            attribute = None
+            if isinstance(value, torch.Tensor):
+                value, attribute = self._eval_mean(f"{split}_{name}", value, batch_size)
             self.log(
                 f"{split}/{name}",
                 value,
+                metric_attribute=attribute,
                 on_step=False,
                 on_epoch=True,
                 batch_size=batch_size,
                 sync_dist=True,  # reduced once per epoch (on_step=False), so it costs nothing per step
                 prog_bar=name == "loss",
             )
+
+    def _eval_mean(self, key: str, value: torch.Tensor, batch_size: int) -> tuple[torchmetrics.MeanMetric, str]:
+        metric = self._eval_means[key] if key in self._eval_means else None
+        if metric is None:
+            metric = torchmetrics.MeanMetric().to(value.device)
+            if value.dtype == torch.float64:
+                metric.set_dtype(torch.float64)
+            self._eval_means[key] = metric
+        metric.update(value.detach(), weight=batch_size)
+        return metric, f"_eval_means.{key}"
 
     def _accumulate_train(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in values.items():
