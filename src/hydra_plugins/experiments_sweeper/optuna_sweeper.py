@@ -43,6 +43,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: its sweep process died before the trial ended"
+# How a worker stopped by Ctrl-C exits (the shell's code for SIGINT).
+INTERRUPTED_EXIT = 130
 # A running trial that never got its worker's name is an orphan after this long.
 ORPHAN_SECONDS = 60
 
@@ -159,8 +161,19 @@ class OptunaSweeper(Sweeper):
         ]
         for worker in workers:
             worker.start()
-        for worker in workers:
-            worker.join()
+        try:
+            for worker in workers:
+                worker.join()
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the whole process group: the workers stop on their own (exit code 130),
+            # and their trials are settled when the same command resumes the study.
+            for worker in workers:
+                worker.join(timeout=30)
+                if worker.is_alive():
+                    worker.kill()
+            raise
+        if any(w.exitcode == INTERRUPTED_EXIT for w in workers):
+            raise KeyboardInterrupt  # the workers were interrupted, if not this process
         failed = [w.name for w in workers if w.exitcode != 0]
         if failed:
             raise RuntimeError(f"sweep workers {failed} stopped with an error (see their traceback above)")
@@ -177,7 +190,11 @@ class OptunaSweeper(Sweeper):
             # Forked workers would otherwise draw the same "random" parameters from one seed.
             study.sampler.reseed_rng()
             self._work(study, space, fixed, sweep_dir)
-        except BaseException:
+        except BaseException as err:
+            from experiments.errors import interrupted
+
+            if interrupted(err):  # Ctrl-C: the sweep process says so, in one line
+                os._exit(INTERRUPTED_EXIT)
             traceback.print_exc()
             sys.stderr.flush()
             os._exit(1)
