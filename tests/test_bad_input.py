@@ -39,6 +39,13 @@ CASES = [
     ("negative-lr", "train", ["optimizer.lr=-1"], ["learning rate", "-1"], False),
     ("zero-batch-size", "train", ["data.batch_size=0"], ["batch_size must be a positive integer", "got 0"], False),
     ("negative-epochs", "train", ["trainer.max_epochs=-5"], ["max_epochs", "-5"], False),
+    ("zero-epochs", "train", ["trainer.max_epochs=0"], ["trainer.max_epochs=0 trains nothing", "positive"], True),
+    ("endless-epochs", "train", ["trainer.max_epochs=-1"], ["would train forever", "+trainer.max_steps=N"], False),
+    ("seed-too-large", "train", ["seed=99999999999"], ["seed=99999999999 is out of range", "0 to 4294967295"], True),
+    ("seed-negative", "train", ["seed=-1"], ["seed=-1 is out of range"], False),
+    ("dropout-out-of-range", "train", ["model.dropout=1.5"],
+     ["model.dropout=1.5 is not valid for MLP", "dropout must be in [0, 1)", "fix model.dropout"], False),
+    ("unknown-added-key", "train", ["+foo=bar"], ["unknown key 'foo'", "+foo=bar adds a key that nothing reads"], True),
     ("bad-precision", "train", ["trainer.precision=13"], ["trainer.precision=13", "bf16-mixed"], False),
     ("bad-monitor-mode", "train", ["monitor_mode=maximum"], ["`mode` can be min, max", "maximum"], False),
     ("negative-checkpoint-steps", "train", ["checkpoint_every_n_steps=-1"], ["every_n_train_steps=-1", ">= 0"], False),
@@ -65,6 +72,10 @@ CASES = [
     ("resume-nothing", "train", ["resume=latest"], ["resume=latest: no run", "without resume="], True),
     ("resume-not-a-run", "train", ["resume={tmp}"], ["no checkpoints/last.ckpt in that directory"], False),
     ("resume-and-ckpt-path", "train", ["resume={run}", "ckpt_path={ckpt}"], ["not both"], False),
+    ("resume-weights-only-ckpt", "train", ["ckpt_path={tmp}/weights_only.ckpt"],
+     ["holds weights but no training state", "optimizer_states, loops missing"], False),
+    ("resume-lightning-1.5-ckpt", "train", ["ckpt_path={tmp}/lightning_1_5.ckpt"],
+     ["written by Lightning 1.5.10, before 1.6", "evaluate and predict can use its weights"], False),
     # bad input files
     ("predict-missing-inputs", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/none.csv"], ["inputs file not found"], False),
     ("predict-wrong-columns", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/three.csv"], ["should hold 2 numbers"], True),
@@ -80,6 +91,8 @@ CASES = [
     ("mnist-truncated-gzip", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_truncated}"],
      ["corrupt or truncated"], False),
     ("mnist-wrong-magic", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_magic}"], ["magic number"], False),
+    ("mnist-label-200", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_label200}"],
+     ["train-labels-idx1-ubyte.gz holds label 200 at item 5", "replace it"], False),
     # an output directory that cannot be written
     ("unwritable-run-dir", "train", ["hydra.run.dir={tmp}/file/run"], ["cannot use", "hydra.run.dir="], True),
     ("unwritable-predictions", "predict", ["ckpt_path={ckpt}", "output={tmp}/file/p.csv"], ["cannot write", "output="], False),
@@ -111,12 +124,23 @@ def _prepare(tmp: Path, xor_run: Path) -> None:
     good = (xor_run / "checkpoints" / "best.ckpt").read_bytes()
     (run / "checkpoints" / "corrupt.ckpt").write_bytes(good[: len(good) // 2])
     torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "plain.ckpt")
+    last = torch.load(xor_run / "checkpoints" / "last.ckpt", weights_only=True)
+    # ModelCheckpoint(save_weights_only=True) keeps these four
+    torch.save({k: last[k] for k in ("epoch", "global_step", "pytorch-lightning_version", "state_dict")},
+               tmp / "weights_only.ckpt")
+    # Lightning 1.5: loops of another layout, callbacks keyed by class name
+    old = {**last, "pytorch-lightning_version": "1.5.10", "loops": {"fit_loop": {"state_dict": {}}},
+           "callbacks": {"ModelCheckpoint": {"best_model_score": None}}}
+    torch.save(old, tmp / "lightning_1_5.ckpt")
 
 
 DAMAGE = {
     "mnist_missing": lambda p: p.unlink(),
     "mnist_truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
     "mnist_magic": lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + gzip.decompress(p.read_bytes())[4:])),
+    # item 5 of the training labels (after the 8-byte header) says 200
+    "mnist_label200": lambda p: p.write_bytes(gzip.compress((lambda raw: raw[:13] + bytes([200]) + raw[14:])(
+        gzip.decompress(p.read_bytes())))),
 }
 
 

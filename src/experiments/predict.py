@@ -120,7 +120,8 @@ def _parse_block(
                     f"(input shape {list(spec.input_shape)}), got {row[:5]}{'...' if len(row) > 5 else ''}"
                 )
         raise UserError(f"{file}: rows should hold {width} numbers (input shape {list(spec.input_shape)})")
-    values = values.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes infinity, refused below
+        values = values.astype(np.float32)
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         index = int(np.argmin(finite))
