@@ -39,6 +39,13 @@ CASES = [
     ("negative-lr", "train", ["optimizer.lr=-1"], ["learning rate", "-1"], False),
     ("zero-batch-size", "train", ["data.batch_size=0"], ["batch_size must be a positive integer", "got 0"], False),
     ("negative-epochs", "train", ["trainer.max_epochs=-5"], ["max_epochs", "-5"], False),
+    ("zero-epochs", "train", ["trainer.max_epochs=0"], ["trainer.max_epochs=0 trains nothing", "positive"], True),
+    ("endless-epochs", "train", ["trainer.max_epochs=-1"], ["would train forever", "+trainer.max_steps=N"], False),
+    ("seed-too-large", "train", ["seed=99999999999"], ["seed=99999999999 is out of range", "0 to 4294967295"], True),
+    ("seed-negative", "train", ["seed=-1"], ["seed=-1 is out of range"], False),
+    ("dropout-out-of-range", "train", ["model.dropout=1.5"],
+     ["model.dropout=1.5 is not valid for MLP", "dropout must be in [0, 1)", "fix model.dropout"], False),
+    ("unknown-added-key", "train", ["+foo=bar"], ["unknown key 'foo'", "+foo=bar adds a key that nothing reads"], True),
     ("bad-precision", "train", ["trainer.precision=13"], ["trainer.precision=13", "bf16-mixed"], False),
     ("bad-monitor-mode", "train", ["monitor_mode=maximum"], ["`mode` can be min, max", "maximum"], False),
     ("negative-checkpoint-steps", "train", ["checkpoint_every_n_steps=-1"], ["every_n_train_steps=-1", ">= 0"], False),
@@ -65,15 +72,27 @@ CASES = [
     ("resume-nothing", "train", ["resume=latest"], ["resume=latest: no run", "without resume="], True),
     ("resume-not-a-run", "train", ["resume={tmp}"], ["no checkpoints/last.ckpt in that directory"], False),
     ("resume-and-ckpt-path", "train", ["resume={run}", "ckpt_path={ckpt}"], ["not both"], False),
+    ("resume-weights-only-ckpt", "train", ["ckpt_path={tmp}/weights_only.ckpt"],
+     ["holds weights but no training state", "optimizer_states, loops missing"], False),
+    ("resume-lightning-1.5-ckpt", "train", ["ckpt_path={tmp}/lightning_1_5.ckpt"],
+     ["written by Lightning 1.5.10, before 1.6", "evaluate and predict can use its weights"], False),
     # bad input files
     ("predict-missing-inputs", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/none.csv"], ["inputs file not found"], False),
     ("predict-wrong-columns", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/three.csv"], ["should hold 2 numbers"], True),
+    ("predict-nan-row", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/nan.csv"],
+     ["data row 2 (line 3)", "not a finite number", "fix or drop that row"], True),
+    ("predict-infinite-row", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/inf.csv"], ["data row 1 (line 1)", "not a finite"], False),
+    ("predict-binary-file", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/binary.csv"],
+     ["is not a CSV text file", "save it as CSV (UTF-8)"], True),
+    ("predict-bad-batch-size", "predict", ["ckpt_path={ckpt}", "batch_size=0"], ["batch_size=0", "positive integer"], False),
     # damaged data files (found when the data module reads them, once the trainer has started:
     # on the command line Lightning's start-up lines come first, the error line is the last)
     ("mnist-missing-file", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_missing}"], ["is missing"], False),
     ("mnist-truncated-gzip", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_truncated}"],
      ["corrupt or truncated"], False),
     ("mnist-wrong-magic", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_magic}"], ["magic number"], False),
+    ("mnist-label-200", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_label200}"],
+     ["train-labels-idx1-ubyte.gz holds label 200 at item 5", "replace it"], False),
     # an output directory that cannot be written
     ("unwritable-run-dir", "train", ["hydra.run.dir={tmp}/file/run"], ["cannot use", "hydra.run.dir="], True),
     ("unwritable-predictions", "predict", ["ckpt_path={ckpt}", "output={tmp}/file/p.csv"], ["cannot write", "output="], False),
@@ -93,6 +112,9 @@ def _prepare(tmp: Path, xor_run: Path) -> None:
     """The bad files the cases name, each in the case's own folder."""
     (tmp / "file").write_text("a file where a folder should be\n")
     (tmp / "three.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp / "nan.csv").write_text("a,b\n0,1\nnan,1\n1,1\n")
+    (tmp / "inf.csv").write_text("1e39,0\n0,1\n")  # finite as a double, infinite as float32
+    (tmp / "binary.csv").write_bytes((MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()[:4096])
     (tmp / "loose.ckpt").write_bytes((xor_run / "checkpoints" / "best.ckpt").read_bytes())
     run = tmp / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -102,12 +124,23 @@ def _prepare(tmp: Path, xor_run: Path) -> None:
     good = (xor_run / "checkpoints" / "best.ckpt").read_bytes()
     (run / "checkpoints" / "corrupt.ckpt").write_bytes(good[: len(good) // 2])
     torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "plain.ckpt")
+    last = torch.load(xor_run / "checkpoints" / "last.ckpt", weights_only=True)
+    # ModelCheckpoint(save_weights_only=True) keeps these four
+    torch.save({k: last[k] for k in ("epoch", "global_step", "pytorch-lightning_version", "state_dict")},
+               tmp / "weights_only.ckpt")
+    # Lightning 1.5: loops of another layout, callbacks keyed by class name
+    old = {**last, "pytorch-lightning_version": "1.5.10", "loops": {"fit_loop": {"state_dict": {}}},
+           "callbacks": {"ModelCheckpoint": {"best_model_score": None}}}
+    torch.save(old, tmp / "lightning_1_5.ckpt")
 
 
 DAMAGE = {
     "mnist_missing": lambda p: p.unlink(),
     "mnist_truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
     "mnist_magic": lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + gzip.decompress(p.read_bytes())[4:])),
+    # item 5 of the training labels (after the 8-byte header) says 200
+    "mnist_label200": lambda p: p.write_bytes(gzip.compress((lambda raw: raw[:13] + bytes([200]) + raw[14:])(
+        gzip.decompress(p.read_bytes())))),
 }
 
 

@@ -93,3 +93,45 @@ def test_multirun_with_ddp_gives_each_job_one_directory(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
     assert list((tmp_path / "outputs").iterdir()) == [tmp_path / "outputs" / "blobs"]
     assert [p.name for p in (tmp_path / "outputs" / "blobs").iterdir()] == ["multiruns"]
+
+
+@pytest.mark.parametrize(("n", "world_size", "batch_size"), [(4, 3, 4), (10, 4, 3), (2785, 8, 256), (7, 7, 1), (5, 2, 1000)])
+def test_evaluation_shards_hold_every_sample_exactly_once(n: int, world_size: int, batch_size: int) -> None:
+    data = torch.arange(n)
+    seen = [
+        int(i)
+        for rank in range(world_size)
+        for (batch,) in InMemoryLoader(data, batch_size=batch_size, rank=rank, world_size=world_size, every_sample=True)
+        for i in batch
+    ]
+    assert sorted(seen) == list(range(n))
+    # Training shards stay equal: the same number of steps on every rank.
+    lengths = {len(InMemoryLoader(data, batch_size=batch_size, shuffle=True, rank=r, world_size=world_size))
+               for r in range(world_size)}
+    assert len(lengths) == 1
+
+
+def test_an_evaluation_split_smaller_than_the_processes_is_refused() -> None:
+    from experiments.errors import UserError
+
+    with pytest.raises(UserError, match="3 samples cannot be shared by 4 processes"):
+        InMemoryLoader(torch.arange(3), batch_size=1, rank=0, world_size=4, every_sample=True)
+
+
+@pytest.mark.slow
+def test_three_process_test_metrics_equal_evaluate(tmp_path: Path) -> None:
+    """XOR's 4 samples on 3 ranks: each is scored once (2 + 1 + 1), and the mean is over all 4."""
+    run_dir = tmp_path / "run"
+    trained = run("train", "experiment=xor", "trainer=ddp_cpu", "trainer.devices=3", "trainer.max_epochs=30",
+                  "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "MEMBER: 3/3" in trained.stdout + trained.stderr
+    tested = json.loads((run_dir / "metrics.json").read_text())["test"]
+    from omegaconf import OmegaConf
+
+    from experiments.evaluate import evaluate
+
+    single = evaluate(OmegaConf.create({"ckpt_path": str(run_dir / "checkpoints" / "best.ckpt")}))  # one process
+    assert tested["test/acc"] == single["test/acc"]
+    assert tested["test/loss"] == pytest.approx(single["test/loss"], rel=1e-6)
+    assert tested["test/acc"] * 4 == pytest.approx(round(tested["test/acc"] * 4))  # a count out of 4, not of 3

@@ -75,6 +75,9 @@ def test_malicious_checkpoint_is_refused_and_never_runs(
     assert code != 0
     assert stderr.strip().startswith("error: cannot read checkpoint") and "safely" in stderr
     assert len(stderr.strip().splitlines()) == 1
+    # and never the advice to load it unsafely that torch's own message ends with
+    assert "weights_only" not in stderr and "False" not in stderr
+    assert "pickled object (posix.system)" in stderr
     assert not marker.exists()
     assert not (tmp_path / "new").exists()
     assert not (run_dir / "predictions.csv").exists()

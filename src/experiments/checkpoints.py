@@ -6,6 +6,7 @@ plain containers, so a checkpoint crafted to run code when unpickled is refused 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,51 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and I/O errors all mean the same thing to the user
-        first = " ".join(str(err).split())[:200]
-        raise UserError(
-            f"cannot read checkpoint {file} safely: {first}; it is corrupt or holds more than weights "
-            "(only checkpoints with tensors and plain values are loaded)"
-        ) from None
+        raise UserError(f"cannot read checkpoint {file} safely: {_why_unreadable(err)}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{file} is not a Lightning checkpoint (it has no state_dict)")
     return checkpoint
+
+
+def _why_unreadable(err: Exception) -> str:
+    """Why a weights-only load refused a file, without torch's advice to load it unsafely."""
+    text = " ".join(str(err).split())
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if "Weights only load failed" in text or found:
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"it holds a pickled object{what} that only an unsafe load would build, which could run "
+            "code; it is not a checkpoint of this project: do not load it, use one a run wrote "
+            "(tensors and plain values only)"
+        )
+    return (
+        f"{text[:200]}; it is corrupt or holds more than weights "
+        "(only checkpoints with tensors and plain values are loaded)"
+    )
+
+
+# What Lightning needs to continue training from a checkpoint, beyond its weights.
+TRAINING_STATE = ("optimizer_states", "loops", "epoch", "global_step")
+
+
+def check_resumable(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint that holds weights but not the training state a run continues from: one
+    saved with ``save_weights_only``, a bare state_dict, or one from Lightning before 1.6."""
+    version = str(checkpoint.get("pytorch-lightning_version", ""))
+    missing = [key for key in TRAINING_STATE if key not in checkpoint]
+    if missing:
+        raise UserError(
+            f"checkpoint {path} holds weights but no training state ({', '.join(missing)} missing: saved "
+            "weights-only); training cannot continue from it; evaluate and predict can use it, and "
+            "ckpt_path= and resume= take a last.ckpt or best.ckpt that a run of this project wrote"
+        )
+    numbers = re.match(r"(\d+)\.(\d+)", version)
+    if numbers is None or (int(numbers.group(1)), int(numbers.group(2))) < (1, 6):
+        raise UserError(
+            f"checkpoint {path} was written by Lightning {version or '(unknown version)'}, before 1.6, whose "
+            "training state this version cannot continue; evaluate and predict can use its weights, and "
+            "ckpt_path= and resume= take a checkpoint that a run of this project wrote"
+        )
 
 
 def load_weights(module: nn.Module, checkpoint: dict[str, Any], path: str | Path, against: str) -> None:

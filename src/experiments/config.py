@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from experiments.checkpoints import run_directory
 from experiments.data.base import InMemoryDataModule
 from experiments.data.spec import DataSpec
 from experiments.errors import UserError, suggest
+from experiments.models.common import ShapeError
 from experiments.tasks import Task, task_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -55,6 +57,23 @@ OmegaConf.register_new_resolver("data_root", lambda: str(data_root()), replace=T
 OmegaConf.register_new_resolver("fetch_missing_data", lambda: not IN_CLONE, replace=True)
 # hydra.run.dir: a fresh directory, or the run that resume=latest|<run dir> continues.
 OmegaConf.register_new_resolver("run_dir", run_directory, replace=True)
+
+
+def folder_name(name: Any) -> str:
+    """A ``name`` (or study name) that is one folder inside ``outputs/`` (resolver ``${folder_name:...}``)."""
+    text = str(name)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise UserError(
+            f"name={text!r} must be one folder name: no '/', '\\' or '..' (runs go to outputs/<name>/); "
+            "pass name=my_experiment"
+        )
+    return text
+
+
+OmegaConf.register_new_resolver("folder_name", folder_name, replace=True)
+
+# Torch, NumPy and Python seeds all take this range.
+SEED_RANGE = (0, 2**32 - 1)
 
 # Keys filled in by the entry point from the data module, never by the user.
 _SUPPLIED = {"input_shape", "output_shape", "params", "optimizer", "self", "callbacks", "logger"}
@@ -140,8 +159,57 @@ def check_config(cfg: DictConfig) -> None:
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:
                 _check_node(f"{group}.{name}", node)
-    if not isinstance(cfg.get("seed"), int):
-        raise UserError(f"seed={cfg.get('seed')!r} has the wrong type: expected int")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"seed={seed!r} has the wrong type: expected int")
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise UserError(f"seed={seed} is out of range: a seed is an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+    _check_training_length(cfg.trainer)
+    check_added_keys("train")
+
+
+def _check_training_length(trainer: DictConfig) -> None:
+    """A run trains for a positive number of epochs or steps: 0 would report an untrained model as
+    completed, and -1 (Lightning's "no limit") would train forever without a word."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    if epochs is not None and epochs < -1:
+        return  # Lightning's own line names the value (and says what it takes)
+    steps_given = isinstance(steps, int) and steps > 0
+    if epochs == 0:
+        raise UserError("trainer.max_epochs=0 trains nothing; pass a positive trainer.max_epochs (or +trainer.max_steps=N)")
+    if epochs in (None, -1) and not steps_given:
+        raise UserError(
+            f"trainer.max_epochs={epochs} with no positive trainer.max_steps would train "
+            f"{'forever' if epochs == -1 else 'for 1000 epochs (Lightning default)'}; pass a positive "
+            "trainer.max_epochs, or +trainer.max_steps=N"
+        )
+    if steps == 0:
+        raise UserError("trainer.max_steps=0 trains nothing; pass a positive trainer.max_steps, or -1 for no step limit")
+
+
+def check_added_keys(config_name: str) -> None:
+    """Refuse ``+key=value`` for a top-level key that nothing reads (``+foo=bar``), which Hydra would
+    otherwise add in silence. A new option inside a node (``+model.x=...``) is checked against its
+    target by :func:`check_config`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return
+    primary = OmegaConf.load(Path(CONFIG_DIR) / f"{config_name}.yaml")
+    known = {str(k) for k in primary if k != "defaults"} | {"hydra"}
+    for entry in primary.get("defaults") or []:
+        if isinstance(entry, DictConfig):
+            known |= {str(k).split()[-1].split("/")[0].split("@")[0] for k in entry}
+    for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+        if not (override.is_add() or override.is_force_add()):
+            continue
+        top = override.key_or_group.split(".")[0].split("/")[0]
+        if top not in known:
+            raise UserError(
+                f"unknown key {top!r}{suggest(top, known)}: +{override.input_line.lstrip('+')} adds a key "
+                f"that nothing reads; check the spelling (top-level keys: {', '.join(sorted(known - {'hydra'}))})"
+            )
 
 
 def _check_takes_shapes(node: Any) -> None:
@@ -193,6 +261,15 @@ def _optional(node: Any) -> Callable[..., Any] | None:
     return instantiate(node)
 
 
+def _bad_model_option(node: DictConfig, err: ValueError) -> str:
+    """One line that blames the model option a model's ValueError talks about, not the data."""
+    message = str(err)
+    for name, value in node.items():
+        if not str(name).startswith("_") and re.search(rf"\b{re.escape(str(name))}\b", message.split(";")[0]):
+            return f"model.{name}={value!r} is not valid for {node._target_.rsplit('.', 1)[-1]}: {message}; fix model.{name}"
+    return f"model {node._target_.rsplit('.', 1)[-1]}: {message}; fix the model.* options"
+
+
 _TRUE_PRECISION_DTYPES = {
     "64": torch.float64,
     "64-true": torch.float64,
@@ -215,6 +292,8 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
     except InstantiationException as err:
         if not isinstance(err.__cause__, ValueError):
             raise
+        if not isinstance(err.__cause__, ShapeError):
+            raise UserError(_bad_model_option(cfg.model, err.__cause__)) from None
         raise UserError(
             f"model {cfg.model._target_.rsplit('.', 1)[-1]} does not fit data "
             f"{cfg.data._target_.rsplit('.', 1)[-1]} (input shape {list(spec.input_shape)}): "

@@ -56,9 +56,13 @@ def describe(err: BaseException) -> str | None:
         return f"{key} is required: pass {key}=..."
     if isinstance(err, MisconfigurationException):  # Lightning's word for a bad setting
         return _first_line(err)
-    if isinstance(err, OSError) and err.filename:
+    # A file that cannot be written, also where it is found inside another error: Python's logging
+    # reports a run folder that is read-only as "Unable to configure handler 'file'" (a ValueError)
+    # from the OSError of its train.log.
+    os_error = next((e for e in _chain(err) if isinstance(e, OSError) and e.filename), None)
+    if os_error is not None:
         return (
-            f"cannot use {err.filename}: {err.strerror or err}; check that the path exists "
+            f"cannot use {os_error.filename}: {os_error.strerror or os_error}; check that the path exists "
             "and is writable (for the run directory: hydra.run.dir=<writable folder>)"
         )
     if isinstance(err, MissingConfigException) and err.options is not None:
@@ -73,13 +77,33 @@ def describe(err: BaseException) -> str | None:
         match = re.search(r"Could not override '([^']+)'", str(err))
         if match and "not in struct" in str(err.__cause__ or ""):
             key = match.group(1)
-            return (
-                f"unknown key {key!r}{_suggest_key(err, key)}; check the spelling, "
-                f"or add a new key with +{key}=..."
-            )
+            # A new top-level key is read by nothing (and refused); a new option of a node may be.
+            new = f", or add a new key with +{key}=..." if "." in key else ""
+            return f"unknown key {key!r}{_suggest_key(err, key)}; check the spelling{new}"
     if isinstance(err, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return None
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling, innermost last."""
+    found: list[BaseException] = []
+    while err is not None and err not in found:
+        found.append(err)
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return found
+
+
+INTERRUPTED = (
+    "interrupted (Ctrl-C); continue a run with resume=latest (or resume=<run dir>), "
+    "an Optuna sweep by running the same command again"
+)
+
+
+def interrupted(err: BaseException) -> bool:
+    """Whether ``err`` is Ctrl-C, or how Lightning ends a process after it (SystemExit from a
+    KeyboardInterrupt)."""
+    return any(isinstance(e, KeyboardInterrupt) for e in _chain(err))
 
 
 def _suggest_key(err: BaseException, key: str) -> str:
@@ -141,6 +165,12 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
     _quiet_library_chatter()
     try:
         hydra_main()
+    except (KeyboardInterrupt, SystemExit) as err:
+        if not interrupted(err) or _wants_trace():
+            raise
+        # Ctrl-C, in this process or in a sweep's workers: one line, and the shell's code for SIGINT.
+        print(f"error: {INTERRUPTED}", file=sys.stderr, flush=True)
+        sys.exit(130)
     except Exception as err:
         message = None if _wants_trace() else describe(err)
         if message is None:

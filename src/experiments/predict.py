@@ -7,13 +7,17 @@ rows of a CSV file, written to a CSV file and summarised on screen.
 from __future__ import annotations
 
 import csv
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
+import lightning as L
+import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from experiments.config import CONFIG_DIR
@@ -24,26 +28,122 @@ from experiments.evaluate import restore
 from experiments.runs import load_run_config, run_dir_of, write_atomic
 
 
+# Rows parsed at once: a big file is read in blocks of this many rows, never held as text.
+BLOCK_ROWS = 65536
+# Long jobs print where they are at most this often (seconds).
+PROGRESS_SECONDS = 5.0
+
+
+class _Ticker:
+    """Prints ``what`` with a count at most every ``PROGRESS_SECONDS``: silent for short jobs."""
+
+    def __init__(self, what: str, total: int | None = None) -> None:
+        self.what, self.total = what, total
+        self.last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_SECONDS:
+            return
+        self.last = now
+        of = f" of {self.total:,} ({100 * done / self.total:.0f}%)" if self.total else ""
+        print(f"{self.what}: {done:,}{of}", flush=True)
+
+
 def read_inputs(path: str | Path, spec: DataSpec) -> torch.Tensor:
-    """Samples from a CSV file: one per row, its features flattened, an optional header row."""
+    """Samples from a CSV file: one per row, its features flattened, an optional header row.
+
+    UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"); read and parsed in blocks of
+    ``BLOCK_ROWS`` rows, so millions of rows take seconds. A row that is not ``width`` numbers, a
+    value that is not a finite number (NaN, infinity, beyond float32) or a file that is not text is
+    refused in one line that names it.
+    """
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"inputs file not found: {file}; pass inputs=<CSV file with one sample per row>")
-    rows = [r for r in csv.reader(file.read_text().splitlines()) if r]
-    if rows and not _numeric(rows[0]):
-        rows = rows[1:]
-    width = 1
-    for d in spec.input_shape:
-        width *= d
-    for number, row in enumerate(rows, start=1):
-        if len(row) != width or not _numeric(row):
-            raise UserError(
-                f"{file}: data row {number} should hold {width} numbers (input shape "
-                f"{list(spec.input_shape)}), got {row[:5]}{'...' if len(row) > 5 else ''}"
-            )
-    if not rows:
+    width = math.prod(spec.input_shape)
+    blocks: list[np.ndarray] = []
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    count = 0
+    ticker = _Ticker(f"reading {file.name}: rows")
+    try:
+        with file.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            first = True
+            for row in reader:
+                if not row:
+                    continue
+                if first:
+                    first = False
+                    if not _numeric(row):
+                        continue  # a header
+                rows.append(row)
+                lines.append(reader.line_num)
+                if len(rows) == BLOCK_ROWS:
+                    blocks.append(_parse_block(file, rows, lines, count, width, spec))
+                    count += len(rows)
+                    rows, lines = [], []
+                    ticker(count)
+            if rows:
+                blocks.append(_parse_block(file, rows, lines, count, width, spec))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(
+            f"{file} is not a CSV text file ({_first_words(err)}); predict reads UTF-8 text with one "
+            "sample per row: save it as CSV (UTF-8)"
+        ) from None
+    if not blocks:
         raise UserError(f"{file} holds no samples")
-    return torch.tensor([[float(v) for v in r] for r in rows]).view(-1, *spec.input_shape)
+    return torch.from_numpy(np.concatenate(blocks)).view(-1, *spec.input_shape)
+
+
+def _first_words(err: BaseException) -> str:
+    if isinstance(err, UnicodeDecodeError):
+        return f"it holds byte 0x{err.object[err.start]:02x}, which is not UTF-8 text"
+    return " ".join(str(err).split())[:100]
+
+
+def _parse_block(
+    file: Path, rows: list[list[str]], lines: list[int], before: int, width: int, spec: DataSpec
+) -> np.ndarray:
+    """One block of rows as float32 values, or one line naming the first row that is not ``width``
+    finite numbers."""
+    try:
+        values = np.array(rows, dtype=np.float64)
+    except ValueError:  # a row of another length, or a value that is not a number
+        values = None
+    if values is None or values.ndim != 2 or values.shape[1] != width:
+        for index, row in enumerate(rows):
+            if len(row) != width or not _numeric(row):
+                raise UserError(
+                    f"{file}: data row {before + index + 1} (line {lines[index]}) should hold {width} numbers "
+                    f"(input shape {list(spec.input_shape)}), got {row[:5]}{'...' if len(row) > 5 else ''}"
+                )
+        raise UserError(f"{file}: rows should hold {width} numbers (input shape {list(spec.input_shape)})")
+    with np.errstate(over="ignore"):  # beyond float32's range becomes infinity, refused below
+        values = values.astype(np.float32)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        row = rows[index]
+        raise UserError(
+            f"{file}: data row {before + index + 1} (line {lines[index]}) holds a value that is not a finite "
+            f"number: {row[:5]}{'...' if len(row) > 5 else ''}; a model gives no meaningful output for NaN, "
+            "infinity or values beyond float32's range (3.4e38): fix or drop that row"
+        )
+    return values
+
+
+class _PredictProgress(L.Callback):
+    """``predicting: N of M (x%)`` at most every few seconds while a long prediction runs."""
+
+    def __init__(self, total: int, batch_size: int) -> None:
+        self.total, self.batch_size = total, batch_size
+        self.ticker = _Ticker("predicting: rows", total)
+
+    def on_predict_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        batch_idx = args[3] if len(args) > 3 else kwargs.get("batch_idx", 0)
+        self.ticker(min((batch_idx + 1) * self.batch_size, self.total))
 
 
 def _check_writable(path: Path) -> None:
@@ -62,16 +162,25 @@ def _numeric(row: list[str]) -> bool:
     return True
 
 
-def _columns(name: str, values: torch.Tensor) -> dict[str, list[float]]:
+def _columns(name: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
     flat = values.reshape(len(values), -1)
     if flat.shape[1] == 1:
-        return {name: flat[:, 0].tolist()}
-    return {f"{name}_{i}": flat[:, i].tolist() for i in range(flat.shape[1])}
+        return {name: flat[:, 0]}
+    return {f"{name}_{i}": flat[:, i] for i in range(flat.shape[1])}
+
+
+def _rows(table: dict[str, torch.Tensor], start: int, stop: int) -> list[tuple[Any, ...]]:
+    """Rows ``start:stop`` of the table as Python numbers (a block at a time: millions of rows
+    as Python floats at once would take gigabytes)."""
+    return list(zip(*(column[start:stop].tolist() for column in table.values())))
 
 
 def predict(cfg: DictConfig) -> Path:
     """Write the predictions of ``cfg.ckpt_path`` to a CSV file and return its path."""
     # Bad inputs or an unwritable output are refused before the model and trainer are built.
+    batch_size = cfg.get("batch_size")
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise UserError(f"batch_size={batch_size!r} must be a positive integer (or null: the run's eval batch size)")
     _, run_cfg = load_run_config(cfg.ckpt_path)
     given = read_inputs(cfg.inputs, instantiate(run_cfg.data).spec) if cfg.inputs else None
     if cfg.output:
@@ -84,11 +193,13 @@ def predict(cfg: DictConfig) -> Path:
     else:
         datamodule.setup("test")
         inputs, targets = datamodule.test_set  # type: ignore[misc]
-    loader = InMemoryLoader(inputs, batch_size=datamodule.eval_batch_size)
+    batch_size = datamodule.eval_batch_size if cfg.get("batch_size") is None else cfg.batch_size
+    loader = InMemoryLoader(inputs, batch_size=batch_size)
+    trainer.callbacks.append(_PredictProgress(len(inputs), batch_size))
     batches = trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True)
     outputs = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}  # type: ignore[index]
 
-    table: dict[str, list[Any]] = {}
+    table: dict[str, torch.Tensor] = {}
     if inputs[0].numel() <= 16:  # small inputs are worth repeating beside their predictions
         table.update(_columns("input", inputs))
     if targets is not None:
@@ -101,7 +212,12 @@ def predict(cfg: DictConfig) -> Path:
     def write(handle: Any) -> None:
         writer = csv.writer(handle)
         writer.writerow(table)
-        writer.writerows(zip(*table.values()))
+        ticker = _Ticker(f"writing {output.name}: rows", count)
+        for start in range(0, count, BLOCK_ROWS):
+            writer.writerows(_rows(table, start, start + BLOCK_ROWS))
+            ticker(min(start + BLOCK_ROWS, count))
+
+    count = len(inputs)
 
     write_atomic(output, write)
     _summarise(table, outputs, targets, spec, output, int(cfg.show))
@@ -109,7 +225,7 @@ def predict(cfg: DictConfig) -> Path:
 
 
 def _summarise(
-    table: dict[str, list[Any]],
+    table: dict[str, torch.Tensor],
     outputs: dict[str, torch.Tensor],
     targets: torch.Tensor | None,
     spec: DataSpec,
@@ -118,7 +234,7 @@ def _summarise(
 ) -> None:
     names = [n for n in table if not n.startswith("probability_")]
     print(" ".join(names))
-    for row in list(zip(*(table[n] for n in names)))[:show]:
+    for row in _rows({n: table[n] for n in names}, 0, show):
         print(" ".join(f"{v:.4f}" if isinstance(v, float) and not float(v).is_integer() else f"{v:g}" for v in row))
     count = len(next(iter(table.values())))
     line = f"{count} predictions -> {output}"

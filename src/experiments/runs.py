@@ -10,9 +10,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from experiments.errors import UserError
+
+# What a config that arrives as data (a run folder's config.yaml) may build: classes, never
+# functions, and only under these prefixes. A prefix is checked as text before anything is
+# imported, since importing an unknown module already runs its code.
+ALLOWED_TARGET_PREFIXES = (
+    "experiments.",
+    "torch.optim.",
+    "torch.nn.",
+    "lightning.pytorch.Trainer",
+    "lightning.pytorch.trainer.trainer.Trainer",
+    "lightning.pytorch.loggers.",
+    "lightning.pytorch.callbacks.",
+    "optuna.samplers.",
+    "optuna.pruners.",
+    "hydra_plugins.experiments_sweeper.",
+)
 
 
 def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
@@ -66,4 +82,56 @@ def load_run_config(ckpt_path: str | Path) -> tuple[Path, DictConfig]:
             f"no config.yaml in {config.parent} for checkpoint {ckpt}; "
             "keep the checkpoint in the checkpoints/ folder of its run directory"
         )
-    return ckpt, OmegaConf.load(config)  # type: ignore[return-value]
+    try:
+        run_cfg = OmegaConf.load(config)
+    except Exception as err:  # noqa: BLE001 - YAML and OmegaConf errors alike: the file is damaged
+        raise UserError(f"cannot read {config}: {' '.join(str(err).split())[:200]}") from None
+    if not isinstance(run_cfg, DictConfig):
+        raise UserError(f"{config} does not hold a run's config (a mapping of keys)")
+    check_targets(run_cfg, str(config))
+    return ckpt, run_cfg
+
+
+def check_targets(cfg: DictConfig, source: str) -> None:
+    """Refuse a config that would build anything but this project's and the libraries' known classes.
+
+    Hydra's ``instantiate`` calls whatever ``_target_`` names, at any depth (``torch.load`` with
+    ``weights_only: false``, ``builtins.open`` with ``mode: w``, ``os.system``): a config read from a
+    run folder is data, and may only name a class under :data:`ALLOWED_TARGET_PREFIXES`.
+    """
+    for key, target in _targets(cfg, ""):
+        if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES) or not _is_class(target):
+            raise UserError(
+                f"{source}: {key} = {target!r} is not allowed: a run's config may only build this "
+                "project's classes (experiments.*) and known library classes (torch.optim.*, torch.nn.*, "
+                "lightning.pytorch Trainer, loggers and callbacks); replace config.yaml with the one its run wrote"
+            )
+
+
+def _targets(node: Any, key: str) -> list[tuple[str, Any]]:
+    """Every ``_target_`` of a config, with its full key, without resolving any interpolation."""
+    found = []
+    if isinstance(node, DictConfig):
+        for name in node.keys():
+            child = node._get_node(name)  # the raw node: an interpolation is neither resolved nor run
+            full = f"{key}.{name}" if key else str(name)
+            if name == "_target_":
+                value = child._value() if child is not None else None  # type: ignore[union-attr]
+                found.append((full, value))
+            else:
+                found.extend(_targets(child, full))
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            found.extend(_targets(node._get_node(index), f"{key}[{index}]"))
+    return found
+
+
+def _is_class(target: str) -> bool:
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        return inspect.isclass(get_object(target))
+    except Exception:  # noqa: BLE001 - a target that cannot be found cannot be allowed either
+        return False

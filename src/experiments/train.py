@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.callbacks import History, NonFiniteError
-from experiments.checkpoints import checkpoint_to_resume, load_weights, read_checkpoint
+from experiments.checkpoints import check_resumable, checkpoint_to_resume, load_weights, read_checkpoint
 from experiments.config import (
     CONFIG_DIR,
     build,
@@ -87,6 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume_from is not None:
         # Refuse a missing, unsafe or mismatched checkpoint in one line, before anything is written.
         resumed = read_checkpoint(resume_from)
+        check_resumable(resumed, resume_from)
         load_weights(task, resumed, resume_from, "the model of this config")
     callbacks = build_callbacks(cfg) + pruning_callbacks(cfg.monitor)
     loggers = instantiate_group(cfg.get("logger"))

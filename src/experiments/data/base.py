@@ -54,6 +54,7 @@ class InMemoryDataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world_size,
+            every_sample=not train,  # evaluation scores every sample exactly once, also under DDP
         )
 
     def train_dataloader(self) -> InMemoryLoader:

@@ -17,7 +17,9 @@ class InMemoryLoader:
     Every epoch draws its permutation from ``seed + epoch``, so an epoch can be replayed exactly.
     Under DDP each rank takes a disjoint, equally long shard of that permutation (the last
     ``len % world_size`` samples of a shuffled epoch are dropped), so every rank runs the same
-    number of batches.
+    number of batches. With ``every_sample=True`` (validation, test, predict) the shards hold every
+    sample exactly once instead: the first ``len % world_size`` ranks take one sample more, so a
+    metric reduced as sums and counts across ranks equals the single-process one.
 
     Each ``iter()`` starts the next epoch. Lightning asks a loader that has a length for a batch
     only when it trains on it (no prefetching) and stops at ``len()`` without exhausting the
@@ -34,6 +36,7 @@ class InMemoryLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        every_sample: bool = False,
     ) -> None:
         if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("InMemoryLoader needs one or more tensors of equal length")
@@ -41,6 +44,14 @@ class InMemoryLoader:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if every_sample and 0 < len(tensors[0]) < world_size:
+            # A rank without a batch would skip the end-of-epoch reduction that the others wait in.
+            from experiments.errors import UserError
+
+            raise UserError(
+                f"an evaluation split of {len(tensors[0])} samples cannot be shared by {world_size} processes "
+                "(each needs at least one); use fewer devices (trainer.devices) or a larger split"
+            )
         self.tensors = tensors
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -48,6 +59,7 @@ class InMemoryLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.every_sample = every_sample
         self.epoch = 0
         self._batches_done = 0
         self._started = False  # whether an iteration of ``self.epoch`` has begun
@@ -62,7 +74,10 @@ class InMemoryLoader:
     @property
     def num_samples(self) -> int:
         """Samples this rank sees in one epoch."""
-        return len(self.tensors[0]) // self.world_size if self.world_size > 1 else len(self.tensors[0])
+        n = len(self.tensors[0])
+        if self.every_sample:
+            return n // self.world_size + (self.rank < n % self.world_size)
+        return n // self.world_size if self.world_size > 1 else n
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -91,7 +106,8 @@ class InMemoryLoader:
         else:
             order = torch.arange(n)
         # Moved to the data's device once per epoch, not once per batch.
-        return order[self.rank : self.num_samples * self.world_size : self.world_size].to(self.tensors[0].device)
+        stop = n if self.every_sample else self.num_samples * self.world_size
+        return order[self.rank : stop : self.world_size].to(self.tensors[0].device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if self._resume_at is not None:

@@ -66,6 +66,17 @@ def read_idx(path: Path, magic: int, shape: tuple[int, ...]) -> torch.Tensor:
 MIRRORS: list[str] | None = None
 
 
+def check_labels(path: Path, labels: torch.Tensor, classes: int = 10) -> None:
+    """Refuse a label file holding a label outside 0..classes-1, naming the file and the item."""
+    bad = labels >= classes
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise UserError(
+            f"MNIST file {path} holds label {int(labels[index])} at item {index} (labels are 0-{classes - 1}): "
+            "it is damaged; replace it with a fresh copy"
+        )
+
+
 def download_mnist(data_dir: Path) -> None:
     """Fetch the missing MNIST files into ``data_dir`` from torchvision's mirrors (needs a network).
 
@@ -182,6 +193,8 @@ class MNISTDataModule(InMemoryDataModule):
         if self.download:  # setup runs without prepare_data when the module is used on its own
             self.prepare_data()
         raw = {key: read_idx(self.data_dir / name, magic, shape) for key, (name, magic, shape) in FILES.items()}
+        for key in ("train_labels", "test_labels"):
+            check_labels(self.data_dir / FILES[key][0], raw[key])
         images, labels = raw["train_images"], raw["train_labels"].long()
         if self.train_limit is not None:
             images, labels = images[: self.train_limit], labels[: self.train_limit]

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from experiments.models.common import as_shape, make_activation, numel
+from experiments.models.common import ShapeError, as_shape, make_activation, numel
 from experiments.models.window import WindowAdapter
 
 
@@ -50,7 +50,7 @@ class CNN(nn.Module):
             spatial = [self.core_input_shape[0]]
             self.channels_last = True
         else:
-            raise ValueError(
+            raise ShapeError(
                 f"a CNN needs (C, H, W) images or (L, C) sequences, not input shape {list(self.input_shape)}"
             )
         if not channels or any(c < 1 for c in channels):

@@ -19,6 +19,10 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+class ShapeError(ValueError):
+    """The model cannot take the data's input or output shape (the data, not an option, is the misfit)."""
+
+
 def make_activation(name: str) -> nn.Module:
     """Return a fresh activation module for ``name`` (one of :data:`_ACTIVATIONS`)."""
     try:
@@ -33,7 +37,7 @@ def as_shape(shape: Sequence[int] | int, what: str) -> tuple[int, ...]:
     """Validate a per-sample shape and return it as a tuple of positive ints."""
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     if not dims or any(not isinstance(d, int) or d < 1 for d in dims):
-        raise ValueError(f"{what} must be a non-empty list of positive integers, got {list(dims)}")
+        raise ShapeError(f"{what} must be a non-empty list of positive integers, got {list(dims)}")
     return dims
 
 

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from experiments.models.common import as_shape, numel
+from experiments.models.common import ShapeError, as_shape, numel
 from experiments.models.window import WindowAdapter
 
 
@@ -18,7 +18,7 @@ def sequence_shape(input_shape: tuple[int, ...]) -> tuple[int, int]:
         return input_shape[0], input_shape[1]
     if len(input_shape) == 3 and input_shape[0] == 1:
         return input_shape[1], input_shape[2]
-    raise ValueError(
+    raise ShapeError(
         f"an LSTM reads (steps, features) sequences or (1, H, W) images, not input shape {list(input_shape)}"
     )
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from experiments.models.common import ShapeError
+
 
 class RevIN(nn.Module):
     """Reversible instance normalisation (Kim et al., ICLR 2022).
@@ -66,12 +68,12 @@ class WindowAdapter(nn.Module):
         self.active = revin or channel_independent
         if self.active:
             if len(input_shape) != 2 or len(output_shape) != 2:
-                raise ValueError(
+                raise ShapeError(
                     "revin and channel_independent need (L, C) windows in and (H, C) forecasts out, "
                     f"not input shape {list(input_shape)} and output shape {list(output_shape)}"
                 )
             if output_shape[1] > input_shape[1]:
-                raise ValueError(f"a forecast of {output_shape[1]} channels from {input_shape[1]} input channels")
+                raise ShapeError(f"a forecast of {output_shape[1]} channels from {input_shape[1]} input channels")
         self.revin = RevIN(input_shape[1]) if revin else None
 
     @property

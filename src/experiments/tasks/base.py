@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torchmetrics
 from torch import nn
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -36,6 +37,8 @@ class Task(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.monitor = monitor
+        # Validation and test values given as tensors, as sums and counts (see log_split).
+        self._eval_means = nn.ModuleDict()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -57,18 +60,35 @@ class Task(L.LightningModule):
 
         Values are tensors (batch means, weighted by ``batch_size`` over the epoch) or
         torchmetrics metrics. Only epoch values are logged: per-step values of every batch are
-        not used by anything in a run.
+        not used by anything in a run. Validation and test tensors are kept as a sum and a count
+        (``MeanMetric``), which add up exactly across DDP ranks whose shards differ by a sample
+        (Lightning's own mean of a tensor averages the per-rank counts in integers, so uneven
+        shards would be weighted wrongly).
         """
         for name, value in values.items():
+            attribute = None
+            if split != "train" and isinstance(value, torch.Tensor):
+                value, attribute = self._eval_mean(f"{split}_{name}", value, batch_size)
             self.log(
                 f"{split}/{name}",
                 value,
+                metric_attribute=attribute,
                 on_step=False,
                 on_epoch=True,
                 batch_size=batch_size,
                 sync_dist=True,  # reduced once per epoch (on_step=False), so it costs nothing per step
                 prog_bar=name == "loss",
             )
+
+    def _eval_mean(self, key: str, value: torch.Tensor, batch_size: int) -> tuple[torchmetrics.MeanMetric, str]:
+        metric = self._eval_means[key] if key in self._eval_means else None
+        if metric is None:
+            metric = torchmetrics.MeanMetric().to(value.device)
+            if value.dtype == torch.float64:
+                metric.set_dtype(torch.float64)
+            self._eval_means[key] = metric
+        metric.update(value.detach(), weight=batch_size)
+        return metric, f"_eval_means.{key}"
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

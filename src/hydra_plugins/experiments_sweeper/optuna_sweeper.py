@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import sys
 import traceback
@@ -43,6 +44,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: its sweep process died before the trial ended"
+# How a worker stopped by Ctrl-C exits (the shell's code for SIGINT).
+INTERRUPTED_EXIT = 130
 # A running trial that never got its worker's name is an orphan after this long.
 ORPHAN_SECONDS = 60
 
@@ -159,8 +162,19 @@ class OptunaSweeper(Sweeper):
         ]
         for worker in workers:
             worker.start()
-        for worker in workers:
-            worker.join()
+        # Ctrl-C reaches the whole process group: each worker exits at once with code 130 (see
+        # _worker_main), and their trials are settled when the same command resumes the study. This
+        # process only notes it, and says so once they are gone; a KeyboardInterrupt raised here at
+        # a random point could be swallowed by a finaliser, with a traceback and the sweep going on.
+        interrupted: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+        try:
+            for worker in workers:
+                worker.join()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if interrupted or any(w.exitcode == INTERRUPTED_EXIT for w in workers):
+            raise KeyboardInterrupt
         failed = [w.name for w in workers if w.exitcode != 0]
         if failed:
             raise RuntimeError(f"sweep workers {failed} stopped with an error (see their traceback above)")
@@ -170,6 +184,9 @@ class OptunaSweeper(Sweeper):
 
         from experiments.sweeps import open_storage
 
+        # Ctrl-C ends a worker at once, quietly: its trial is an interrupted one, which the next run
+        # of the same command settles (failed, parameters queued again), like a worker that was killed.
+        signal.signal(signal.SIGINT, lambda *_: os._exit(INTERRUPTED_EXIT))
         # Each worker trains on its share of the cores instead of all workers fighting over all.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_jobs))
         try:
@@ -177,7 +194,11 @@ class OptunaSweeper(Sweeper):
             # Forked workers would otherwise draw the same "random" parameters from one seed.
             study.sampler.reseed_rng()
             self._work(study, space, fixed, sweep_dir)
-        except BaseException:
+        except BaseException as err:
+            from experiments.errors import interrupted
+
+            if interrupted(err):  # Ctrl-C: the sweep process says so, in one line
+                os._exit(INTERRUPTED_EXIT)
             traceback.print_exc()
             sys.stderr.flush()
             os._exit(1)
