@@ -105,3 +105,17 @@ def test_an_honest_run_config_still_evaluates(xor_run: Path) -> None:
     code, out, err = call_cli("evaluate", f"ckpt_path={xor_run}/checkpoints/best.ckpt")
     assert code == 0, err
     assert "test/acc=" in out
+
+
+def test_a_class_of_the_users_own_package_is_built_only_when_trusted(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from experiments.errors import UserError
+    from experiments.runs import check_targets
+
+    cfg = OmegaConf.create({"model": {"_target_": "collections.OrderedDict"}})
+    with pytest.raises(UserError, match=r"pass trust=\[collections\]"):
+        check_targets(cfg, "config.yaml")
+    check_targets(cfg, "config.yaml", trust=["collections"])
+    with pytest.raises(UserError):  # a trusted package lets its classes through, not functions
+        check_targets(OmegaConf.create({"x": {"_target_": "collections.namedtuple"}}), "config.yaml", trust=["collections"])

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,9 +251,13 @@ class Run:
         return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
 
-def load_run(run_dir_or_ckpt: str | os.PathLike[str], which: Literal["best", "last"] = "best") -> Run:
+def load_run(
+    run_dir_or_ckpt: str | os.PathLike[str], which: Literal["best", "last"] = "best", trust: Sequence[str] = ()
+) -> Run:
     """Load a finished run from its folder (the ``which`` checkpoint: ``best`` or ``last``) or from a
-    checkpoint file inside its ``checkpoints/``. Checkpoints are read with ``weights_only=True``."""
+    checkpoint file inside its ``checkpoints/``. Checkpoints are read with ``weights_only=True``,
+    and the run's config may build only this project's and the libraries' known classes, plus
+    those of the packages named in ``trust`` (your own, e.g. ``trust=["my_parts"]``)."""
     from experiments.checkpoints import load_weights, read_checkpoint
     from experiments.config import build
     from experiments.runs import load_run_config, run_dir_of
@@ -271,7 +275,7 @@ def load_run(run_dir_or_ckpt: str | os.PathLike[str], which: Literal["best", "la
         ckpt = path
     else:
         raise UserError(f"{path} does not exist; pass a run folder (outputs/<name>/runs/<run>) or a .ckpt file")
-    ckpt, config = load_run_config(ckpt)
+    ckpt, config = load_run_config(ckpt, trust)
     run_dir = run_dir_of(ckpt)
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; leave the caller's RNG be
         datamodule, task = build(config)

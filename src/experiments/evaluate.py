@@ -6,6 +6,7 @@ wrote the checkpoint; the checkpoint is loaded with ``weights_only=True``, so it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,16 @@ from experiments.runs import load_run_config
 from experiments.tasks import Task
 
 
-def restore(ckpt_path: str | Path) -> tuple[Path, DictConfig, InMemoryDataModule, Task, L.Trainer]:
+def restore(
+    ckpt_path: str | Path, trust: Sequence[str] = ()
+) -> tuple[Path, DictConfig, InMemoryDataModule, Task, L.Trainer]:
     """Rebuild a finished run from its config and check that the checkpoint fits its model.
 
     Returns the checkpoint path, the run's config, the data module, the task (weights are loaded
     by the trainer, after it has set the run's precision) and a single-device trainer without
-    loggers or callbacks.
+    loggers or callbacks. ``trust`` names the user's own packages the run's config may build.
     """
-    ckpt, run_cfg = load_run_config(ckpt_path)
+    ckpt, run_cfg = load_run_config(ckpt_path, trust)
     L.seed_everything(run_cfg.seed, verbose=False)
     datamodule, task = build(run_cfg)
     checkpoint = read_checkpoint(ckpt)
@@ -48,7 +51,7 @@ def restore(ckpt_path: str | Path) -> tuple[Path, DictConfig, InMemoryDataModule
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test ``cfg.ckpt_path``; returns the test metrics."""
-    ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path)
+    ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path, list(cfg.get("trust") or []))
     tested = trainer.test(task, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=True, verbose=False)
     metrics = {k: float(v) for k, v in tested[0].items()}
     print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) + f" | {ckpt}")

@@ -181,11 +181,11 @@ def predict(cfg: DictConfig) -> Path:
     batch_size = cfg.get("batch_size")
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise UserError(f"batch_size={batch_size!r} must be a positive integer (or null: the run's eval batch size)")
-    _, run_cfg = load_run_config(cfg.ckpt_path)
+    _, run_cfg = load_run_config(cfg.ckpt_path, list(cfg.get("trust") or []))
     given = read_inputs(cfg.inputs, instantiate(run_cfg.data).spec) if cfg.inputs else None
     if cfg.output:
         _check_writable(Path(cfg.output))
-    ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path)
+    ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path, list(cfg.get("trust") or []))
     spec = datamodule.spec
     targets = None
     if given is not None:

@@ -66,13 +66,13 @@ class Task(L.LightningModule):
         shards would be weighted wrongly).
         """
         for name, value in values.items():
-            attribute = None
+            options: dict[str, Any] = {}
             if split != "train" and isinstance(value, torch.Tensor):
-                value, attribute = self._eval_mean(f"{split}_{name}", value, batch_size)
+                value, options["metric_attribute"] = self._eval_mean(f"{split}_{name}", value, batch_size)
             self.log(
                 f"{split}/{name}",
                 value,
-                metric_attribute=attribute,
+                **options,
                 on_step=False,
                 on_epoch=True,
                 batch_size=batch_size,
