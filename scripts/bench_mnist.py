@@ -212,7 +212,7 @@ def lightning_trial(epochs: int, seed: int, accelerator: str = "cpu") -> dict[st
     datamodule, task = build(cfg)
     # Lightning's own Trainer, one optimizer step per Lightning step, with the run's settings.
     settings = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                if k not in ("_target_", "steps_per_execution")}
+                if k not in ("_target_", "steps_per_execution", "num_threads")}
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # as experiments.engine.Trainer does
     with tempfile.TemporaryDirectory() as root_dir:
         settings["default_root_dir"] = root_dir

@@ -87,7 +87,7 @@ def lightning_trial(seed: int) -> dict[str, float]:
     L.seed_everything(seed, verbose=False)
     datamodule, task = build(cfg)
     settings = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                if k not in ("_target_", "steps_per_execution")}
+                if k not in ("_target_", "steps_per_execution", "num_threads")}
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # as experiments.engine.Trainer does
     with tempfile.TemporaryDirectory() as root_dir:
         settings["default_root_dir"] = root_dir

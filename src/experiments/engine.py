@@ -637,15 +637,16 @@ class Trainer(L.Trainer):
 class ModelCheckpoint(LightningModelCheckpoint):
     """Lightning's ModelCheckpoint that writes to disk at most every ``min_write_interval`` seconds.
 
-    Every save still *takes* the checkpoint at its moment, as a copy in memory; the copy is
-    written once ``min_write_interval`` seconds have passed since the last write, and whatever is
-    pending when fitting ends, fails or is interrupted is written then. On XOR (one batch of four
-    samples per epoch) writing ``best.ckpt`` and ``last.ckpt`` at every epoch was half of the fit
-    time. A kill (SIGKILL) loses at most the last interval's checkpoint, which an exact resume
-    recomputes; and a monitoring checkpoint's pending copy rides in every checkpoint Lightning
-    writes (this callback's state), so ``last.ckpt`` holds the best-so-far weights even when
-    ``best.ckpt`` on disk is older, and a resumed run writes them. ``min_write_interval=0`` is
-    Lightning's behaviour: every save is written at once.
+    On XOR (one batch of four samples per epoch) writing ``best.ckpt`` and ``last.ckpt`` at every
+    epoch was half of the fit time. A monitoring checkpoint (``best.ckpt``) is still *taken* at
+    every improvement, as a copy in memory, and the copy is written once the interval has passed
+    since the last write, and when fitting ends, fails or is interrupted. Its pending copy rides
+    in every checkpoint Lightning writes (this callback's state), so ``last.ckpt`` holds the
+    best-so-far weights even when ``best.ckpt`` on disk is older, and a resumed run writes them.
+    A checkpoint of the latest state (``monitor=None``: ``last.ckpt``) is taken and written when
+    the interval has passed and at the epoch where fitting stops. A kill, a failure or an
+    interruption loses at most the last interval, which an exact resume recomputes.
+    ``min_write_interval=0`` is Lightning's behaviour: every save is written at once.
 
     A step checkpoint (``every_n_train_steps``) due at the last batch of an epoch is taken at the
     end of that epoch instead, after its validation and ``on_train_epoch_end``: Lightning,
@@ -686,6 +687,15 @@ class ModelCheckpoint(LightningModelCheckpoint):
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if self.min_write_interval <= 0:
             return super()._save_checkpoint(trainer, filepath)
+        due = time.monotonic() - self._last_write >= self.min_write_interval
+        if self.monitor is None:
+            # The latest state (last.ckpt) is taken only when it is written: when the interval has
+            # passed, and at the epoch where the run stops. Copying it at every epoch only to drop
+            # the copy at the next cost a tenth of an XOR run.
+            if due or _stops_after_this_epoch(trainer):
+                super()._save_checkpoint(trainer, filepath)
+                self._last_write = time.monotonic()
+            return None
         self._taking = True
         try:
             checkpoint = _own_tensors(trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only))
@@ -694,7 +704,7 @@ class ModelCheckpoint(LightningModelCheckpoint):
         self._pending = (filepath, checkpoint)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
-        if time.monotonic() - self._last_write >= self.min_write_interval:
+        if due:
             self.write_pending(trainer)
         return None
 
@@ -741,6 +751,12 @@ class ModelCheckpoint(LightningModelCheckpoint):
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "pending"})
         if pending and Path(pending["path"]).parent == Path(self.dirpath or ""):
             self._pending = (pending["path"], pending["checkpoint"])
+
+
+def _stops_after_this_epoch(trainer: L.Trainer) -> bool:
+    """Whether fitting ends with the epoch that is ending (max_epochs, max_steps or a stop request)."""
+    last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+    return bool(trainer.should_stop or last_epoch or 0 <= trainer.max_steps <= trainer.global_step)
 
 
 def _own_tensors(checkpoint: dict[str, Any]) -> dict[str, Any]:
