@@ -75,7 +75,7 @@ def test_own_model_on_our_experiment_through_the_cli(own_parts: Path, monkeypatc
         (["model.hiden=[8]"], r"^unknown key 'model.hiden' \(did you mean 'model.hidden'\?\)"),
         (["+model.hiden=[8]"], r"^model.hiden is not an option of my_parts.models.GatedMLP \(did you mean 'hidden'\?\); valid options: hidden, activation$"),
         (["model.activation=sigmoid"], r"^model.activation='sigmoid' has the wrong type: expected 'tanh' or 'relu' or 'gelu'$"),
-        (["model.hidden=[0]"], r"^model GatedMLP does not fit data CirclesDataModule .*hidden must list positive layer sizes"),
+        (["model.hidden=[0]"], r"^model.hidden=\[0\] is not valid for GatedMLP: hidden must list positive layer sizes"),
         (["data.factor=2"], r"^data: factor must be between 0 and 1, got 2"),
         (["data.n=many"], r"^data.n='many' has the wrong type: expected int$"),
         (["task=focal", "+task.gama=1"], r"^task.gama is not an option of my_parts.tasks.FocalTask \(did you mean 'gamma'\?\); valid options: gamma$"),
