@@ -78,7 +78,7 @@ def test_every_model_takes_the_regularisation_knobs_from_config(compose_train, m
 
     cfg = compose_train(
         "data=mnist", f"model={model}", "model.dropout=0.3", "optimizer=adamw",
-        "optimizer.weight_decay=0.05", "callbacks=early_stopping", "data.augment=true",
+        "optimizer.weight_decay=0.05", "callbacks=[default,early_stopping]", "data.augment=true",
     )
     datamodule, task = build(cfg)
     assert datamodule.augment is True

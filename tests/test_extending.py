@@ -32,3 +32,36 @@ def test_data_sine_model_lstm_trains_end_to_end_from_the_command_line(tmp_path: 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["experiment"] == "sine_lstm"
     assert metrics["monitor"] == "val/loss" and "test/mse" in metrics["test"]
+
+
+def test_one_callback_per_file_added_to_the_defaults(tmp_path: Path) -> None:
+    import pytest
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from experiments.callbacks import FiniteGuard, History, ResumeState
+    from experiments.config import CONFIG_DIR, build_callbacks
+    from experiments.engine import ModelCheckpoint
+    from experiments.errors import UserError
+
+    folder = Path(CONFIG_DIR) / "callbacks"
+    for file in folder.glob("*.yaml"):
+        if file.stem != "default":  # every other file is one callback under its own key
+            assert file.read_text().startswith(f"# @package callbacks.{file.stem}\n"), file.name
+    plain = build_callbacks(compose_config("train", [], tmp_path))
+    assert [type(c) for c in plain] == [ModelCheckpoint, History, ModelCheckpoint, ResumeState, FiniteGuard]
+    added = build_callbacks(compose_config("train", ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=2"], tmp_path))
+    assert [type(c) for c in added] == [type(c) for c in plain] + [EarlyStopping]
+    assert added[-1].patience == 2 and added[-1].monitor == "val/acc"
+    # The old spelling would drop every checkpoint without a word: refused in one line.
+    with pytest.raises(UserError, match=r"^callbacks=early_stopping would replace the default callbacks .*callbacks=\[default,early_stopping\]"):
+        check_config(compose_config("train", ["callbacks=early_stopping"], tmp_path))
+    check_config(compose_config("train", ["callbacks=[early_stopping]"], tmp_path))  # said on purpose
+
+
+def test_plus_callbacks_says_how_to_add_one(tmp_path: Path) -> None:
+    done = run_cli("train", "+callbacks=early_stopping", f"hydra.run.dir={tmp_path}/run", cwd=REPO)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: +callbacks=early_stopping adds a second callbacks option, and callbacks already has one; "
+        "list them instead, e.g. callbacks=[default,early_stopping]"
+    )

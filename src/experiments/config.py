@@ -165,7 +165,26 @@ def check_config(cfg: DictConfig) -> None:
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise UserError(f"seed={seed} is out of range: a seed is an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
     _check_training_length(cfg.trainer)
+    _check_callbacks_choice(cfg)
     check_added_keys("train")
+
+
+def _check_callbacks_choice(cfg: DictConfig) -> None:
+    """Refuse ``callbacks=early_stopping`` (one shipped callback file chosen alone), which would run
+    without the default callbacks (checkpoints, history, resume state) and say nothing."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    choice = HydraConfig.get().runtime.choices.get("callbacks")
+    shipped = Path(CONFIG_DIR) / "callbacks" / f"{choice}.yaml"
+    callbacks = cfg.get("callbacks") or {}
+    if isinstance(choice, str) and choice != "default" and shipped.is_file() and "model_checkpoint" not in callbacks:
+        raise UserError(
+            f"callbacks={choice} would replace the default callbacks (checkpoints, history.csv, resume state) "
+            f"by {choice} alone; add it to them: callbacks=[default,{choice}] (callbacks=[{choice}] to run "
+            "without them)"
+        )
 
 
 def _check_training_length(trainer: DictConfig) -> None:
