@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from conftest import REPO, compose_config, run_cli
 
 from experiments.config import build, check_config
@@ -65,3 +66,46 @@ def test_plus_callbacks_says_how_to_add_one(tmp_path: Path) -> None:
         "error: +callbacks=early_stopping adds a second callbacks option, and callbacks already has one; "
         "list them instead, e.g. callbacks=[default,early_stopping]"
     )
+
+
+GRU_MODULE = '''
+"""A GRU: one file, a plain nn.Module sized from the data's shapes."""
+from collections.abc import Sequence
+import math
+import torch
+from torch import nn
+from experiments.models.common import as_shape, sequence_shape
+
+
+class GRU(nn.Module):
+    """A GRU over the steps of a sequence and a linear head on its last hidden state."""
+
+    def __init__(self, input_shape: Sequence[int], output_shape: Sequence[int], hidden_size: int = 32) -> None:
+        super().__init__()
+        self.input_shape, self.output_shape = as_shape(input_shape, "input_shape"), as_shape(output_shape, "output_shape")
+        self.steps, features = sequence_shape(self.input_shape)
+        self.gru = nn.GRU(features, hidden_size, batch_first=True)
+        self.head = nn.Linear(hidden_size, math.prod(self.output_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        encoded, _ = self.gru(x.reshape(len(x), self.steps, -1))
+        return self.head(encoded[:, -1]).view(-1, *self.output_shape)
+'''
+
+
+def test_a_new_model_is_one_python_file_and_one_yaml_file(tmp_path: Path) -> None:
+    (tmp_path / "my_models").mkdir()
+    (tmp_path / "my_models" / "gru.py").write_text(GRU_MODULE)
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "gru.yaml").write_text("_target_: my_models.gru.GRU\nhidden_size: 32\n")
+    # sine_lstm's window settings (channel independence, segments of 8 steps) wrap the GRU too.
+    done = run_cli(
+        "train", "--config-dir", str(tmp_path / "conf"), "experiment=sine_lstm", "model=gru", "model.hidden_size=8",
+        "data.num_rows=400", "data.input_length=24", "data.horizon=8", "trainer.max_epochs=1", "logger=none",
+        f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,  # python -m finds my_models in the working folder
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and "test/mse" in metrics["test"]
+    weights = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    assert weights["model.model.gru.weight_ih_l0"].shape == (3 * 8, 8)  # 8-step segments of one channel
