@@ -109,3 +109,85 @@ def test_a_new_model_is_one_python_file_and_one_yaml_file(tmp_path: Path) -> Non
     assert metrics["status"] == "completed" and "test/mse" in metrics["test"]
     weights = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     assert weights["model.model.gru.weight_ih_l0"].shape == (3 * 8, 8)  # 8-step segments of one channel
+
+
+PLAIN_DATA = '''
+"""A plain LightningDataModule: torch DataLoaders and a spec, nothing of this project's base class."""
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from experiments.data import DataSpec
+
+
+class Halves(L.LightningDataModule):
+    """Points labelled by the side of a line they fall on."""
+
+    def __init__(self, n: int = 300, batch_size: int = 16) -> None:
+        super().__init__()
+        self.n, self.batch_size = n, batch_size
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(input_shape=(2,), output_shape=(1,), task="classification", num_classes=2)
+
+    def setup(self, stage: str | None = None) -> None:
+        x = torch.randn(self.n, 2, generator=torch.Generator().manual_seed(0))
+        y = (x[:, 0] + x[:, 1] > 0).long()
+        self.parts = {s: TensorDataset(x[i::3], y[i::3]) for i, s in enumerate(("train", "val", "test"))}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.parts["train"], batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.parts["val"], batch_size=50)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.parts["test"], batch_size=50)
+'''
+
+
+def test_a_plain_datamodule_with_dataloaders_runs_end_to_end(tmp_path: Path) -> None:
+    (tmp_path / "plain_data.py").write_text(PLAIN_DATA)
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    (tmp_path / "conf" / "data" / "halves.yaml").write_text("_target_: plain_data.Halves\nbatch_size: 16\n")
+    run = tmp_path / "run"
+    done = run_cli(
+        "train", "--config-dir", str(tmp_path / "conf"), "data=halves", "model.hidden=[8]", "optimizer.lr=0.05",
+        "trainer.max_epochs=5", "logger=none", f"hydra.run.dir={run}", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["test"]["test/acc"] >= 0.9
+    assert metrics["diagnosis"]["verdict"] in ("fine", "overfitting", "underfitting")  # read through the loader
+    ckpt = run / "checkpoints" / "best.ckpt"
+    # A run's config is data: a package of one's own is built only when trusted by name.
+    refused = run_cli("predict", f"ckpt_path={ckpt}", cwd=tmp_path)
+    assert refused.returncode == 2 and "allow_targets=[my_package.]" in refused.stderr
+    done = run_cli("predict", f"ckpt_path={ckpt}", "allow_targets=[plain_data.]", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = (run / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("input_0,input_1,target,") and len(rows) == 1 + 100
+    done = run_cli("evaluate", f"ckpt_path={ckpt}", "allow_targets=[plain_data.]", cwd=tmp_path)
+    assert done.returncode == 0 and f"test/acc={metrics['test']['test/acc']:.4f}" in done.stdout
+
+
+def test_the_data_contract_is_checked_when_the_module_is_built(tmp_path: Path) -> None:
+    import lightning as L
+    import pytest
+
+    from experiments.data.contract import check_datamodule
+    from experiments.errors import UserError
+
+    from experiments.data import DataSpec
+
+    class NoLoaders(L.LightningDataModule):
+        spec = DataSpec(input_shape=(2,), output_shape=(1,), task="regression")
+
+    with pytest.raises(UserError, match=r"^data x.NoLoaders does not define train_dataloader, val_dataloader, test_dataloader"):
+        check_datamodule(NoLoaders(), "x.NoLoaders")
+    with pytest.raises(UserError, match=r"^data x.Bare has no spec"):
+        check_datamodule(L.LightningDataModule(), "x.Bare")
+    with pytest.raises(UserError, match=r"not a LightningDataModule"):
+        check_datamodule(object(), "x.Thing")
+

@@ -51,7 +51,7 @@ def test_own_data_model_task_and_callback_train_through_the_api(own_parts: Path)
     assert metrics["status"] == "completed"
     assert metrics["test"]["test/acc"] >= 0.95
     assert metrics["epochs"] < 60  # StopAtTarget ended it once val/acc reached 0.99
-    loaded = load_run(metrics.run_dir)
+    loaded = load_run(metrics.run_dir, allow_targets=["my_parts."])
     assert type(loaded.model).__name__ == "GatedMLP" and type(loaded.task).__name__ == "FocalTask"
     assert loaded.task.gamma == 2.0
     assert loaded.config.data._target_ == "my_parts.data.CirclesDataModule"

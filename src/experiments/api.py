@@ -21,7 +21,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from experiments.data.contract import split_tensors
 from experiments.errors import UserError, describe
 
 __all__ = ["Metrics", "Run", "load_run", "run"]
@@ -237,7 +238,7 @@ class Run:
         ``probability`` for classification."""
         if inputs is None:
             self.datamodule.setup("test")
-            inputs = self.datamodule.test_set[0]
+            inputs = split_tensors(self.datamodule, "test")[0]
         parameter = next(self.task.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
         dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else None
@@ -251,9 +252,15 @@ class Run:
         return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
 
-def load_run(run_dir_or_ckpt: str | os.PathLike[str], which: Literal["best", "last"] = "best") -> Run:
+def load_run(
+    run_dir_or_ckpt: str | os.PathLike[str],
+    which: Literal["best", "last"] = "best",
+    allow_targets: Sequence[str] = (),
+) -> Run:
     """Load a finished run from its folder (the ``which`` checkpoint: ``best`` or ``last``) or from a
-    checkpoint file inside its ``checkpoints/``. Checkpoints are read with ``weights_only=True``."""
+    checkpoint file inside its ``checkpoints/``. Checkpoints are read with ``weights_only=True``; the
+    run's config may build this project's classes, and those under ``allow_targets`` (the packages
+    of your own parts that you trust, e.g. ``["my_parts."]``)."""
     from experiments.checkpoints import load_weights, read_checkpoint
     from experiments.config import build
     from experiments.runs import load_run_config, run_dir_of
@@ -271,7 +278,7 @@ def load_run(run_dir_or_ckpt: str | os.PathLike[str], which: Literal["best", "la
         ckpt = path
     else:
         raise UserError(f"{path} does not exist; pass a run folder (outputs/<name>/runs/<run>) or a .ckpt file")
-    ckpt, config = load_run_config(ckpt)
+    ckpt, config = load_run_config(ckpt, allow_targets)
     run_dir = run_dir_of(ckpt)
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; leave the caller's RNG be
         datamodule, task = build(config)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from typeguard import TypeCheckError, check_type
 
 from experiments.checkpoints import run_directory
-from experiments.data.base import InMemoryDataModule
+from experiments.data.contract import check_datamodule
 from experiments.data.spec import DataSpec
 from experiments.errors import UserError, suggest
 from experiments.models.common import ShapeError
@@ -310,15 +310,11 @@ _TRUE_PRECISION_DTYPES = {
 }
 
 
-def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
-    """The data module, and the task around a model sized from what the data module declares."""
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Task]:
+    """The data module (checked against the contract of experiments.data.contract), and the task
+    around a model sized from what the data module declares."""
     datamodule = instantiate(cfg.data)
-    spec = getattr(datamodule, "spec", None)
-    if not isinstance(spec, DataSpec):
-        raise UserError(
-            f"data {cfg.data._target_} has no spec (a DataSpec of input_shape, output_shape and task); "
-            "subclass experiments.data.InMemoryDataModule and declare one"
-        )
+    spec = check_datamodule(datamodule, str(cfg.data._target_))
     window = _window_options(cfg)
     try:
         core_input, core_output = (

@@ -6,6 +6,7 @@ wrote the checkpoint; the checkpoint is loaded with ``weights_only=True``, so it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +16,21 @@ from omegaconf import DictConfig
 
 from experiments.checkpoints import load_weights, read_checkpoint
 from experiments.config import CONFIG_DIR, build, build_trainer
-from experiments.data.base import InMemoryDataModule
 from experiments.errors import run_cli, user_errors_exit
 from experiments.runs import load_run_config
 from experiments.tasks import Task
 
 
-def restore(ckpt_path: str | Path) -> tuple[Path, DictConfig, InMemoryDataModule, Task, L.Trainer]:
+def restore(
+    ckpt_path: str | Path, allow_targets: Sequence[str] = ()
+) -> tuple[Path, DictConfig, L.LightningDataModule, Task, L.Trainer]:
     """Rebuild a finished run from its config and check that the checkpoint fits its model.
 
     Returns the checkpoint path, the run's config, the data module, the task (weights are loaded
     by the trainer, after it has set the run's precision) and a single-device trainer without
     loggers or callbacks.
     """
-    ckpt, run_cfg = load_run_config(ckpt_path)
+    ckpt, run_cfg = load_run_config(ckpt_path, allow_targets)
     L.seed_everything(run_cfg.seed, verbose=False)
     datamodule, task = build(run_cfg)
     checkpoint = read_checkpoint(ckpt)
@@ -48,7 +50,7 @@ def restore(ckpt_path: str | Path) -> tuple[Path, DictConfig, InMemoryDataModule
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test ``cfg.ckpt_path``; returns the test metrics."""
-    ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path)
+    ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path, cfg.get("allow_targets") or ())
     tested = trainer.test(task, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=True, verbose=False)
     metrics = {k: float(v) for k, v in tested[0].items()}
     print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) + f" | {ckpt}")

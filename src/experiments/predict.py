@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from experiments.config import CONFIG_DIR
+from experiments.data.contract import eval_batch_size, split_tensors
 from experiments.data.loader import InMemoryLoader
 from experiments.data.spec import DataSpec
 from experiments.errors import UserError, run_cli, user_errors_exit
@@ -181,19 +182,20 @@ def predict(cfg: DictConfig) -> Path:
     batch_size = cfg.get("batch_size")
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise UserError(f"batch_size={batch_size!r} must be a positive integer (or null: the run's eval batch size)")
-    _, run_cfg = load_run_config(cfg.ckpt_path)
+    allow = cfg.get("allow_targets") or ()
+    _, run_cfg = load_run_config(cfg.ckpt_path, allow)
     given = read_inputs(cfg.inputs, instantiate(run_cfg.data).spec) if cfg.inputs else None
     if cfg.output:
         _check_writable(Path(cfg.output))
-    ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path)
+    ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path, allow)
     spec = datamodule.spec
     targets = None
     if given is not None:
         inputs = given
     else:
         datamodule.setup("test")
-        inputs, targets = datamodule.test_set  # type: ignore[misc]
-    batch_size = datamodule.eval_batch_size if cfg.get("batch_size") is None else cfg.batch_size
+        inputs, targets = split_tensors(datamodule, "test")
+    batch_size = eval_batch_size(datamodule) if cfg.get("batch_size") is None else cfg.batch_size
     loader = InMemoryLoader(inputs, batch_size=batch_size)
     trainer.callbacks.append(_PredictProgress(len(inputs), batch_size))
     batches = trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True)

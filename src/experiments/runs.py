@@ -6,7 +6,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,9 @@ def run_dir_of(ckpt_path: Path) -> Path:
     return ckpt_path.resolve().parent.parent
 
 
-def load_run_config(ckpt_path: str | Path) -> tuple[Path, DictConfig]:
-    """The checkpoint's path and the config of the run that wrote it, with clear errors if absent."""
+def load_run_config(ckpt_path: str | Path, allow_targets: Sequence[str] = ()) -> tuple[Path, DictConfig]:
+    """The checkpoint's path and the config of the run that wrote it, with clear errors if absent;
+    ``allow_targets``: prefixes of your own classes that the config may also build (``my_parts.``)."""
     ckpt = Path(ckpt_path).expanduser()
     if not ckpt.is_file():
         raise UserError(
@@ -88,23 +89,30 @@ def load_run_config(ckpt_path: str | Path) -> tuple[Path, DictConfig]:
         raise UserError(f"cannot read {config}: {' '.join(str(err).split())[:200]}") from None
     if not isinstance(run_cfg, DictConfig):
         raise UserError(f"{config} does not hold a run's config (a mapping of keys)")
-    check_targets(run_cfg, str(config))
+    check_targets(run_cfg, str(config), allow_targets)
     return ckpt, run_cfg
 
 
-def check_targets(cfg: DictConfig, source: str) -> None:
+def check_targets(cfg: DictConfig, source: str, allow_targets: Sequence[str] = ()) -> None:
     """Refuse a config that would build anything but this project's and the libraries' known classes.
 
     Hydra's ``instantiate`` calls whatever ``_target_`` names, at any depth (``torch.load`` with
     ``weights_only: false``, ``builtins.open`` with ``mode: w``, ``os.system``): a config read from a
-    run folder is data, and may only name a class under :data:`ALLOWED_TARGET_PREFIXES`.
+    run folder is data, and may only name a class under :data:`ALLOWED_TARGET_PREFIXES`, or under
+    one of ``allow_targets``, the packages of your own parts that you trust (each ends in ``.``).
     """
+    extra = tuple(str(p) for p in allow_targets)
+    bad = next((p for p in extra if not p.endswith(".") or p.count(".") < 1 or p in (".",)), None)
+    if bad is not None:
+        raise UserError(f"allow_targets: {bad!r} must be a package prefix ending in '.', e.g. my_parts.")
     for key, target in _targets(cfg, ""):
-        if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES) or not _is_class(target):
+        allowed = ALLOWED_TARGET_PREFIXES + extra
+        if not isinstance(target, str) or not target.startswith(allowed) or not _is_class(target):
             raise UserError(
                 f"{source}: {key} = {target!r} is not allowed: a run's config may only build this "
                 "project's classes (experiments.*) and known library classes (torch.optim.*, torch.nn.*, "
-                "lightning.pytorch Trainer, loggers and callbacks); replace config.yaml with the one its run wrote"
+                "lightning.pytorch Trainer, loggers and callbacks); replace config.yaml with the one its run wrote, "
+                "or, for your own package that you trust, pass allow_targets=[my_package.]"
             )
 
 
