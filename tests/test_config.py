@@ -26,7 +26,9 @@ def test_experiment_composes_and_builds(experiment: str, tmp_path: Path) -> None
 @pytest.mark.parametrize("group", ["trainer", "optimizer", "scheduler", "logger", "callbacks", "debug"])
 def test_every_option_of_a_group_composes(group: str, tmp_path: Path) -> None:
     for option in sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")):
-        cfg = compose_config("train", ["experiment=xor", f"{group}={option}"], tmp_path)
+        # A callback config is one callback, added to the default ones.
+        choice = f"[default,{option}]" if group == "callbacks" else option
+        cfg = compose_config("train", ["experiment=xor", f"{group}={choice}"], tmp_path)
         check_config(cfg)
 
 

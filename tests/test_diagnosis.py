@@ -77,8 +77,8 @@ def test_every_model_takes_the_regularisation_knobs_from_config(compose_train, m
     from experiments.config import build, instantiate_group
 
     cfg = compose_train(
-        "~experiment", "data=mnist", f"model={model}", "model.dropout=0.3", "optimizer=adamw",
-        "optimizer.weight_decay=0.05", "callbacks=early_stopping", "data.augment=true",
+        "data=mnist", f"model={model}", "model.dropout=0.3", "optimizer=adamw",
+        "optimizer.weight_decay=0.05", "callbacks=[default,early_stopping]", "data.augment=true",
     )
     datamodule, task = build(cfg)
     assert datamodule.augment is True
@@ -86,4 +86,4 @@ def test_every_model_takes_the_regularisation_knobs_from_config(compose_train, m
     assert rates and set(rates) == {0.3}
     optimizer = task.configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.05
-    assert any(isinstance(c, EarlyStopping) and c.monitor == "val/loss" for c in instantiate_group(cfg.callbacks))
+    assert any(isinstance(c, EarlyStopping) and c.monitor == "val/acc" for c in instantiate_group(cfg.callbacks))

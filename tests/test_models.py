@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from experiments.config import CONFIG_DIR
 from experiments.models import CNN, LSTM, MLP, Linear
 
 
-@pytest.mark.parametrize("model_class", [MLP, CNN, LSTM])
+# Every model that is registered (conf/model/<name>.yaml), not a list kept by hand.
+MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize(
     ("input_shape", "output_shape"), [((1, 28, 28), (10,)), ((24, 3), (6, 3)), ((16, 1), (1,))]
 )
-def test_models_map_input_shape_to_output_shape(model_class, input_shape, output_shape) -> None:
-    model = model_class(input_shape, output_shape)
+def test_models_map_input_shape_to_output_shape(name: str, input_shape, output_shape) -> None:
+    model = instantiate(OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{name}.yaml"), input_shape, output_shape)
     out = model(torch.randn(5, *input_shape))
     assert out.shape == (5, *output_shape)
     out.sum().backward()
@@ -37,7 +46,7 @@ def test_mlp_layers_follow_the_options() -> None:
     ("build", "message"),
     [
         (lambda: CNN((2,), (1,)), "a CNN needs (C, H, W) images or (L, C) sequences"),
-        (lambda: LSTM((3, 28, 28), (10,)), "an LSTM reads (steps, features) sequences"),
+        (lambda: LSTM((3, 28, 28), (10,)), "a sequence model reads (steps, features) sequences"),
         (lambda: MLP((2,), (1,), activation="swish"), "unknown activation 'swish'"),
         (lambda: MLP((2,), (1,), hidden=[0]), "hidden sizes must be positive"),
     ],

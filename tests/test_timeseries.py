@@ -16,7 +16,7 @@ from experiments.config import build
 from experiments.data import ETTDataModule, InMemoryLoader, SineDataModule
 from experiments.data import ett as ett_module
 from experiments.errors import UserError
-from experiments.models import CNN, LSTM, MLP
+from experiments.models import CNN, LSTM, MLP, Windowed
 from experiments.tasks import ForecastingTask, task_for
 from experiments.tasks.forecasting import repeat_last
 from experiments.train import train
@@ -150,7 +150,8 @@ def test_loader_starts_a_new_epoch_when_lightning_stops_at_len() -> None:
 def test_revin_makes_forecasts_follow_the_level_and_scale_of_each_window(model, inputs: int, outputs: int) -> None:
     torch.manual_seed(0)
     options = {"patch_len": 4} if model is LSTM else {}
-    net = model((16, inputs), (8, outputs), revin=True, channel_independent=True, **options).eval()
+    core_input, core_output = Windowed.core_shapes((16, inputs), (8, outputs), True, **options)
+    net = Windowed(model(core_input, core_output), (16, inputs), (8, outputs), revin=True, channel_independent=True, **options).eval()
     x = torch.randn(5, 16, inputs)
     y = net(x)
     assert y.shape == (5, 8, outputs)
@@ -162,12 +163,13 @@ def test_revin_makes_forecasts_follow_the_level_and_scale_of_each_window(model, 
     assert torch.allclose(net(x2)[..., -1], y[..., -1])
 
 
-def test_default_model_options_leave_images_alone() -> None:
-    for model in (LSTM((1, 28, 28), (10,)), MLP((1, 28, 28), (10,)), CNN((1, 28, 28), (10,))):
-        assert not any(name.startswith("window.") for name in model.state_dict())
-        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    with pytest.raises(ValueError, match="revin and channel_independent need"):
-        MLP((1, 28, 28), (10,), revin=True)
+def test_window_options_are_for_windows_only(compose_train) -> None:
+    data, task = build(compose_train("data=mnist", "model=lstm"))
+    assert type(task.model) is LSTM  # all window options off: the model as it is
+    with pytest.raises(UserError, match=r"^window: window options need \(L, C\) windows .*leave window.revin"):
+        build(compose_train("data=mnist", "window.revin=true"))
+    with pytest.raises(UserError, match=r"^window.patch_len=5 is not valid: patch_len must be a positive divisor of the 96"):
+        build(compose_train("data=sine", "window.patch_len=5"))
 
 
 def test_forecasting_losses_and_their_check() -> None:
@@ -183,7 +185,7 @@ def test_forecasting_losses_and_their_check() -> None:
 def test_sine_lstm_beats_the_naive_baseline_and_leaves_its_files(compose_train, tmp_path: Path) -> None:
     cfg = compose_train(
         "experiment=sine_lstm", "data.num_rows=1500", "data.input_length=48", "data.horizon=24",
-        "trainer.max_epochs=6", "model.hidden_size=32", "model.patch_len=6", "data.batch_size=16", "optimizer.lr=0.01",
+        "trainer.max_epochs=6", "model.hidden_size=32", "window.patch_len=6", "data.batch_size=16", "optimizer.lr=0.01",
     )
     metrics = train(cfg)
     test = metrics["test"]

@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from experiments.data.contract import split_tensors
 from experiments.errors import UserError, describe
 
 __all__ = ["Metrics", "Run", "load_run", "run"]
@@ -237,7 +238,7 @@ class Run:
         ``probability`` for classification."""
         if inputs is None:
             self.datamodule.setup("test")
-            inputs = self.datamodule.test_set[0]
+            inputs = split_tensors(self.datamodule, "test")[0]
         parameter = next(self.task.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
         dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else None

@@ -18,10 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from typeguard import TypeCheckError, check_type
 
 from experiments.checkpoints import run_directory
-from experiments.data.base import InMemoryDataModule
+from experiments.data.contract import check_datamodule
 from experiments.data.spec import DataSpec
 from experiments.errors import UserError, suggest
 from experiments.models.common import ShapeError
+from experiments.models.window import Windowed
 from experiments.tasks import Task, task_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -155,6 +156,8 @@ def check_config(cfg: DictConfig) -> None:
         if isinstance(node, DictConfig) and "_target_" in node:
             _check_node(key, node, _SUPPLIED | _TASK_SUPPLIED if key == "task" else _SUPPLIED)
     _check_takes_shapes(cfg.get("model"))
+    if isinstance(cfg.get("window"), DictConfig):
+        _check_node("window", OmegaConf.merge({"_target_": "experiments.models.Windowed"}, cfg.window), _SUPPLIED | {"model"})
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:
@@ -165,7 +168,26 @@ def check_config(cfg: DictConfig) -> None:
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise UserError(f"seed={seed} is out of range: a seed is an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
     _check_training_length(cfg.trainer)
+    _check_callbacks_choice(cfg)
     check_added_keys("train")
+
+
+def _check_callbacks_choice(cfg: DictConfig) -> None:
+    """Refuse ``callbacks=early_stopping`` (one shipped callback file chosen alone), which would run
+    without the default callbacks (checkpoints, history, resume state) and say nothing."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    choice = HydraConfig.get().runtime.choices.get("callbacks")
+    shipped = Path(CONFIG_DIR) / "callbacks" / f"{choice}.yaml"
+    callbacks = cfg.get("callbacks") or {}
+    if isinstance(choice, str) and choice != "default" and shipped.is_file() and "model_checkpoint" not in callbacks:
+        raise UserError(
+            f"callbacks={choice} would replace the default callbacks (checkpoints, history.csv, resume state) "
+            f"by {choice} alone; add it to them: callbacks=[default,{choice}] (callbacks=[{choice}] to run "
+            "without them)"
+        )
 
 
 def _check_training_length(trainer: DictConfig) -> None:
@@ -270,6 +292,16 @@ def _bad_model_option(node: DictConfig, err: ValueError) -> str:
     return f"model {node._target_.rsplit('.', 1)[-1]}: {message}; fix the model.* options"
 
 
+def _window_options(cfg: DictConfig) -> dict[str, Any]:
+    """The ``window`` options when any is on (the model is then wrapped in Windowed), else {}."""
+    node = cfg.get("window")
+    options = {"revin": False, "channel_independent": False, "patch_len": 1}
+    if isinstance(node, DictConfig):
+        options.update(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
+    active = options["revin"] or options["channel_independent"] or options["patch_len"] != 1
+    return options if active else {}
+
+
 _TRUE_PRECISION_DTYPES = {
     "64": torch.float64,
     "64-true": torch.float64,
@@ -278,17 +310,27 @@ _TRUE_PRECISION_DTYPES = {
 }
 
 
-def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
-    """The data module, and the task around a model sized from what the data module declares."""
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Task]:
+    """The data module (checked against the contract of experiments.data.contract), and the task
+    around a model sized from what the data module declares."""
     datamodule = instantiate(cfg.data)
-    spec = getattr(datamodule, "spec", None)
-    if not isinstance(spec, DataSpec):
-        raise UserError(
-            f"data {cfg.data._target_} has no spec (a DataSpec of input_shape, output_shape and task); "
-            "subclass experiments.data.InMemoryDataModule and declare one"
-        )
+    spec = check_datamodule(datamodule, str(cfg.data._target_))
+    window = _window_options(cfg)
     try:
-        model = instantiate(cfg.model, input_shape=spec.input_shape, output_shape=spec.output_shape)
+        core_input, core_output = (
+            Windowed.core_shapes(spec.input_shape, spec.output_shape, window["channel_independent"], window["patch_len"])
+            if window
+            else (spec.input_shape, spec.output_shape)
+        )
+    except ShapeError as err:
+        raise UserError(
+            f"window: {err}; data {cfg.data._target_.rsplit('.', 1)[-1]} yields no forecasting windows: "
+            "leave window.revin, window.channel_independent and window.patch_len at false, false and 1"
+        ) from None
+    except ValueError as err:
+        raise UserError(f"window.patch_len={window['patch_len']!r} is not valid: {err}; fix window.patch_len") from None
+    try:
+        model = instantiate(cfg.model, input_shape=core_input, output_shape=core_output)
     except InstantiationException as err:
         if not isinstance(err.__cause__, ValueError):
             raise
@@ -299,6 +341,8 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, Task]:
             f"{cfg.data._target_.rsplit('.', 1)[-1]} (input shape {list(spec.input_shape)}): "
             f"{err.__cause__}; choose a model that takes such inputs (model=mlp takes any)"
         ) from None
+    if window:
+        model = Windowed(model, spec.input_shape, spec.output_shape, **window)
     options = OmegaConf.to_container(cfg.task, resolve=True) if cfg.get("task") else {}
     task = _task(
         spec,

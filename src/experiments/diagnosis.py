@@ -27,7 +27,7 @@ GAP_FRACTION = 0.1
 REMEDIES = {
     "overfitting": (
         "regularise: dropout (model.dropout=0.3), weight decay (optimizer=adamw optimizer.weight_decay=0.05), "
-        "early stopping (callbacks=early_stopping), augmentation (data.augment=true for MNIST) "
+        "early stopping (callbacks=[default,early_stopping]), augmentation (data.augment=true for MNIST) "
         "or more training data"
     ),
     "underfitting": (

@@ -80,6 +80,13 @@ def describe(err: BaseException) -> str | None:
             # A new top-level key is read by nothing (and refused); a new option of a node may be.
             new = f", or add a new key with +{key}=..." if "." in key else ""
             return f"unknown key {key!r}{_suggest_key(err, key)}; check the spelling{new}"
+        match = re.search(r"Multiple values for ([\w/]+)\. To override a value use 'override \1: (\S+)'", str(err))
+        if match:
+            group, option = match.groups()
+            return (
+                f"+{group}={option} adds a second {group} option, and {group} already has one; list them "
+                f"instead, e.g. {group}=[default,{option}]"
+            )
     if isinstance(err, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return None

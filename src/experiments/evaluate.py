@@ -16,7 +16,6 @@ from omegaconf import DictConfig
 
 from experiments.checkpoints import load_weights, read_checkpoint
 from experiments.config import CONFIG_DIR, build, build_trainer
-from experiments.data.base import InMemoryDataModule
 from experiments.errors import run_cli, user_errors_exit
 from experiments.runs import load_run_config
 from experiments.tasks import Task
@@ -24,7 +23,7 @@ from experiments.tasks import Task
 
 def restore(
     ckpt_path: str | Path, trust: Sequence[str] = ()
-) -> tuple[Path, DictConfig, InMemoryDataModule, Task, L.Trainer]:
+) -> tuple[Path, DictConfig, L.LightningDataModule, Task, L.Trainer]:
     """Rebuild a finished run from its config and check that the checkpoint fits its model.
 
     Returns the checkpoint path, the run's config, the data module, the task (weights are loaded

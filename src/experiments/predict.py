@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from experiments.config import CONFIG_DIR
+from experiments.data.contract import eval_batch_size, split_tensors
 from experiments.data.loader import InMemoryLoader
 from experiments.data.spec import DataSpec
 from experiments.errors import UserError, run_cli, user_errors_exit
@@ -192,8 +193,8 @@ def predict(cfg: DictConfig) -> Path:
         inputs = given
     else:
         datamodule.setup("test")
-        inputs, targets = datamodule.test_set  # type: ignore[misc]
-    batch_size = datamodule.eval_batch_size if cfg.get("batch_size") is None else cfg.batch_size
+        inputs, targets = split_tensors(datamodule, "test")
+    batch_size = eval_batch_size(datamodule) if cfg.get("batch_size") is None else cfg.batch_size
     loader = InMemoryLoader(inputs, batch_size=batch_size)
     trainer.callbacks.append(_PredictProgress(len(inputs), batch_size))
     batches = trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True)

@@ -32,6 +32,7 @@ from experiments.config import (
     instantiate_group,
     resolve_threads,
 )
+from experiments.data.contract import split_tensors
 from experiments.diagnosis import Diagnosis, diagnose, trivial_loss
 from experiments.distributed import ddp_job
 from experiments.engine import purge_tensorboard_after, write_tensorboard_hparams
@@ -151,9 +152,9 @@ def _diverged(values: dict[str, Any], monitor: str) -> str | None:
 
 def _diagnose(history: History, datamodule: Any) -> Diagnosis | None:
     spec = datamodule.spec
-    targets = datamodule.train_set[1] if datamodule.train_set is not None else None
-    if targets is None or spec.task not in ("classification", "regression"):
+    if spec.task not in ("classification", "regression"):
         return None
+    _, targets = split_tensors(datamodule, "train")
     return diagnose(history.rows, trivial_loss(spec.task, targets, spec.num_classes))
 
 

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from experiments.models.common import ShapeError, as_shape, make_activation, numel
-from experiments.models.window import WindowAdapter
 
 
 class CNN(nn.Module):
@@ -16,8 +15,7 @@ class CNN(nn.Module):
     convolutions over time with the C series as channels. Each entry of ``channels`` is one block;
     ``pool`` halves (for 2) the resolution after every block. ``head="global"`` averages each
     channel over the remaining positions before one linear layer; ``head="dense"`` flattens them
-    into a hidden layer of ``dense_size`` units. ``revin`` and ``channel_independent`` are for
-    forecasting windows (see :class:`~experiments.models.window.WindowAdapter`).
+    into a hidden layer of ``dense_size`` units.
     """
 
     def __init__(
@@ -32,22 +30,17 @@ class CNN(nn.Module):
         dropout: float = 0.0,
         head: str = "dense",
         dense_size: int = 128,
-        revin: bool = False,
-        channel_independent: bool = False,
     ) -> None:
         super().__init__()
         self.input_shape = as_shape(input_shape, "input_shape")
         self.output_shape = as_shape(output_shape, "output_shape")
-        self.window = WindowAdapter(self.input_shape, self.output_shape, revin, channel_independent)
-        self.core_input_shape = self.window.core_input_shape
-        self.core_output_shape = self.window.core_output_shape
         if len(self.input_shape) == 3:
             conv, norm, max_pool, in_channels = nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, self.input_shape[0]
             spatial = list(self.input_shape[1:])
             self.channels_last = False
         elif len(self.input_shape) == 2:
-            conv, norm, max_pool, in_channels = nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, self.core_input_shape[1]
-            spatial = [self.core_input_shape[0]]
+            conv, norm, max_pool, in_channels = nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, self.input_shape[1]
+            spatial = [self.input_shape[0]]
             self.channels_last = True
         else:
             raise ShapeError(
@@ -70,7 +63,7 @@ class CNN(nn.Module):
                 spatial = [s // pool for s in spatial]
             in_channels = width
         self.features = nn.Sequential(*layers)
-        out = numel(self.core_output_shape)
+        out = numel(self.output_shape)
         if head == "global":
             pooling = nn.AdaptiveAvgPool2d(1) if len(self.input_shape) == 3 else nn.AdaptiveAvgPool1d(1)
             self.head = nn.Sequential(pooling, nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_channels, out))
@@ -85,10 +78,7 @@ class CNN(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.window(x, self._core).view(-1, *self.output_shape)
-
-    def _core(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(len(x), *self.core_input_shape)
+        x = x.reshape(len(x), *self.input_shape)
         if self.channels_last:
             x = x.transpose(1, 2)
-        return self.head(self.features(x)).view(-1, *self.core_output_shape)
+        return self.head(self.features(x)).view(-1, *self.output_shape)

@@ -43,3 +43,17 @@ def as_shape(shape: Sequence[int] | int, what: str) -> tuple[int, ...]:
 
 def numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
+
+
+def sequence_shape(input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(steps, features) of an input: ``(T, F)`` sequences as they are, ``(T,)`` as one feature,
+    and ``(1, H, W)`` single-channel images as H rows of W pixels."""
+    if len(input_shape) == 1:
+        return input_shape[0], 1
+    if len(input_shape) == 2:
+        return input_shape[0], input_shape[1]
+    if len(input_shape) == 3 and input_shape[0] == 1:
+        return input_shape[1], input_shape[2]
+    raise ShapeError(
+        f"a sequence model reads (steps, features) sequences or (1, H, W) images, not input shape {list(input_shape)}"
+    )

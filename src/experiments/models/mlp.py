@@ -6,16 +6,13 @@ import torch
 from torch import nn
 
 from experiments.models.common import as_shape, make_activation, numel
-from experiments.models.window import WindowAdapter
 
 
 class MLP(nn.Module):
     """A multi-layer perceptron: flatten, then ``Linear -> [BatchNorm] -> act -> [Dropout]`` per hidden size.
 
     ``hidden=[]`` gives logistic/linear regression. The output layer has no activation: the task
-    applies the matching loss to the raw outputs (logits for classification). ``revin`` and
-    ``channel_independent`` are for forecasting windows (see
-    :class:`~experiments.models.window.WindowAdapter`).
+    applies the matching loss to the raw outputs (logits for classification).
     """
 
     def __init__(
@@ -26,20 +23,16 @@ class MLP(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = False,
-        revin: bool = False,
-        channel_independent: bool = False,
     ) -> None:
         super().__init__()
         self.input_shape = as_shape(input_shape, "input_shape")
         self.output_shape = as_shape(output_shape, "output_shape")
-        self.window = WindowAdapter(self.input_shape, self.output_shape, revin, channel_independent)
-        self.core_output_shape = self.window.core_output_shape
         if any(not isinstance(h, int) or h < 1 for h in hidden):
             raise ValueError(f"hidden sizes must be positive integers, got {list(hidden)}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         layers: list[nn.Module] = [nn.Flatten()]
-        width = numel(self.window.core_input_shape)
+        width = numel(self.input_shape)
         for size in hidden:
             layers.append(nn.Linear(width, size))
             if batch_norm:
@@ -48,11 +41,8 @@ class MLP(nn.Module):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = size
-        layers.append(nn.Linear(width, numel(self.core_output_shape)))
+        layers.append(nn.Linear(width, numel(self.output_shape)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.window(x, self._core).view(-1, *self.output_shape)
-
-    def _core(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1, *self.core_output_shape)
+        return self.net(x).view(-1, *self.output_shape)

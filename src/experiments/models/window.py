@@ -1,8 +1,7 @@
-"""What forecasting models share on (L, C) windows: reversible instance normalisation and channel independence."""
+"""What any model can be composed with on (L, C) windows: reversible instance normalisation, channel
+independence and segments (config: the ``window`` node; see :func:`experiments.config.build`)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -45,59 +44,74 @@ class RevIN(nn.Module):
         return y * std[..., -columns:] + mean[..., -columns:]
 
 
-class WindowAdapter(nn.Module):
-    """Optional RevIN and channel independence around a model's core on (L, C) -> (H, C_out) windows.
+class Windowed(nn.Module):
+    """Any plain model, composed with RevIN, channel independence and segments on (L, C) -> (H, C_out)
+    windows. The model itself knows nothing of them: it is built for :meth:`core_shapes`.
 
-    Channel independence (as in PatchTST, Nie et al., ICLR 2023) forecasts every channel as its
-    own univariate series with shared weights: the core sees (N * C, L, 1) and emits (N * C, H, 1).
-    Where C_out is smaller than C (features MS), the forecast keeps the last C_out channels, the
-    target's place in every window data module. With both options off this changes nothing.
+    ``revin`` standardises each window per channel and maps the forecast back (:class:`RevIN`).
+    ``channel_independent`` (as in PatchTST, Nie et al., ICLR 2023) forecasts every channel as its
+    own univariate series with shared weights: the model sees (N * C, ...) windows of one channel and
+    emits (N * C, H, 1); where C_out is smaller than C (features MS), the forecast keeps the last
+    C_out channels, the target's place in every window data module. ``patch_len`` > 1 hands the
+    model segments of that many steps as its steps, (L / patch_len, patch_len * C) (segment-wise
+    recurrence for a recurrent model, as in SegRNN, Lin et al. 2023: fewer, richer steps for long
+    look-back windows).
     """
 
     def __init__(
         self,
+        model: nn.Module,
         input_shape: tuple[int, ...],
         output_shape: tuple[int, ...],
         revin: bool = False,
         channel_independent: bool = False,
+        patch_len: int = 1,
     ) -> None:
         super().__init__()
-        self.input_shape = input_shape
-        self.output_shape = output_shape
+        self.core_input_shape, self.core_output_shape = self.core_shapes(
+            input_shape, output_shape, channel_independent, patch_len
+        )
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(output_shape)
         self.channel_independent = channel_independent
-        self.active = revin or channel_independent
-        if self.active:
-            if len(input_shape) != 2 or len(output_shape) != 2:
-                raise ShapeError(
-                    "revin and channel_independent need (L, C) windows in and (H, C) forecasts out, "
-                    f"not input shape {list(input_shape)} and output shape {list(output_shape)}"
-                )
-            if output_shape[1] > input_shape[1]:
-                raise ShapeError(f"a forecast of {output_shape[1]} channels from {input_shape[1]} input channels")
+        self.model = model
         self.revin = RevIN(input_shape[1]) if revin else None
 
-    @property
-    def core_input_shape(self) -> tuple[int, ...]:
-        return (self.input_shape[0], 1) if self.channel_independent else self.input_shape
+    @staticmethod
+    def core_shapes(
+        input_shape: tuple[int, ...], output_shape: tuple[int, ...], channel_independent: bool = False, patch_len: int = 1
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The per-sample input and output shapes of the model inside, or :class:`ShapeError` for
+        shapes that are not (L, C) windows and (H, C_out) forecasts."""
+        if len(input_shape) != 2 or len(output_shape) != 2:
+            raise ShapeError(
+                "window options need (L, C) windows in and (H, C) forecasts out, "
+                f"not input shape {list(input_shape)} and output shape {list(output_shape)}"
+            )
+        if output_shape[1] > input_shape[1]:
+            raise ShapeError(f"a forecast of {output_shape[1]} channels from {input_shape[1]} input channels")
+        steps, channels = input_shape
+        if not isinstance(patch_len, int) or patch_len < 1 or steps % patch_len:
+            raise ValueError(f"patch_len must be a positive divisor of the {steps} input steps, got {patch_len}")
+        channels = 1 if channel_independent else channels
+        core_output = (output_shape[0], 1) if channel_independent else tuple(output_shape)
+        return (steps // patch_len, patch_len * channels), core_output
 
-    @property
-    def core_output_shape(self) -> tuple[int, ...]:
-        return (self.output_shape[0], 1) if self.channel_independent else self.output_shape
-
-    def forward(self, x: torch.Tensor, core: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``core`` applied to ``x`` (N, *input_shape) through normalisation and channel independence."""
-        if not self.active:
-            return core(x)
-        batch, steps, channels = len(x), *self.input_shape
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, (steps, channels) = len(x), self.input_shape
         x = x.reshape(batch, steps, channels)
         stats = None
         if self.revin is not None:
             x, stats = self.revin.normalise(x)
         if self.channel_independent:
             series = x.transpose(1, 2).reshape(batch * channels, steps, 1)
-            y = core(series).reshape(batch, channels, -1).transpose(1, 2)[..., -self.output_shape[1] :].contiguous()
+            y = self._core(series).reshape(batch, channels, -1).transpose(1, 2)[..., -self.output_shape[1] :].contiguous()
         else:
-            y = core(x).reshape(batch, *self.output_shape)
+            y = self._core(x).reshape(batch, *self.output_shape)
         if stats is not None:
-            y = self.revin.denormalise(y, stats)
-        return y
+            y = self.revin.denormalise(y, stats)  # type: ignore[union-attr]
+        return y.view(-1, *self.output_shape)
+
+    def _core(self, x: torch.Tensor) -> torch.Tensor:
+        # Segments are a reshape: patch_len consecutive steps side by side, no copy.
+        return self.model(x.reshape(len(x), *self.core_input_shape)).view(-1, *self.core_output_shape)

@@ -1,0 +1,14 @@
+"""Callbacks, one module each: a run's history as files (:class:`History`), its random state in
+checkpoints for exact resumes (:class:`ResumeState`) and a guard that stops it when the loss
+stops being finite (:class:`FiniteGuard`).
+
+Their configs are one file each in ``conf/callbacks/`` (``# @package callbacks.<name>``), composed in
+``conf/callbacks/default.yaml``; ``callbacks=[default,early_stopping]`` adds one. A callback of your
+own is a class here or in your package, and one YAML file beside them.
+"""
+
+from experiments.callbacks.finite import FiniteGuard, NonFiniteError
+from experiments.callbacks.history import History, plot_learning_curves
+from experiments.callbacks.resume import ResumeState
+
+__all__ = ["FiniteGuard", "History", "NonFiniteError", "ResumeState", "plot_learning_curves"]

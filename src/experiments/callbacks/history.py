@@ -1,0 +1,143 @@
+"""A run's history as files: ``history.csv`` as training goes and ``learning_curves.png`` at its end."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from experiments.runs import write_atomic
+
+
+class History(Callback):
+    """One row per epoch of every logged epoch metric, written to ``history.csv`` as training goes.
+
+    ``parameters`` names single-number model parameters (``w`` and ``b`` of the one-neuron model)
+    to record after each epoch's update. Each row is also printed, restricted to ``print_columns``
+    when given, so that a run reads like a Keras log. ``history.csv`` is rewritten at most every
+    ``min_write_interval`` seconds while training (a run of 300 one-batch epochs would otherwise
+    spend a tenth of its time rewriting it) and always when fitting ends or fails; the rows are
+    also in every checkpoint. The learning curves are drawn into ``learning_curves.png`` when
+    fitting ends.
+    """
+
+    def __init__(
+        self,
+        dirpath: str,
+        parameters: Sequence[str] = (),
+        print_columns: Sequence[str] | None = None,
+        verbose: bool = True,
+        min_write_interval: float = 1.0,
+    ) -> None:
+        self.dirpath = Path(dirpath)
+        self.min_write_interval = min_write_interval
+        self._written = -math.inf
+        self.parameters = list(parameters)
+        self.print_columns = list(print_columns) if print_columns is not None else None
+        self.verbose = verbose
+        self.rows: list[dict[str, Any]] = []
+        self._epoch_start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()  # a run resumed inside an epoch starts timing here
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}
+        for name, value in sorted(trainer.callback_metrics.items()):
+            row[name] = float(value)
+        model = getattr(pl_module, "model", pl_module)
+        for name in self.parameters:
+            value = float(model.get_parameter(name).detach().reshape(-1)[0])
+            pl_module.log(name, value, on_epoch=True, on_step=False)
+            row[name] = value
+        row["seconds"] = time.perf_counter() - self._epoch_start
+        # The prefetched validation of the next epoch doesn't exist yet; rows of resumed runs
+        # replace the epochs they repeat.
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        if trainer.is_global_zero:
+            if time.monotonic() - self._written >= self.min_write_interval:
+                self._write_csv()
+            if self.verbose:
+                self._print(row)
+
+    def _columns(self) -> list[str]:
+        columns: dict[str, None] = {}
+        for row in self.rows:
+            columns.update(dict.fromkeys(row))
+        return list(columns)
+
+    def _write_csv(self) -> None:
+        path = self.dirpath / "history.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(handle: Any) -> None:
+            writer = csv.DictWriter(handle, fieldnames=self._columns())
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+        write_atomic(path, write)
+        self._written = time.monotonic()
+
+    def _print(self, row: dict[str, Any]) -> None:
+        columns = self.print_columns or [c for c in row if c not in ("epoch", "seconds")]
+        if len(self.rows) == 1 or row is self.rows[0]:
+            print(" ".join(["epoch", *columns]), flush=True)
+        values = [_fmt(row.get(c)) for c in columns]
+        print(" ".join([str(row["epoch"]), *values]), flush=True)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.rows:
+            self._write_csv()
+            plot_learning_curves(self.rows, self.dirpath / "learning_curves.png")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # A run stopped early (pruned by a sweep, or crashed) still shows how far it got.
+        self.on_fit_end(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4f}"
+
+
+def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Loss, and the main metric where there is one, of train and validation against epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    metric = next((m for m in ("acc", "mae", "mse") if any(f"val/{m}" in r for r in rows)), None)
+    panels = ["loss"] + ([metric] if metric else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            points = [(e, r[f"{split}/{name}"]) for e, r in zip(epochs, rows) if f"{split}/{name}" in r]
+            if points:
+                ax.plot(*zip(*points), style, markersize=3, label=f"{split}/{name}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(path.parent.name)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

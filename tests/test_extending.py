@@ -1,0 +1,193 @@
+"""The core is easy to extend: plain defaults with opt-in presets, one file per callback config,
+models composed with window wrappers, any DataModule with a spec, registered task kinds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from conftest import REPO, compose_config, run_cli
+
+from experiments.config import build, check_config
+
+
+def test_the_plain_defaults_are_the_primer_recipe_and_any_group_swaps_alone(tmp_path: Path) -> None:
+    plain = compose_config("train", [], tmp_path)
+    assert plain.name == "mnist_mlp" and (plain.monitor, plain.monitor_mode) == ("val/acc", "max")
+    # No experiment to take away: a data set or model chosen alone is what runs.
+    swapped = compose_config("train", ["data=sine", "model=lstm"], tmp_path)
+    assert swapped.name == "sine_lstm" and swapped.data._target_.endswith("SineDataModule")
+    assert (swapped.monitor, swapped.monitor_mode) == ("val/loss", "min")  # sine reports no accuracy
+    check_config(swapped)
+    datamodule, task = build(swapped)
+    assert type(task.model).__name__ == "LSTM" and task.model.output_shape == datamodule.spec.output_shape
+
+
+def test_data_sine_model_lstm_trains_end_to_end_from_the_command_line(tmp_path: Path) -> None:
+    done = run_cli(
+        "train", "data=sine", "model=lstm", "data.num_rows=400", "data.input_length=24", "data.horizon=8",
+        "model.hidden_size=8", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path}/run", cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["experiment"] == "sine_lstm"
+    assert metrics["monitor"] == "val/loss" and "test/mse" in metrics["test"]
+
+
+def test_one_callback_per_file_added_to_the_defaults(tmp_path: Path) -> None:
+    import pytest
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from experiments.callbacks import FiniteGuard, History, ResumeState
+    from experiments.config import CONFIG_DIR, build_callbacks
+    from experiments.engine import ModelCheckpoint
+    from experiments.errors import UserError
+
+    folder = Path(CONFIG_DIR) / "callbacks"
+    for file in folder.glob("*.yaml"):
+        if file.stem != "default":  # every other file is one callback under its own key
+            assert file.read_text().startswith(f"# @package callbacks.{file.stem}\n"), file.name
+    plain = build_callbacks(compose_config("train", [], tmp_path))
+    assert [type(c) for c in plain] == [ModelCheckpoint, History, ModelCheckpoint, ResumeState, FiniteGuard]
+    added = build_callbacks(compose_config("train", ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=2"], tmp_path))
+    assert [type(c) for c in added] == [type(c) for c in plain] + [EarlyStopping]
+    assert added[-1].patience == 2 and added[-1].monitor == "val/acc"
+    # The old spelling would drop every checkpoint without a word: refused in one line.
+    with pytest.raises(UserError, match=r"^callbacks=early_stopping would replace the default callbacks .*callbacks=\[default,early_stopping\]"):
+        check_config(compose_config("train", ["callbacks=early_stopping"], tmp_path))
+    check_config(compose_config("train", ["callbacks=[early_stopping]"], tmp_path))  # said on purpose
+
+
+def test_plus_callbacks_says_how_to_add_one(tmp_path: Path) -> None:
+    done = run_cli("train", "+callbacks=early_stopping", f"hydra.run.dir={tmp_path}/run", cwd=REPO)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: +callbacks=early_stopping adds a second callbacks option, and callbacks already has one; "
+        "list them instead, e.g. callbacks=[default,early_stopping]"
+    )
+
+
+GRU_MODULE = '''
+"""A GRU: one file, a plain nn.Module sized from the data's shapes."""
+from collections.abc import Sequence
+import math
+import torch
+from torch import nn
+from experiments.models.common import as_shape, sequence_shape
+
+
+class GRU(nn.Module):
+    """A GRU over the steps of a sequence and a linear head on its last hidden state."""
+
+    def __init__(self, input_shape: Sequence[int], output_shape: Sequence[int], hidden_size: int = 32) -> None:
+        super().__init__()
+        self.input_shape, self.output_shape = as_shape(input_shape, "input_shape"), as_shape(output_shape, "output_shape")
+        self.steps, features = sequence_shape(self.input_shape)
+        self.gru = nn.GRU(features, hidden_size, batch_first=True)
+        self.head = nn.Linear(hidden_size, math.prod(self.output_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        encoded, _ = self.gru(x.reshape(len(x), self.steps, -1))
+        return self.head(encoded[:, -1]).view(-1, *self.output_shape)
+'''
+
+
+def test_a_new_model_is_one_python_file_and_one_yaml_file(tmp_path: Path) -> None:
+    (tmp_path / "my_models").mkdir()
+    (tmp_path / "my_models" / "gru.py").write_text(GRU_MODULE)
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "gru.yaml").write_text("_target_: my_models.gru.GRU\nhidden_size: 32\n")
+    # sine_lstm's window settings (channel independence, segments of 8 steps) wrap the GRU too.
+    done = run_cli(
+        "train", "--config-dir", str(tmp_path / "conf"), "experiment=sine_lstm", "model=gru", "model.hidden_size=8",
+        "data.num_rows=400", "data.input_length=24", "data.horizon=8", "trainer.max_epochs=1", "logger=none",
+        f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,  # python -m finds my_models in the working folder
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and "test/mse" in metrics["test"]
+    weights = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    assert weights["model.model.gru.weight_ih_l0"].shape == (3 * 8, 8)  # 8-step segments of one channel
+
+
+PLAIN_DATA = '''
+"""A plain LightningDataModule: torch DataLoaders and a spec, nothing of this project's base class."""
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from experiments.data import DataSpec
+
+
+class Halves(L.LightningDataModule):
+    """Points labelled by the side of a line they fall on."""
+
+    def __init__(self, n: int = 300, batch_size: int = 16) -> None:
+        super().__init__()
+        self.n, self.batch_size = n, batch_size
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec(input_shape=(2,), output_shape=(1,), task="classification", num_classes=2)
+
+    def setup(self, stage: str | None = None) -> None:
+        x = torch.randn(self.n, 2, generator=torch.Generator().manual_seed(0))
+        y = (x[:, 0] + x[:, 1] > 0).long()
+        self.parts = {s: TensorDataset(x[i::3], y[i::3]) for i, s in enumerate(("train", "val", "test"))}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.parts["train"], batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.parts["val"], batch_size=50)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.parts["test"], batch_size=50)
+'''
+
+
+def test_a_plain_datamodule_with_dataloaders_runs_end_to_end(tmp_path: Path) -> None:
+    (tmp_path / "plain_data.py").write_text(PLAIN_DATA)
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    (tmp_path / "conf" / "data" / "halves.yaml").write_text("_target_: plain_data.Halves\nbatch_size: 16\n")
+    run = tmp_path / "run"
+    done = run_cli(
+        "train", "--config-dir", str(tmp_path / "conf"), "data=halves", "model.hidden=[8]", "optimizer.lr=0.05",
+        "trainer.max_epochs=5", "logger=none", f"hydra.run.dir={run}", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["test"]["test/acc"] >= 0.9
+    assert metrics["diagnosis"]["verdict"] in ("fine", "overfitting", "underfitting")  # read through the loader
+    ckpt = run / "checkpoints" / "best.ckpt"
+    # A run's config is data: a package of one's own is built only when trusted by name.
+    refused = run_cli("predict", f"ckpt_path={ckpt}", cwd=tmp_path)
+    assert refused.returncode == 2 and "trust=[plain_data]" in refused.stderr
+    done = run_cli("predict", f"ckpt_path={ckpt}", "trust=[plain_data]", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = (run / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("input_0,input_1,target,") and len(rows) == 1 + 100
+    done = run_cli("evaluate", f"ckpt_path={ckpt}", "trust=[plain_data]", cwd=tmp_path)
+    assert done.returncode == 0 and f"test/acc={metrics['test']['test/acc']:.4f}" in done.stdout
+
+
+def test_the_data_contract_is_checked_when_the_module_is_built(tmp_path: Path) -> None:
+    import lightning as L
+    import pytest
+
+    from experiments.data.contract import check_datamodule
+    from experiments.errors import UserError
+
+    from experiments.data import DataSpec
+
+    class NoLoaders(L.LightningDataModule):
+        spec = DataSpec(input_shape=(2,), output_shape=(1,), task="regression")
+
+    with pytest.raises(UserError, match=r"^data x.NoLoaders does not define train_dataloader, val_dataloader, test_dataloader"):
+        check_datamodule(NoLoaders(), "x.NoLoaders")
+    with pytest.raises(UserError, match=r"^data x.Bare has no spec"):
+        check_datamodule(L.LightningDataModule(), "x.Bare")
+    with pytest.raises(UserError, match=r"not a LightningDataModule"):
+        check_datamodule(object(), "x.Thing")
+
