@@ -27,12 +27,29 @@ def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
     return f"sqlite:///{(Path(sweep_dir) / 'optuna.db').resolve()}"
 
 
-def open_storage(url: str) -> Any:
-    """An RDB storage that waits for SQLite's lock rather than failing when trials report at once."""
+def open_storage(url: str, retries: int = 5, **heartbeat: Any) -> Any:
+    """An RDB storage that waits for SQLite's lock rather than failing when trials report at once.
+
+    ``heartbeat``: RDBStorage's ``heartbeat_interval``, ``grace_period`` and stale-trial callback.
+    Two processes creating the same new database at once race on its schema (``UNIQUE constraint
+    failed: alembic_version``, ``relation ... already exists``); the loser tries again, and then
+    finds the schema the winner made.
+    """
+    import random
+    import time
+
     import optuna
+    import sqlalchemy.exc
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    for attempt in range(retries + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            if attempt == retries:
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
 
 
 class OptunaPruning(Callback):
