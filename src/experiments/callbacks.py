@@ -1,11 +1,13 @@
 """Callbacks: a run's history as files (``history.csv``, ``learning_curves.png``), its random
-state in checkpoints for exact resumes, and a guard that stops it when the loss stops being finite.
+state in checkpoints for exact resumes, a guard that stops it when the loss stops being finite,
+a progress bar in a terminal, and a confusion matrix of the test set in TensorBoard.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 
 from experiments.errors import UserError
 from experiments.runs import write_atomic
@@ -100,7 +103,12 @@ class History(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.rows:
             self._write_csv()
-            plot_learning_curves(self.rows, self.dirpath / "learning_curves.png")
+            figure = plot_learning_curves(self.rows, self.dirpath / "learning_curves.png", keep_open=True)
+            _log_figure(trainer, "learning_curves", figure)  # TensorBoard's IMAGES tab, too
+            figure.clear()
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # A run stopped early (pruned by a sweep, or crashed) still shows how far it got.
@@ -119,8 +127,19 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}"
 
 
-def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Loss, and the main metric where there is one, of train and validation against epochs."""
+def _log_figure(trainer: L.Trainer, tag: str, figure: Any) -> None:
+    """A matplotlib figure as an image of every TensorBoard logger of ``trainer``."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(tag, figure, global_step=trainer.global_step, close=False)
+            logger.experiment.flush()
+
+
+def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path, keep_open: bool = False) -> Any:
+    """Loss, and the main metric where there is one, of train and validation against epochs;
+    saved to ``path``. Returns the figure when ``keep_open`` (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,7 +162,86 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    if keep_open:
+        return fig
     plt.close(fig)
+    return None
+
+
+class ConfusionMatrix(Callback):
+    """The confusion matrix of the test set, as an image in TensorBoard (``test/confusion_matrix``).
+
+    Classification tasks only (a module with ``logits`` and ``num_classes``), and only for a run
+    that logs to TensorBoard: evaluate and predict, which have no logger, pay nothing. The test
+    batches are classified once more here (no gradients), as the test step returns only its loss.
+    """
+
+    def __init__(self) -> None:
+        self._counts: Any = None
+
+    def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return (trainer.is_global_zero and hasattr(pl_module, "logits") and hasattr(pl_module, "num_classes")
+                and any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers))
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import torch
+
+        classes = int(getattr(pl_module, "num_classes", 0))
+        self._counts = torch.zeros(classes, classes, dtype=torch.long) if self._active(trainer, pl_module) else None
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._counts is None:
+            return
+        import torch
+
+        x, target = batch[0], batch[1]
+        with torch.no_grad():
+            logits = pl_module.logits(x)
+        predicted = (logits >= 0).long() if logits.ndim == 1 else logits.argmax(dim=-1)
+        classes = len(self._counts)
+        pairs = target.reshape(-1).long().cpu() * classes + predicted.reshape(-1).cpu()
+        self._counts += torch.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._counts is None:
+            return
+        figure = plot_confusion_matrix(self._counts.numpy(), title=f"{Path(trainer.default_root_dir).name}: test set")
+        _log_figure(trainer, "test/confusion_matrix", figure)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+        self._counts = None
+
+
+def plot_confusion_matrix(counts: Any, title: str = "") -> Any:
+    """A confusion matrix (rows: true class, columns: predicted class) with its counts written in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = len(counts)
+    size = 2.5 + 0.45 * classes
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_xticks(range(classes))
+    ax.set_yticks(range(classes))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    peak = counts.max() if counts.size else 0
+    for i in range(classes):
+        for j in range(classes):
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if counts[i, j] > peak / 2 else "black")
+    total = counts.sum()
+    accuracy = counts.trace() / total if total else float("nan")
+    ax.set_title(f"{title}\n{int(total)} samples, accuracy {accuracy:.4f}".strip(), fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 class ResumeState(Callback):
@@ -259,3 +357,134 @@ def _last_good(trainer: L.Trainer) -> str:
     if not existing:
         return "no checkpoint was written before it"
     return f"the last good checkpoint is {max(existing, key=lambda p: p.stat().st_mtime)}"
+
+
+class ProgressBar(LightningProgressBar):
+    """A bar for training, validation, test and predict when stdout is a terminal; nothing otherwise.
+
+    Redrawn at most every ``refresh_seconds`` (by the clock, not every N batches: one check of the
+    clock per batch is all it costs between draws), and cleared when its loop ends, so that the
+    terminal keeps History's one line per epoch, as a file or a pipe does. The training bar counts
+    batches of the epoch, also when ``steps_per_execution`` hands Lightning K of them at a time.
+    """
+
+    def __init__(self, refresh_seconds: float = 0.25, enabled: bool | None = None) -> None:
+        super().__init__()
+        self.refresh_seconds = refresh_seconds
+        self._terminal = _stdout_is_terminal() if enabled is None else enabled
+        self._enabled = self._terminal
+        self._bar: Any = None
+        self._next_draw = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = self._terminal
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def _open(self, description: str, total: Any, unit: str = "batch") -> None:
+        self._close()
+        if not self._enabled:
+            return
+        import shutil
+
+        from tqdm import tqdm
+
+        total = int(total) if isinstance(total, (int, float)) and math.isfinite(total) else None
+        # The size when the bar opens (80x24 where the terminal reports none); tqdm's own reading
+        # of a 0x0 terminal (a fresh pty) would hide the bar.
+        columns, lines = shutil.get_terminal_size()
+        self._bar = tqdm(desc=description, total=total, unit=unit, file=sys.stdout, leave=False, disable=False,
+                         ncols=columns, nrows=lines, mininterval=0, smoothing=0.3)
+        self._next_draw = 0.0
+
+    def _advance(self, done: int, loss: Any = None) -> None:
+        now = time.monotonic()
+        if self._bar is None or now < self._next_draw:
+            return
+        self._next_draw = now + self.refresh_seconds
+        if loss is not None:
+            self._bar.set_postfix_str(f"loss={float(loss):.4f}", refresh=False)
+        self._bar.update(done - self._bar.n)
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    # training: one bar per epoch, in batches
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loader = trainer.train_dataloader
+        total = getattr(loader, "batches_per_epoch", None) or self.total_train_batches
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        self._open(f"epoch {trainer.current_epoch + 1}{epochs}", total)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._bar is None or time.monotonic() < self._next_draw:
+            return
+        start = getattr(batch, "start", None)  # a chunk of K batches (steps_per_execution)
+        done = start + len(batch) if isinstance(start, int) else batch_idx + 1
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self._advance(done, loss if loss is not None and getattr(loss, "numel", lambda: 1)() == 1 else None)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close()
+
+    # validation (and the sanity check), test and predict: one bar per loop
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        checking = trainer.sanity_checking
+        batches = trainer.num_sanity_val_batches if checking else trainer.num_val_batches
+        self._open("sanity check" if checking else "validating", sum(batches))
+        self._done = 0
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._done += 1
+        self._advance(self._done)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._open("testing", sum(trainer.num_test_batches))
+        self._done = 0
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._done += 1
+        self._advance(self._done)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close()
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._open("predicting", sum(trainer.num_predict_batches))
+        self._done = 0
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._done += 1
+        self._advance(self._done)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._close()
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self._bar is not None:
+            self._bar.clear()
+        print(*args, **kwargs)
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
