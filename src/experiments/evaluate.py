@@ -14,6 +14,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from experiments.checkpoints import load_weights, read_checkpoint
+from experiments.callbacks import ProgressBar
 from experiments.config import CONFIG_DIR, build, build_trainer
 from experiments.data.base import InMemoryDataModule
 from experiments.errors import run_cli, user_errors_exit
@@ -39,9 +40,9 @@ def restore(ckpt_path: str | Path) -> tuple[Path, DictConfig, InMemoryDataModule
         num_nodes=1,
         strategy="auto",
         logger=False,
-        callbacks=[],
+        callbacks=[ProgressBar()],  # a bar in a terminal only
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        enable_progress_bar=True,
     )
     return ckpt, run_cfg, datamodule, task, trainer
 
