@@ -85,7 +85,8 @@ def test_multirun_with_ddp_gives_each_job_one_directory(tmp_path: Path) -> None:
     # Every rank ended cleanly: one that aborts at exit gets Lightning to kill the sweep mid-job.
     assert "terminate called" not in result.stderr and "terminated with code" not in result.stderr
     (sweep,) = (tmp_path / "outputs" / "blobs" / "multiruns").iterdir()
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "best.yaml", "multirun.yaml", "summary.csv", "summary.md"]
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "best.yaml", "multirun.yaml", "objective.png",
+                                                      "summary.csv", "summary.md"]
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "completed"
         assert f"seed: {job}" in (sweep / job / "config.yaml").read_text()

@@ -47,6 +47,8 @@ def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tenso
     md = (sweep / "summary.md").read_text()
     mean = sum(best) / 2
     assert f"{mean:.4g} ± " in md.split("mean ± std")[1]
+    # The grid's picture: the objective per setting, mean ± std over the seeds, linked from summary.md.
+    assert (sweep / "objective.png").stat().st_size > 5000 and "![" in md and "(objective.png)" in md
     winner = OmegaConf.load(sweep / "best.yaml")
     assert winner.command == f"python -m experiments.train {rows[0]['overrides']}"
     assert winner.best == pytest.approx(best[0])
@@ -107,7 +109,9 @@ def _tpe_command(sweep: Path, *extra: str) -> list[str]:
 
 def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_trial_twice(tmp_path: Path) -> None:
     sweep = tmp_path / "tpe"
-    command = _tpe_command(sweep)  # 12 trials, 2 worker processes (conf/hparams_search/xor_tpe.yaml)
+    # 12 trials, 2 worker processes (conf/hparams_search/xor_tpe.yaml); heartbeats every second, so
+    # that the killed trials go stale 3 s after the kill.
+    command = _tpe_command(sweep, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
     env.pop("HYDRA_FULL_ERROR", None)
     first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
@@ -127,7 +131,7 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
         first.wait()
     assert first.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
     assert 4 <= len(done_before) < 12
-    interrupted = [t for t in _study(sweep, "xor_tpe").trials if t.state.name == "RUNNING"]
+    interrupted = [t.number for t in _study(sweep, "xor_tpe").trials if t.state.name == "RUNNING"]
     assert interrupted
 
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
@@ -136,14 +140,25 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
     trials = _study(sweep, "xor_tpe").trials
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 12
-    retried = [t for t in trials if t.user_attrs.get("fail_reason", "").startswith("interrupted")]
-    assert len(retried) == len(interrupted)  # only the killed trials ran again...
-    assert sorted(t.number for t in retried) == sorted(t.number for t in interrupted)
-    # ...and the trials finished before the kill were left as they were.
+    # Optuna's heartbeat failed the killed trials (and only they), and its retry callback ran
+    # each one's parameters again as a new trial.
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    assert sorted(t.number for t in trials if t.state.name == "FAIL") == sorted(interrupted)
+    retries = {retry.retried_trial_number(t): t for t in finished if retry.retried_trial_number(t) is not None}
+    assert sorted(retries) == sorted(interrupted)
+    # (a trial killed while it was being asked for may have no parameters yet)
+    assert all(trials[n].params.items() <= retries[n].params.items() for n in interrupted)
+    # The trials finished before the kill were left as they were (a trial whose result was
+    # written but not yet told to Optuna when it was killed counts as killed).
     for name, text in done_before.items():
-        assert (sweep / name / "metrics.json").read_text() == text
+        if int(name) not in interrupted:
+            assert (sweep / name / "metrics.json").read_text() == text
     rows = _rows(sweep)
     assert len(rows) == 12 and {r["status"] for r in rows} <= {"completed", "pruned"}
+    # Optuna's pictures of the study (three parameters: importances too), linked from summary.md.
+    md = (sweep / "summary.md").read_text()
+    for name in ("optuna_history.png", "optuna_importances.png", "optuna_parallel_coordinate.png"):
+        assert (sweep / name).stat().st_size > 5000 and f"({name})" in md
     assert {r["run"] for r in rows} == {str(t.number) for t in finished}
     # Finished: the same command again has nothing left to run.
     third = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

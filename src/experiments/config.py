@@ -409,11 +409,23 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
 
 
 def build_callbacks(cfg: DictConfig) -> list[Any]:
-    """The callbacks of ``cfg.callbacks``, less the step checkpoint when ``checkpoint_every_n_steps`` is 0."""
+    """The callbacks of ``cfg.callbacks``, less the step checkpoint when ``checkpoint_every_n_steps`` is 0;
+    with our terminal-only progress bar exactly when ``trainer.enable_progress_bar`` is true."""
+    from lightning.pytorch.callbacks import ProgressBar as AnyProgressBar
+
+    from experiments.callbacks import ProgressBar
+
     nodes = dict(cfg.get("callbacks") or {})
     if cfg.get("checkpoint_every_n_steps", 0) == 0:
         nodes.pop("step_checkpoint", None)  # it would never save
-    return instantiate_group(nodes)
+    callbacks = instantiate_group(nodes)
+    wanted = bool((cfg.get("trainer") or {}).get("enable_progress_bar", False))
+    bars = [c for c in callbacks if isinstance(c, AnyProgressBar)]
+    if not wanted:  # Lightning refuses a progress bar callback with enable_progress_bar=false
+        callbacks = [c for c in callbacks if c not in bars]
+    elif not bars:  # else Lightning would add its own, which also draws into files and pipes
+        callbacks.insert(0, ProgressBar())
+    return callbacks
 
 
 def instantiate_group(node: DictConfig | dict[str, Any] | None) -> list[Any]:

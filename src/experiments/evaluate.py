@@ -15,6 +15,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from experiments.checkpoints import load_weights, read_checkpoint
+from experiments.callbacks import ProgressBar
 from experiments.config import CONFIG_DIR, build, build_trainer
 from experiments.errors import run_cli, user_errors_exit
 from experiments.runs import load_run_config
@@ -41,9 +42,9 @@ def restore(
         num_nodes=1,
         strategy="auto",
         logger=False,
-        callbacks=[],
+        callbacks=[ProgressBar()],  # a bar in a terminal only
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        enable_progress_bar=True,
     )
     return ckpt, run_cfg, datamodule, task, trainer
 

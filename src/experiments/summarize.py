@@ -1,8 +1,11 @@
-"""``python -m experiments.summarize <sweep dir>``: one table per sweep, and the winner's command.
+"""``python -m experiments.summarize <sweep dir>``: one table per sweep, its pictures, and the winner's command.
 
 Writes ``summary.csv``, ``summary.md`` and ``best.yaml`` into the sweep directory from its run
 directories (``metrics.json``, ``config.yaml``, ``.hydra/overrides.yaml``). Every multirun calls it
 at its end through the Hydra callback :class:`SummarizeSweep` (``hydra.callbacks`` in conf/hydra/).
+A grid sweep also gets ``objective.png`` (the objective of every setting, mean ± std over seeds);
+an Optuna sweep gets Optuna's own figures (:func:`plot_study`, called by the sweeper). ``summary.md``
+shows whichever of them the folder holds.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ from experiments.runs import write_atomic
 # Completed runs first (sorted by the objective), then pruned, failed, and unfinished ones.
 _STATUS_ORDER = {"completed": 0, "pruned": 1, "failed": 2, "incomplete": 3}
 _SEED_KEYS = {"seed"}
+# Pictures of a sweep, in the order summary.md shows them.
+OPTUNA_FIGURES = {
+    "optuna_history.png": "optimization history",
+    "optuna_importances.png": "parameter importances",
+    "optuna_parallel_coordinate.png": "parallel coordinates",
+}
+GRID_FIGURE = "objective.png"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -170,6 +180,12 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
         lines.append(
             "| mean ± std | " + f"{len(completed)} seeds" + " | | " + " | ".join(stats) + " | | | | |"
         )
+    if not _is_optuna_sweep(sweep_dir):
+        plot_settings(rows, monitor, mode, sweep_dir / GRID_FIGURE)
+    figures = {GRID_FIGURE: f"{monitor} per setting, mean ± std over seeds", **OPTUNA_FIGURES}
+    for name, title in figures.items():
+        if (sweep_dir / name).is_file():
+            lines += ["", f"![{title}]({name})"]
     write_atomic(sweep_dir / "summary.md", lambda h: h.write("\n".join(lines) + "\n"))
 
     if completed:
@@ -188,6 +204,91 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     else:
         (sweep_dir / "best.yaml").unlink(missing_ok=True)
     return rows
+
+
+def _is_optuna_sweep(sweep_dir: Path) -> bool:
+    from experiments.sweeps import SWEEPER_TARGET
+
+    try:
+        config = OmegaConf.load(sweep_dir / "multirun.yaml")
+        return OmegaConf.select(config, "hydra.sweeper._target_") == SWEEPER_TARGET
+    except (OSError, ValueError, Exception):
+        return False
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_settings(rows: list[dict[str, Any]], monitor: str, mode: str, path: Path) -> bool:
+    """A grid sweep's picture: the best ``monitor`` of every setting (its overrides less ``seed``),
+    mean ± std over its seeds, best setting on top. False (and no file) without a completed run."""
+    completed = [r for r in rows if r["status"] == "completed" and r["best"] is not None and math.isfinite(r["best"])]
+    if not completed:
+        path.unlink(missing_ok=True)
+        return False
+    varying = _varying(rows) - _SEED_KEYS
+    groups: dict[str, list[float]] = {}
+    for row in completed:
+        setting = " ".join(o for o in row["overrides"] if o.partition("=")[0] in varying) or "all runs"
+        groups.setdefault(setting, []).append(row["best"])
+    stats = [(k, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()]
+    stats.sort(key=lambda s: s[1], reverse=mode != "min")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(stats)))
+    positions = list(range(len(stats)))[::-1]
+    ax.errorbar([s[1] for s in stats], positions, xerr=[s[2] for s in stats], fmt="o", capsize=4)
+    ax.set_yticks(positions, [f"{s[0]} (n={s[3]})" for s in stats], fontsize=8)
+    ax.set_xlabel(f"best {monitor} ({mode}), mean ± std over seeds")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(path.parent.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_study(study: Any, sweep_dir: str | Path) -> list[Path]:
+    """Optuna's matplotlib figures of ``study`` as PNGs in ``sweep_dir``: the optimization history,
+    the parameter importances (with two parameters or more) and the parallel coordinates."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as figures
+
+    sweep_dir = Path(sweep_dir)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    names = {name for t in complete for name in t.params}
+    plots = [("optuna_history.png", figures.plot_optimization_history, 1)]
+    if len(names) >= 2:
+        plots.append(("optuna_importances.png", figures.plot_param_importances, 2))
+    plots.append(("optuna_parallel_coordinate.png", figures.plot_parallel_coordinate, 1))
+    plt = _pyplot()
+    written = []
+    for name, plot, needed in plots:
+        path = sweep_dir / name
+        if len(complete) < needed:
+            path.unlink(missing_ok=True)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib figures experimental
+            try:
+                ax = plot(study)
+            except (ValueError, RuntimeError) as err:  # e.g. importances of parameters that never varied
+                print(f"summary: no {name}: {err}", file=sys.stderr)
+                continue
+        figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        figure.set_size_inches(9, 5)
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
 
 
 def _quote(override: str) -> str:

@@ -27,34 +27,28 @@ def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
     return f"sqlite:///{(Path(sweep_dir) / 'optuna.db').resolve()}"
 
 
-def open_storage(url: str, attempts: int = 5) -> Any:
+def open_storage(url: str, retries: int = 5, **heartbeat: Any) -> Any:
     """An RDB storage that waits for SQLite's lock rather than failing when trials report at once.
 
-    Two sweeps that open one new storage at once would both create its schema, and one fails
-    (``UNIQUE constraint failed: alembic_version``). For a SQLite file the opening is serialised
-    by a lock file beside it; for any storage a failed opening is retried, and the retry finds the
-    schema the other process made.
+    ``heartbeat``: RDBStorage's ``heartbeat_interval``, ``grace_period`` and stale-trial callback.
+    Two processes creating the same new database at once race on its schema (``UNIQUE constraint
+    failed: alembic_version``, ``relation ... already exists``); the loser tries again, and then
+    finds the schema the winner made.
     """
-    import fcntl
+    import random
     import time
 
     import optuna
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    import sqlalchemy.exc
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    database = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-    for attempt in range(attempts):
+    for attempt in range(retries + 1):
         try:
-            if database is None or database == ":memory:":
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-            with open(Path(database).parent / f".{Path(database).name}.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except (IntegrityError, OperationalError):
-            if attempt == attempts - 1:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            if attempt == retries:
                 raise
-            time.sleep(0.2 * (attempt + 1))
+            time.sleep(0.2 + random.random())
     raise AssertionError("unreachable")
 
 

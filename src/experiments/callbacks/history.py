@@ -97,7 +97,12 @@ class History(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.rows:
             self._write_csv()
-            plot_learning_curves(self.rows, self.dirpath / "learning_curves.png")
+            figure = plot_learning_curves(self.rows, self.dirpath / "learning_curves.png", keep_open=True)
+            _log_figure(trainer, "learning_curves", figure)  # TensorBoard's IMAGES tab, too
+            figure.clear()
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # A run stopped early (pruned by a sweep, or crashed) still shows how far it got.
@@ -116,8 +121,19 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}"
 
 
-def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Loss, and the main metric where there is one, of train and validation against epochs."""
+def _log_figure(trainer: L.Trainer, tag: str, figure: Any) -> None:
+    """A matplotlib figure as an image of every TensorBoard logger of ``trainer``."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(tag, figure, global_step=trainer.global_step, close=False)
+            logger.experiment.flush()
+
+
+def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path, keep_open: bool = False) -> Any:
+    """Loss, and the main metric where there is one, of train and validation against epochs;
+    saved to ``path``. Returns the figure when ``keep_open`` (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,4 +156,7 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    if keep_open:
+        return fig
     plt.close(fig)
+    return None

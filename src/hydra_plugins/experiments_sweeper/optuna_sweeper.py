@@ -1,4 +1,4 @@
-"""A Hydra sweeper on Optuna's public ask-and-tell API: random or TPE search that resumes and survives.
+"""A Hydra sweeper on Optuna: random or TPE search that resumes, survives and spans machines.
 
 Why our own: hydra-optuna-sweeper (1.3.0, the latest) pins optuna < 3 and its SQLite storage fails
 with SQLAlchemy 2. Keeping Hydra's sweeper interface means users sweep the way they already do
@@ -6,19 +6,27 @@ with SQLAlchemy 2. Keeping Hydra's sweeper interface means users sweep the way t
 (run directory, overrides.yaml, callbacks, any launcher), and ``summary.csv`` comes from the same
 ``on_multirun_end`` hook as a grid search.
 
-- The study lives in storage (a SQLite file in the sweep directory, or any SQLAlchemy URL), so the
-  same command resumes it: finished trials stay finished; trials whose worker died are marked
-  failed ("interrupted"), their half-written run directory is removed, and their parameters are
-  queued again.
+- The study lives in storage (a SQLite file in the sweep directory, or any SQLAlchemy URL such as
+  ``postgresql://...`` shared by workers on many machines), so the same command resumes it.
+- Each trial runs in ``study.optimize`` with Optuna's heartbeats (``heartbeat_interval``,
+  ``grace_period``): a trial whose worker died, on any machine, stops beating, and the next worker
+  that asks Optuna for a trial fails it and queues its parameters again
+  (``RetryHeartbeatStaleTrialCallback``, ``max_retry`` times). Its half-written run directory
+  is removed wherever a sweep of the study finds it.
+- ``n_trials`` is counted in the storage, not in a local file: a worker asks for a trial only while
+  the study's finished, running and queued trials are fewer than ``n_trials``, and a trial whose
+  number shows that others took the last places first (two workers asking at the same moment) is
+  not run (FAIL, ``fail_reason`` "surplus"). Trials replaced by a retry and surplus ones do not count.
 - Trial N runs as Hydra job N (its directory is ``<sweep dir>/N``); a trial that raises, diverges
   to NaN or is pruned is told to Optuna as FAIL (with ``fail_reason``) or PRUNED and the search goes on.
-- ``n_jobs`` worker processes (forked, each asking Optuna for trials and running them one at a
-  time) share the study through its storage, which is how Optuna itself parallelises.
+- ``n_jobs`` worker processes (forked, each running one trial at a time) share the study through
+  its storage, which is how Optuna itself parallelises.
+- When the sweep ends, Optuna's matplotlib figures of the study go into the sweep directory
+  (``experiments.summarize.plot_study``), and ``summary.md`` links them.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
@@ -28,7 +36,9 @@ import shutil
 import signal
 import socket
 import sys
+import time
 import traceback
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,11 +53,13 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = "interrupted: its sweep process died before the trial ended"
 # How a worker stopped by Ctrl-C exits (the shell's code for SIGINT).
 INTERRUPTED_EXIT = 130
-# A running trial that never got its worker's name is an orphan after this long.
-ORPHAN_SECONDS = 60
+SURPLUS = "surplus: other workers took the study's last trials first; not run"
+
+
+class TrialFailed(Exception):
+    """A trial that raised, diverged or gave no finite objective: Optuna records it as FAIL."""
 
 
 class OptunaSweeper(Sweeper):
@@ -63,6 +75,9 @@ class OptunaSweeper(Sweeper):
         sampler: Any,
         pruner: Any,
         params: dict[str, str] | None = None,
+        heartbeat_interval: int = 10,
+        grace_period: int = 30,
+        max_retry: int | None = 2,
     ) -> None:
         self.study_name = study_name
         self.storage = storage
@@ -72,6 +87,9 @@ class OptunaSweeper(Sweeper):
         self.sampler_cfg = sampler
         self.pruner_cfg = pruner
         self.params = dict(params or {})
+        self.heartbeat_interval = int(heartbeat_interval)
+        self.grace_period = int(grace_period)
+        self.max_retry = max_retry
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context = hydra_context
@@ -114,6 +132,33 @@ class OptunaSweeper(Sweeper):
 
     # -- the study ------------------------------------------------------------------------------
 
+    def _storage(self, url: str) -> Any:
+        """The study's storage, with Optuna's heartbeats and its retry of stale trials."""
+        from experiments.errors import UserError
+        from experiments.sweeps import open_storage
+
+        heartbeat = {
+            "heartbeat_interval": self.heartbeat_interval,
+            "grace_period": self.grace_period,
+            _stale_callback_argument(): _retry_callback(self.max_retry),
+        }
+        try:
+            return open_storage(url, **heartbeat)
+        except ImportError as err:  # no driver for this database
+            raise UserError(
+                f"hydra.sweeper.storage={_hide_password(url)}: {err}; install its driver "
+                "(PostgreSQL: pip install 'psycopg[binary]')"
+            ) from err
+        except Exception as err:
+            import sqlalchemy.exc
+
+            if not isinstance(err, sqlalchemy.exc.SQLAlchemyError):
+                raise
+            reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+            raise UserError(
+                f"hydra.sweeper.storage={_hide_password(url)}: cannot open the study's database: {reason}"
+            ) from err
+
     def _open_study(self, storage: Any) -> Any:
         import optuna
 
@@ -127,27 +172,34 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from experiments.sweeps import open_storage, storage_url
+        from experiments.summarize import plot_study
+        from experiments.sweeps import storage_url
 
+        _quiet_optuna_warnings()
         space, fixed = self._search_space(arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        url = storage_url(self.storage, sweep_dir)
+        if self.storage:  # a bad URL is refused before any folder is made
+            storage = self._storage(url)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        url = storage_url(self.storage, sweep_dir)
-        storage = open_storage(url)
+        if not self.storage:
+            storage = self._storage(url)
         study = self._open_study(storage)
-        _recover_interrupted(study, sweep_dir)
-        log.info(f"Optuna study {self.study_name!r} in {url}: {_finished(study)}/{self.n_trials} trials done")
+        _drop_replaced_runs(study, sweep_dir)
+        log.info(f"Optuna study {self.study_name!r} in {_hide_password(url)}: "
+                 f"{_tally(study)[1]}/{self.n_trials} trials done")
         if self.n_jobs <= 1:
             self._work(study, space, fixed, sweep_dir)
         else:
             storage.remove_session()  # the workers open their own connections after the fork
             storage.engine.dispose()
             self._fork_workers(url, space, fixed, sweep_dir)
-            study = self._open_study(open_storage(url))
-        best = [t for t in study.trials if t.state.name == "COMPLETE"]
-        if best:
+            study = self._open_study(self._storage(url))
+        _drop_replaced_runs(study, sweep_dir)
+        if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
             log.info(f"Best trial {study.best_trial.number}: {study.best_value} with {study.best_trial.params}")
+        plot_study(study, sweep_dir)
         return study
 
     def _fork_workers(self, url: str, space: dict[str, Any], fixed: list[str], sweep_dir: Path) -> None:
@@ -182,15 +234,13 @@ class OptunaSweeper(Sweeper):
     def _worker_main(self, url: str, space: dict[str, Any], fixed: list[str], sweep_dir: Path) -> None:
         import torch
 
-        from experiments.sweeps import open_storage
-
         # Ctrl-C ends a worker at once, quietly: its trial is an interrupted one, which the next run
         # of the same command settles (failed, parameters queued again), like a worker that was killed.
         signal.signal(signal.SIGINT, lambda *_: os._exit(INTERRUPTED_EXIT))
         # Each worker trains on its share of the cores instead of all workers fighting over all.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_jobs))
         try:
-            study = self._open_study(open_storage(url))
+            study = self._open_study(self._storage(url))
             # Forked workers would otherwise draw the same "random" parameters from one seed.
             study.sampler.reseed_rng()
             self._work(study, space, fixed, sweep_dir)
@@ -204,33 +254,183 @@ class OptunaSweeper(Sweeper):
             os._exit(1)
 
     def _work(self, study: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path) -> None:
-        """Ask for a trial, run it as Hydra job number trial.number, tell the result; until n_trials."""
+        """Run trials, one ``study.optimize`` call each (Optuna's heartbeats and its retry of stale
+        trials come with it), until the study holds ``n_trials`` finished ones."""
+        waiting_logged = False
         while True:
-            # A lock, so that two workers never both take the last trial.
-            with open(sweep_dir / ".optuna.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                running = len(study.get_trials(deepcopy=False, states=(_state("RUNNING"),)))
-                if _finished(study) + running >= self.n_trials:
-                    return
-                trial = study.ask(fixed_distributions=space)
-                trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-            overrides = fixed + [f"{key}={value}" for key, value in trial.params.items()]
-            log.info(f"trial {trial.number}: {' '.join(overrides)}")
-            (result,) = self.launcher.launch([overrides], initial_job_idx=trial.number)
-            self._tell(study, trial, result)
+            _fail_stale_trials(study)
+            counted, done = _tally(study)
+            if done >= self.n_trials:
+                return
+            queued = any(t.state.name == "WAITING" for t in counted)
+            if len(counted) >= self.n_trials and not queued:
+                # The last trials run in other workers: wait until they end, or stop beating and
+                # come back as queued retries that this worker then runs.
+                if not waiting_logged:
+                    running = [t.number for t in counted if t.state.name == "RUNNING"]
+                    log.info(f"waiting for trials {running} of other workers (stale after {self.grace_period} s)")
+                    waiting_logged = True
+                _fail_unstarted_trials(study, self.heartbeat_interval + self.grace_period)
+                time.sleep(1.0)
+                continue
+            waiting_logged = False
+            current: list[int] = []
+            try:
+                study.optimize(
+                    lambda trial: self._objective(study, trial, space, fixed, sweep_dir, current),
+                    n_trials=1,
+                    catch=(TrialFailed,),
+                    gc_after_trial=False,
+                )
+            except KeyboardInterrupt:
+                # Optuna has failed the trial; queue its parameters again, as for a dead worker.
+                if current:
+                    frozen = _frozen(study, current[0])
+                    if frozen is not None and frozen.state.name == "FAIL":
+                        _retry_callback(self.max_retry)(study, frozen)
+                        _drop_replaced_runs(study, sweep_dir)
+                raise
 
-    def _tell(self, study: Any, trial: Any, result: Any) -> None:
+    def _objective(self, study: Any, trial: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path,
+                   current: list[int]) -> float:
+        """Run trial ``trial.number`` as Hydra job ``trial.number``; its objective, or PRUNED or FAIL."""
+        import optuna
+
+        current.append(trial.number)
+        place = _place(study, trial.number)
+        if place >= self.n_trials:
+            trial.set_user_attr("fail_reason", SURPLUS)
+            study.stop()
+            raise TrialFailed(SURPLUS)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        params = {key: _suggest(trial, key, distribution) for key, distribution in space.items()}
+        overrides = fixed + [f"{key}={value}" for key, value in params.items()]
+        log.info(f"trial {trial.number}: {' '.join(overrides)}")
+        (result,) = self.launcher.launch([overrides], initial_job_idx=trial.number)
         run_dir = Path(str(result.hydra_cfg.hydra.runtime.output_dir)) if result.hydra_cfg else None
         metrics = _read_metrics(run_dir / "metrics.json") if run_dir else {}
         if result.status == JobStatus.FAILED and not metrics.get("error"):
             err = result._return_value
             metrics = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-        _tell_from_metrics(study, trial.number, metrics)
+        status, value = metrics.get("status"), metrics.get("best")
+        if status == "pruned":
+            trial.set_user_attr("pruned", metrics.get("error", ""))
+            raise optuna.TrialPruned(metrics.get("error", ""))
+        if status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+        reason = metrics.get("error") or (
+            f"objective {value!r} is not a finite number" if status == "completed" else "no metrics.json"
+        )
+        trial.set_user_attr("fail_reason", reason)
+        log.warning(f"trial {trial.number} failed: {reason}")
+        raise TrialFailed(reason)
 
 
 def _instance(node: Any) -> Any:
     """Hydra instantiates the sampler and pruner nodes with the sweeper; a plain node is built here."""
     return instantiate(node) if isinstance(node, (dict, DictConfig)) else node
+
+
+def _quiet_optuna_warnings() -> None:
+    """Heartbeats, their retry callback and fail_stale_trials are 'experimental' in Optuna 4 and 5."""
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+
+
+def _retry_callback(max_retry: int | None) -> Any:
+    """Optuna's callback that queues a stale trial's parameters again (renamed in Optuna 4.9)."""
+    import optuna
+
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    return retry(max_retry=max_retry)
+
+
+def _stale_callback_argument() -> str:
+    """RDBStorage's keyword for that callback: failed_trial_callback before Optuna 4.9."""
+    import inspect
+
+    import optuna
+
+    parameters = inspect.signature(optuna.storages.RDBStorage).parameters
+    return "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
+
+
+def _fail_stale_trials(study: Any) -> None:
+    import optuna
+
+    optuna.storages.fail_stale_trials(study)
+
+
+def _replaced(trials: list[Any]) -> set[int]:
+    """Numbers of the trials that a retry replaced (stale or interrupted ones)."""
+    retry = _retry_callback(None)
+    return {number for t in trials for number in retry.retry_history(t)}
+
+
+def _tally(study: Any) -> tuple[list[Any], int]:
+    """The trials that count towards n_trials (all but replaced and surplus ones), and how many of
+    them are finished (complete, pruned or failed)."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = _replaced(trials)
+    counted = [t for t in trials if t.number not in replaced and t.user_attrs.get("fail_reason") != SURPLUS]
+    done = sum(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in counted)
+    return counted, done
+
+
+def _place(study: Any, number: int) -> int:
+    """How many counted trials come before trial ``number``. The storage numbers trials one at a
+    time (it locks the study row), so every trial numbered before it is already there."""
+    counted, _ = _tally(study)
+    return sum(1 for t in counted if t.number < number)
+
+
+def _frozen(study: Any, number: int) -> Any:
+    return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+
+
+def _fail_unstarted_trials(study: Any, seconds: float) -> None:
+    """A worker killed between asking for a trial and its first heartbeat leaves a running trial
+    that never becomes stale: failed, and retried, once it is ``seconds`` old without a worker name."""
+    for frozen in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
+        started = frozen.datetime_start or datetime.now()
+        if "worker" in frozen.user_attrs or (datetime.now() - started).total_seconds() < seconds:
+            continue
+        try:
+            study.tell(frozen.number, state=_state("FAIL"))
+        except Exception:  # another worker settled it first
+            continue
+        _retry_callback(None)(study, _frozen(study, frozen.number))
+
+
+def _drop_replaced_runs(study: Any, sweep_dir: Path) -> None:
+    """Remove the run directories of trials that a retry replaced: half a run, nothing in it is a result."""
+    for number in sorted(_replaced(study.get_trials(deepcopy=False))):
+        run_dir = sweep_dir / str(number)
+        if run_dir.is_dir():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            log.warning(f"trial {number} stopped with its worker; its parameters ran again as a new trial")
+
+
+def _suggest(trial: Any, name: str, distribution: Any) -> Any:
+    import optuna.distributions as dist
+
+    if isinstance(distribution, dist.FloatDistribution):
+        return trial.suggest_float(name, distribution.low, distribution.high, log=distribution.log)
+    if isinstance(distribution, dist.IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high, log=distribution.log)
+    return trial.suggest_categorical(name, distribution.choices)
+
+
+def _hide_password(url: str) -> str:
+    """The storage URL as shown in messages and logs: without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
 
 
 def _state(name: str) -> Any:
@@ -239,78 +439,8 @@ def _state(name: str) -> Any:
     return TrialState[name]
 
 
-def _finished(study: Any) -> int:
-    """Trials that count towards n_trials: complete, pruned and failed, but not interrupted ones."""
-    states = (_state("COMPLETE"), _state("PRUNED"), _state("FAIL"))
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=states)
-        if t.user_attrs.get("fail_reason") != INTERRUPTED
-    )
-
-
-def _tell_from_metrics(study: Any, number: int, metrics: dict[str, Any]) -> None:
-    """Tell Optuna what a trial's ``metrics.json`` says: its objective, pruned, or failed and why."""
-    from experiments.engine import optuna_trial
-
-    trial = optuna_trial(study, number)
-    status, value = metrics.get("status"), metrics.get("best")
-    if status == "pruned":
-        trial.set_user_attr("pruned", metrics.get("error", ""))
-        study.tell(number, state=_state("PRUNED"))
-        return
-    if status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
-        study.tell(number, float(value))
-        return
-    reason = metrics.get("error") or (
-        f"objective {value!r} is not a finite number" if status == "completed" else "no metrics.json"
-    )
-    trial.set_user_attr("fail_reason", reason)
-    study.tell(number, state=_state("FAIL"))
-    log.warning(f"trial {number} failed: {reason}")
-
-
 def _read_metrics(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _recover_interrupted(study: Any, sweep_dir: Path) -> None:
-    """Settle the running trials of dead workers on this machine: from their results if they were
-    written, else as failed ("interrupted") with their parameters queued again."""
-    import optuna
-
-    from experiments.engine import optuna_trial
-
-    host = socket.gethostname()
-    for frozen in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
-        worker_host, _, pid = str(frozen.user_attrs.get("worker", "")).rpartition(":")
-        if not pid:  # killed between asking for the trial and naming its worker, a minute ago or more
-            started = frozen.datetime_start or datetime.now()
-            if (datetime.now() - started).total_seconds() < ORPHAN_SECONDS:
-                continue
-        elif worker_host != host or not pid.isdigit() or _alive(int(pid)):
-            continue  # another machine's worker, or a live one: not ours to judge
-        run_dir = sweep_dir / str(frozen.number)
-        metrics = _read_metrics(run_dir / "metrics.json")
-        if metrics.get("status") in ("completed", "pruned", "failed"):
-            _tell_from_metrics(study, frozen.number, metrics)  # it finished; only the telling was lost
-            continue
-        optuna_trial(study, frozen.number).set_user_attr("fail_reason", INTERRUPTED)
-        study.tell(frozen.number, state=_state("FAIL"))
-        if run_dir.is_dir():
-            shutil.rmtree(run_dir)  # half a run: nothing in it is a result
-        study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number}, skip_if_exists=False)
-        log.warning(f"trial {frozen.number} was {INTERRUPTED}; its parameters are queued again")

@@ -1,0 +1,171 @@
+"""One Optuna study shared by sweeps on several "machines", against a real PostgreSQL server.
+
+The server's URL comes from ``EXPERIMENTS_TEST_POSTGRES`` (``.ci/run`` starts one on 127.0.0.1 with
+``.ci/postgres.sh``). Every test gets a new, empty database on it, so that the schema is created
+by the sweeps themselves. Two sweep processes with their own sweep folders stand in for two
+machines: they share nothing but the database.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from conftest import REPO
+
+QUIET = ["callbacks.history.verbose=false", "logger=none"]
+
+
+def _server_url() -> str:
+    url = os.environ.get("EXPERIMENTS_TEST_POSTGRES")
+    if url:
+        return url
+    reason = ("no PostgreSQL server: set EXPERIMENTS_TEST_POSTGRES=postgresql://user@127.0.0.1:port/db "
+              "(`source .ci/postgres.sh` starts one, as .ci/run does)")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI must run these tests")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """The URL of a new, empty database on the test server; dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is in the test extra: pip install -e '.[test]'")
+    from sqlalchemy.engine import make_url
+
+    server = make_url(_server_url())
+    name = f"sweep_{uuid.uuid4().hex[:12]}"
+    admin = psycopg.connect(host=server.host, port=server.port, user=server.username,
+                            password=server.password, dbname=server.database, autocommit=True)
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def _sweep(sweep: Path, url: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "experiments.train", "-m", "experiment=xor", "hparams_search=xor_tpe",
+        "hydra.sweeper.study_name=shared", f"hydra.sweeper.storage={url}", "hydra.sweeper.n_jobs=1",
+        *QUIET, f"hydra.sweep.dir={sweep}", *extra,
+    ]
+
+
+def _retry() -> type:
+    return getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+
+
+@pytest.mark.slow  # two sweeps of 6 trials, one killed: about a minute
+def test_two_machines_share_one_study_and_a_killed_workers_trial_is_retried_by_the_other(
+    database: str, tmp_path: Path
+) -> None:
+    n_trials, heartbeat, grace = 6, 1, 4
+    # Trials of a few seconds (no pruning), so that one can be killed in the middle.
+    extra = [f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.heartbeat_interval={heartbeat}",
+             f"hydra.sweeper.grace_period={grace}", "hydra.sweeper.pruner.n_startup_trials=100",
+             "trainer.max_epochs=40"]
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    # Both start at once on an empty database: both create its schema and the study.
+    a = subprocess.Popen(_sweep(machine_a, database, *extra), cwd=tmp_path, env=_env(), start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    b = subprocess.Popen(_sweep(machine_b, database, *extra), cwd=tmp_path, env=_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        killed_at = None
+        while time.monotonic() < deadline and a.poll() is None:
+            in_flight = [d for d in machine_a.glob("*/config.yaml") if not (d.parent / "metrics.json").exists()]
+            if in_flight:
+                time.sleep(0.5)  # well inside the trial
+                os.killpg(a.pid, signal.SIGKILL)
+                killed_at = time.time()
+                break
+            time.sleep(0.1)
+        a.wait(timeout=30)
+        assert killed_at is not None, f"machine a never ran a trial: {a.stderr.read()[-3000:]}"
+        _, err = b.communicate(timeout=300)
+        assert b.returncode == 0, err[-3000:]
+    finally:
+        for process in (a, b):
+            if process.poll() is None:
+                process.kill()
+
+    study = optuna.load_study(study_name="shared", storage=database)
+    trials = study.trials
+    retry = _retry()
+    # (a trial that two workers asked for at the same moment as the last one is not run: "surplus")
+    trials = [t for t in trials if not t.user_attrs.get("fail_reason", "").startswith("surplus")]
+    [killed] = [t for t in trials if t.state.name == "FAIL"]
+    # Optuna's heartbeat failed the killed trial, and the other machine ran it again, soon after
+    # the grace period ran out (it looks for stale trials before each trial and while it waits).
+    [again] = [t for t in trials if retry.retried_trial_number(t) == killed.number]
+    assert again.state.name == "COMPLETE" and killed.params.items() <= again.params.items()
+    started = again.datetime_start.timestamp()
+    assert killed_at + grace - heartbeat - 1 <= started <= killed_at + grace + 20, started - killed_at
+    assert (machine_b / str(again.number) / "metrics.json").is_file()
+
+    # Exactly n_trials finished, each run once, on one machine or the other.
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == n_trials and len(trials) == n_trials + 1
+    runs = {m.name: {d.name for d in m.iterdir() if (d / "metrics.json").is_file()} for m in (machine_a, machine_b)}
+    assert not runs["a"] & runs["b"]
+    assert runs["a"] | runs["b"] == {str(t.number) for t in finished}
+
+    # Machine a, back: the same command has nothing left to run, and drops its half-run trial.
+    assert (machine_a / str(killed.number)).is_dir()
+    again_a = subprocess.run(_sweep(machine_a, database, *extra), cwd=tmp_path, env=_env(),
+                             capture_output=True, text=True, timeout=120)
+    assert again_a.returncode == 0, again_a.stderr[-3000:]
+    assert len(optuna.load_study(study_name="shared", storage=database).trials) == len(study.trials)
+    assert not (machine_a / str(killed.number)).exists()
+
+
+def _open_study_at_once(url: str, barrier: Any, results: Any) -> None:
+    from hydra_plugins.experiments_sweeper.optuna_sweeper import OptunaSweeper
+
+    sweeper = OptunaSweeper("new_study", url, "min", 4, 1, {"_target_": "optuna.samplers.RandomSampler"},
+                            {"_target_": "optuna.pruners.NopPruner"})
+    try:
+        barrier.wait(timeout=60)
+        study = sweeper._open_study(sweeper._storage(url))
+        results.put(("ok", study.study_name))
+    except BaseException as err:  # noqa: BLE001 - reported to the test
+        results.put(("error", f"{type(err).__name__}: {err}"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sweeps_creating_the_same_new_study_at_once_all_get_it(backend: str, tmp_path: Path,
+                                                               request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("database")
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(4), context.Queue()
+    processes = [context.Process(target=_open_study_at_once, args=(url, barrier, results)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert outcomes == [("ok", "new_study")] * 4, outcomes
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["new_study"]
