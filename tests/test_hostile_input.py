@@ -110,7 +110,13 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(n_jobs: int, tmp_path: 
             time.sleep(0.2)
         time.sleep(3)  # well inside the first trial's training
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
-        _, err = process.communicate(timeout=120)
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            # CPython can lose a KeyboardInterrupt that lands inside a finaliser (seen once in a few
+            # dozen runs on a loaded machine); a user then presses Ctrl-C again, and so does this test.
+            os.killpg(process.pid, signal.SIGINT)
+            _, err = process.communicate(timeout=90)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
