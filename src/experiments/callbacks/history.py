@@ -97,12 +97,9 @@ class History(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.rows:
             self._write_csv()
-            figure = plot_learning_curves(self.rows, self.dirpath / "learning_curves.png", keep_open=True)
-            _log_figure(trainer, "learning_curves", figure)  # TensorBoard's IMAGES tab, too
-            figure.clear()
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
+            path = self.dirpath / "learning_curves.png"
+            plot_learning_curves(self.rows, path)
+            _log_png(trainer, "learning_curves", path)  # TensorBoard's IMAGES tab, too
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # A run stopped early (pruned by a sweep, or crashed) still shows how far it got.
@@ -129,6 +126,22 @@ def _log_figure(trainer: L.Trainer, tag: str, figure: Any) -> None:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(tag, figure, global_step=trainer.global_step, close=False)
             logger.experiment.flush()
+
+
+def _log_png(trainer: L.Trainer, tag: str, path: Path) -> None:
+    """A PNG file as an image of every TensorBoard logger of ``trainer``: the picture drawn once,
+    not rendered a second time for TensorBoard (which took longer than drawing it)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+    if not loggers:
+        return
+    from matplotlib.image import imread
+
+    pixels = imread(path)[..., :3]  # RGB floats in [0, 1]
+    for logger in loggers:
+        logger.experiment.add_image(tag, pixels, global_step=trainer.global_step, dataformats="HWC")
+        logger.experiment.flush()
 
 
 def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path, keep_open: bool = False) -> Any:
