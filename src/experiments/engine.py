@@ -37,10 +37,13 @@ the versions that ``pyproject.toml`` allows (Lightning 2.5-2.6, Optuna 4-5).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from weakref import proxy
@@ -414,6 +417,12 @@ class _FusedSteps(Callback):
         if self.logs is not None:
             self.logs.flush_epoch()
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        _raise_pending_ctrl_c()
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        _raise_pending_ctrl_c()
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # A checkpoint taken while training still holds the finished progress of the last
         # validation run (2 of 2 batches, say). A run restarted from it twice can take that for a
@@ -558,6 +567,44 @@ def _cannot_fuse(module: L.LightningModule, trainer: L.Trainer) -> str | None:
     return None
 
 
+_ctrl_c = {"pending": False}
+
+
+@contextlib.contextmanager
+def _ctrl_c_at_batch_ends() -> Iterator[None]:
+    """While fitting, Ctrl-C (SIGINT) takes effect at the next batch end instead of wherever the
+    interpreter happens to be.
+
+    Python raises KeyboardInterrupt at any bytecode, also inside a finaliser (a weakref callback),
+    where it is printed as "Exception ignored" and lost, and the run goes on. Here the signal only
+    marks the interruption, and :class:`_FusedSteps` raises it at the next training or validation
+    batch end, where Lightning's own KeyboardInterrupt handling takes over. A second Ctrl-C
+    raises at once. Outside ``fit`` (and off the main thread) Python's own handler stays.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def mark(signum: int, frame: Any) -> None:
+        if _ctrl_c["pending"]:
+            raise KeyboardInterrupt
+        _ctrl_c["pending"] = True
+
+    _ctrl_c["pending"] = False
+    signal.signal(signal.SIGINT, mark)
+    try:
+        yield
+    finally:
+        _ctrl_c["pending"] = False
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _raise_pending_ctrl_c() -> None:
+    if _ctrl_c["pending"]:
+        _ctrl_c["pending"] = False
+        raise KeyboardInterrupt
+
+
 def _as_list(callbacks: Any) -> list[Any]:
     if callbacks is None:
         return []
@@ -608,18 +655,19 @@ class Trainer(L.Trainer):
             os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
     def fit(self, model: L.LightningModule, *args: Any, datamodule: Any = None, **kwargs: Any) -> None:
-        fused = self._fused
-        if not self._can_fuse(model, datamodule, bool(args) or "train_dataloaders" in kwargs):
-            return super().fit(model, *args, datamodule=datamodule, **kwargs)
-        limit_train_batches = self.limit_train_batches
-        # Counted in batches by the chunked loader, not in chunks by Lightning.
-        self.limit_train_batches = 1.0
-        fused.install(model, datamodule, limit_train_batches if limit_train_batches is not None else 1.0)
-        try:
-            return super().fit(model, *args, datamodule=datamodule, **kwargs)
-        finally:
-            fused.uninstall()
-            self.limit_train_batches = limit_train_batches
+        with _ctrl_c_at_batch_ends():
+            fused = self._fused
+            if not self._can_fuse(model, datamodule, bool(args) or "train_dataloaders" in kwargs):
+                return super().fit(model, *args, datamodule=datamodule, **kwargs)
+            limit_train_batches = self.limit_train_batches
+            # Counted in batches by the chunked loader, not in chunks by Lightning.
+            self.limit_train_batches = 1.0
+            fused.install(model, datamodule, limit_train_batches if limit_train_batches is not None else 1.0)
+            try:
+                return super().fit(model, *args, datamodule=datamodule, **kwargs)
+            finally:
+                fused.uninstall()
+                self.limit_train_batches = limit_train_batches
 
     def _can_fuse(self, model: L.LightningModule, datamodule: Any, own_loaders: bool) -> bool:
         if datamodule is None or own_loaders:
