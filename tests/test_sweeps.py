@@ -110,8 +110,9 @@ def _tpe_command(sweep: Path, *extra: str) -> list[str]:
 def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_trial_twice(tmp_path: Path) -> None:
     sweep = tmp_path / "tpe"
     # 12 trials, 2 worker processes (conf/hparams_search/xor_tpe.yaml); heartbeats every second, so
-    # that the killed trials go stale 3 s after the kill.
-    command = _tpe_command(sweep, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
+    # that the killed trials go stale 8 s after the kill (a live worker on a loaded machine can
+    # miss a few seconds of heartbeats).
+    command = _tpe_command(sweep, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=8")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
     env.pop("HYDRA_FULL_ERROR", None)
     first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,

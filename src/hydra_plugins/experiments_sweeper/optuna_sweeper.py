@@ -282,6 +282,14 @@ class OptunaSweeper(Sweeper):
                     catch=(TrialFailed,),
                     gc_after_trial=False,
                 )
+            except ValueError as err:
+                # Another worker found this trial's heartbeat late (a busy machine) and failed it;
+                # Optuna queued its parameters again, so this worker's result is not told.
+                frozen = _frozen(study, current[0]) if current else None
+                if frozen is None or frozen.state.name != "FAIL" or "Cannot tell" not in str(err):
+                    raise
+                log.warning(f"trial {frozen.number} was declared stale while it ran (heartbeat later than "
+                            f"{self.grace_period} s); its parameters run again as a new trial")
             except KeyboardInterrupt:
                 # Optuna has failed the trial; queue its parameters again, as for a dead worker.
                 if current:
