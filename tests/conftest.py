@@ -57,3 +57,14 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300) -> subproc
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="module")
+def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-epoch XOR run (one per test module), trained through the command line."""
+    from reliability_helpers import call_cli
+
+    run_dir = tmp_path_factory.mktemp("xor") / "run"
+    code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    return run_dir

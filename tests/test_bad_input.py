@@ -99,14 +99,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished two-epoch XOR run."""
-    run_dir = tmp_path_factory.mktemp("xor") / "run"
-    code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}")
-    assert code == 0, err
-    return run_dir
-
 
 def _prepare(tmp: Path, xor_run: Path) -> None:
     """The bad files the cases name, each in the case's own folder."""

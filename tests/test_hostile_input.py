@@ -17,13 +17,6 @@ import pytest
 from reliability_helpers import call_cli, child_env, completed_results, start
 
 
-@pytest.fixture(scope="module")
-def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("xor") / "run"
-    code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}")
-    assert code == 0, err
-    return run_dir
-
 
 def _read_only_command(folder: Path, command: list[str]) -> list[str]:
     """``command`` run where ``folder`` cannot be written: by permissions, or for root (whom

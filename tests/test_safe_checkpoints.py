@@ -30,13 +30,6 @@ def _craft(path: Path, marker: Path, like: Path) -> None:
     torch.save(checkpoint, path)
 
 
-@pytest.fixture(scope="module")
-def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("xor") / "run"
-    code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}")
-    assert code == 0, err
-    return run_dir
-
 
 @pytest.fixture
 def malicious(xor_run: Path, tmp_path: Path) -> tuple[Path, Path]:

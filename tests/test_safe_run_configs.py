@@ -27,13 +27,6 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.fixture(scope="module")
-def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("xor") / "run"
-    code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}")
-    assert code == 0, err
-    return run_dir
-
 
 def _crafted_run(xor_run: Path, folder: Path, key: str, node: object) -> Path:
     """A copy of the run whose config.yaml sets ``key`` (dotted) to ``node``."""
