@@ -92,12 +92,16 @@ def test_sweeps_creating_one_new_study_at_once_do_not_race(tmp_path: Path) -> No
         assert failures.empty(), failures.get()
 
 
-@pytest.mark.parametrize("n_jobs", [1, 2])
-def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(n_jobs: int, tmp_path: Path) -> None:
-    process = start("train", "-m", "experiment=xor", "hparams_search=xor_tpe", f"hydra.sweeper.n_jobs={n_jobs}",
-                    "logger=none", "trainer.max_epochs=100000", cwd=tmp_path)
-    try:
+@pytest.mark.parametrize("sweep", ["optuna, 1 worker", "optuna, 2 workers", "grid, 2 workers"])
+def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(sweep: str, tmp_path: Path) -> None:
+    if sweep.startswith("grid"):  # Hydra's multirun through our parallel launcher (2 cores here: 2 workers)
+        search = ["seed=0,1,2,3", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'grid'}"]
+        trial = tmp_path / "grid" / "0"
+    else:
+        search = ["hparams_search=xor_tpe", f"hydra.sweeper.n_jobs={sweep.split()[1]}"]
         trial = tmp_path / "outputs" / "xor" / "sweeps" / "xor_tpe" / "0"
+    process = start("train", "-m", "experiment=xor", *search, "logger=none", "trainer.max_epochs=100000", cwd=tmp_path)
+    try:
         deadline = time.monotonic() + 120
         while not (trial / ".hydra").is_dir() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.2)
@@ -121,3 +125,5 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(n_jobs: int, tmp_path: 
         "an Optuna sweep by running the same command again"
     )
     assert completed_results(tmp_path) == []
+    if sweep.startswith("grid"):  # the jobs not yet started when Ctrl-C came are not started
+        assert not (tmp_path / "grid" / "2").exists() and not (tmp_path / "grid" / "3").exists()

@@ -44,6 +44,10 @@ def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tenso
     assert {r["overrides"] for r in rows} == {f"experiment=xor seed={s} trainer.max_epochs=5 "
                                                "callbacks.history.verbose=False" for s in (0, 1)}
     assert all(r["epochs"] == "5" and float(r["seconds"]) > 0 for r in rows)
+    # Both trials ran at once, in two forked workers of one thread each (the parallel launcher).
+    for job in ("0", "1"):
+        assert OmegaConf.load(sweep / job / ".hydra" / "hydra.yaml").hydra.launcher.n_jobs == min(2, len(os.sched_getaffinity(0)))
+        assert OmegaConf.load(sweep / job / "config.yaml").trainer.num_threads == 1
     md = (sweep / "summary.md").read_text()
     mean = sum(best) / 2
     assert f"{mean:.4g} ± " in md.split("mean ± std")[1]
@@ -272,3 +276,27 @@ def test_optuna_sweeper_without_a_search_space_says_so_and_writes_nothing(tmp_pa
     assert result.returncode == 2
     assert result.stderr.startswith("error: the optuna sweeper has nothing to search")
     assert not sweep.exists()
+
+
+@pytest.mark.parametrize(
+    ("primary", "jobs", "workers"),
+    [
+        ({"accelerator": "cpu", "devices": 1}, [["seed=0"], ["seed=1"], ["seed=2"]], 2),
+        ({"accelerator": "cpu", "devices": 1}, [["seed=0"]], 1),
+        ({"accelerator": "gpu", "devices": 1}, [["seed=0"], ["seed=1"]], 1),
+        ({"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, [["seed=0"], ["seed=1"]], 1),
+        ({"accelerator": "cpu", "devices": 1}, [["trainer=cpu"], ["trainer=gpu"]], 1),
+        ({"accelerator": "cpu", "devices": 1}, [["trainer.devices=1"], ["trainer.devices=2"]], 1),
+    ],
+)
+def test_parallel_launcher_takes_one_worker_per_core_only_for_one_cpu_device_per_job(
+    primary: dict, jobs: list[list[str]], workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hydra_plugins.experiments_launcher.parallel_launcher import ParallelLauncher
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})  # this machine's two cores, anywhere
+    launcher = ParallelLauncher()
+    launcher.config = OmegaConf.create({"trainer": primary})
+    assert min(launcher.workers_for(jobs), len(jobs)) == workers
+    with pytest.raises(ValueError, match="n_jobs must be auto or a positive integer"):
+        ParallelLauncher(n_jobs=0)

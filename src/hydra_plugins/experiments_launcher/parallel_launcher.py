@@ -1,0 +1,189 @@
+"""A Hydra launcher that runs a multirun's jobs in forked worker processes, one job at a time each.
+
+Why our own: the trials of this project are mostly small models trained with one torch thread
+(``trainer.num_threads``), so Hydra's basic launcher, one job after another, leaves all but one
+core idle. hydra-joblib-launcher runs jobs in loky workers, which are *spawned*: each imports
+torch and Lightning again (2-3 s, as long as a whole XOR trial), and with ``n_jobs=-1`` it takes
+every core even when each trial is a DDP job or runs on the one GPU. Forked workers start at once
+with everything imported and the composed Hydra state; the standard library's
+``ProcessPoolExecutor`` carries the jobs and their results (its workers are not daemons, so a job
+may still start DataLoader workers or processes of its own).
+
+``n_jobs: auto`` (the default) decides per launch:
+
+- one job at a time, in this process (as Hydra's basic launcher), when the jobs use an
+  accelerator other than the CPU, several devices or DDP, or change the trainer group;
+- otherwise one worker per core this process may use (``os.sched_getaffinity``), no more than
+  there are jobs.
+
+An integer ``n_jobs`` is taken as it is. The choice is written into every job's Hydra config
+(``hydra.launcher.n_jobs``), where ``trainer.num_threads=auto`` reads it to share the cores.
+
+Ctrl-C reaches the whole process group: a job takes it as any run does (it stops at the next
+batch end and records itself as interrupted), its worker then exits, and the multirun ends with
+one line instead of a traceback per worker; jobs not yet started are not started.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+# The launch in progress, as the forked workers inherit it: a job's overrides and Hydra's state
+# travel by fork, not by pickling (the task function hydra.main wraps can't be pickled).
+_LAUNCH: dict[str, Any] = {}
+
+
+class ParallelLauncher(Launcher):
+    """Runs a multirun's jobs in ``n_jobs`` forked worker processes (see the module's docstring)."""
+
+    def __init__(self, n_jobs: int | str = AUTO) -> None:
+        if n_jobs != AUTO and (not isinstance(n_jobs, int) or n_jobs < 1):
+            raise ValueError(f"hydra.launcher.n_jobs must be auto or a positive integer, got {n_jobs!r}")
+        self.n_jobs = n_jobs
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.task_function = task_function
+        self.hydra_context = hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        setup_globals()
+        workers = self.workers_for(job_overrides) if self.n_jobs == AUTO else int(self.n_jobs)
+        workers = max(1, min(workers, len(job_overrides)))
+        with open_dict(self.config):
+            # Each job's config is composed again from these overrides (load_sweep_config).
+            kept = [o for o in self.config.hydra.overrides.hydra if not o.startswith("hydra.launcher.n_jobs=")]
+            self.config.hydra.overrides.hydra = [*kept, f"hydra.launcher.n_jobs={workers}"]
+        log.info(f"Launching {len(job_overrides)} jobs, {workers} at a time, sweep output dir: "
+                 f"{self.config.hydra.sweep.dir}")
+        for idx, overrides in enumerate(job_overrides):
+            log.info(f"\t#{initial_job_idx + idx} : {' '.join(filter_overrides(overrides))}")
+        _LAUNCH.update(launcher=self, jobs=list(job_overrides), first=initial_job_idx)
+        try:
+            if workers == 1:
+                return [_run_job(i) for i in range(len(job_overrides))]
+            return self._launch_forked(len(job_overrides), workers)
+        finally:
+            _LAUNCH.clear()
+
+    def workers_for(self, job_overrides: Sequence[Sequence[str]]) -> int:
+        """Worker processes for these jobs under ``n_jobs: auto``."""
+        assert self.config is not None
+        trainer = self.config.get("trainer") or {}
+        primary = {"trainer": "cpu", "trainer.accelerator": trainer.get("accelerator", "cpu"),
+                   "trainer.devices": str(trainer.get("devices", 1)), "trainer.strategy": str(trainer.get("strategy"))}
+        settings = [primary]
+        for job in job_overrides:
+            given = dict(o.lstrip("+~").split("=", 1) for o in job if "=" in o)
+            settings.append({k: given.get(k, v) for k, v in primary.items()})
+        one_cpu_device = all(
+            s["trainer"] == "cpu" and s["trainer.accelerator"] == "cpu" and s["trainer.devices"] == "1"
+            and "ddp" not in s["trainer.strategy"]
+            for s in settings
+        )
+        if not one_cpu_device:
+            return 1
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def _launch_forked(self, count: int, workers: int) -> list[JobReturn]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        context = multiprocessing.get_context("fork")
+        stop = _LAUNCH["stop"] = context.Event()
+        # Ctrl-C reaches every worker too, and each running job stops as a run does; this process
+        # only tells the workers not to start another job, and waits for them (a KeyboardInterrupt
+        # raised here would leave them running; a worker that exits breaks the pool, whose manager
+        # then sends SIGTERM to the jobs still recording themselves).
+        interrupted: list[int] = []
+
+        def note(*_: Any) -> None:
+            interrupted.append(1)
+            stop.set()
+
+        previous = signal.signal(signal.SIGINT, note)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_ctrl_c) as pool:
+                futures = [pool.submit(_run_job, i) for i in range(count)]
+                results = [_result(f) for f in futures]
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if interrupted or any(r is INTERRUPTED for r in results):
+            raise KeyboardInterrupt
+        lost = [_LAUNCH["first"] + i for i, r in enumerate(results) if r is None]
+        if lost:
+            raise RuntimeError(f"a sweep worker died (killed, or out of memory) before jobs {lost} ended; "
+                               f"rerun the sweep, or with hydra.launcher.n_jobs=1")
+        return [r for r in results if isinstance(r, JobReturn)]
+
+
+INTERRUPTED = "interrupted"
+
+
+def _result(future: Future) -> JobReturn | str | None:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        return None
+
+
+def _ignore_ctrl_c() -> None:
+    # Between jobs a worker ignores Ctrl-C: the launching process stops the launch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_job(position: int) -> JobReturn | str:
+    """Job ``position`` of the launch in progress, run in this process, as Hydra's basic launcher does."""
+    launcher: ParallelLauncher = _LAUNCH["launcher"]
+    assert launcher.config is not None and launcher.hydra_context is not None and launcher.task_function is not None
+    idx = _LAUNCH["first"] + position
+    stop = _LAUNCH.get("stop")
+    if stop is not None:  # a forked worker
+        if stop.is_set():
+            return INTERRUPTED
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
+            launcher.config, list(_LAUNCH["jobs"][position])
+        )
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+            sweep_config.hydra.job.num = idx
+        HydraConfig.instance().set_config(sweep_config)
+        return run_job(
+            hydra_context=launcher.hydra_context,
+            config=sweep_config,
+            task_function=launcher.task_function,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+    except BaseException as err:
+        from experiments.errors import interrupted
+
+        # Ctrl-C surfaces as KeyboardInterrupt, or as the SystemExit Lightning raises after one;
+        # the job has recorded itself, and the launching process says so once.
+        if stop is None or not interrupted(err):
+            raise
+        return INTERRUPTED
+    finally:
+        if stop is not None:
+            _ignore_ctrl_c()
