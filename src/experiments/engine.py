@@ -712,6 +712,16 @@ class ModelCheckpoint(LightningModelCheckpoint):
         self._taking = False
         self._owed = False
 
+    def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
+        # Lightning deep-copies every logged value at each save (a tenth of an XOR run); a clone of
+        # each tensor is what keeps the kept scores safe from later in-place updates.
+        candidates = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                      for k, v in trainer.callback_metrics.items()}
+        epoch, step = candidates.get("epoch"), candidates.get("step")
+        candidates["epoch"] = epoch.int() if isinstance(epoch, torch.Tensor) else torch.tensor(trainer.current_epoch)
+        candidates["step"] = step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
+        return candidates
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if (
