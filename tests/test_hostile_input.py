@@ -127,3 +127,28 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(sweep: str, tmp_path: P
     assert completed_results(tmp_path) == []
     if sweep.startswith("grid"):  # the jobs not yet started when Ctrl-C came are not started
         assert not (tmp_path / "grid" / "2").exists() and not (tmp_path / "grid" / "3").exists()
+
+
+def test_a_multirun_worker_killed_from_outside_is_one_line_naming_the_lost_jobs(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    process = start("train", "-m", "experiment=xor", "seed=0,1", "hydra.launcher.n_jobs=2", "logger=none",
+                    "trainer.max_epochs=100000", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (sweep / "1" / "config.yaml").exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        assert workers, "no worker processes"
+        os.kill(int(workers[0]), signal.SIGKILL)  # the OOM killer, or a user's kill
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 2, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "error: a worker of this multirun died (killed, or out of memory), and jobs [0, 1] did not finish; "
+        "rerun them (resume=<job dir>), or the multirun with hydra.launcher.n_jobs=1"
+    )
+    assert completed_results(tmp_path) == []

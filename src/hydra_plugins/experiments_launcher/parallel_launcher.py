@@ -131,8 +131,11 @@ class ParallelLauncher(Launcher):
             raise KeyboardInterrupt
         lost = [_LAUNCH["first"] + i for i, r in enumerate(results) if r is None]
         if lost:
-            raise RuntimeError(f"a sweep worker died (killed, or out of memory) before jobs {lost} ended; "
-                               f"rerun the sweep, or with hydra.launcher.n_jobs=1")
+            from experiments.errors import UserError
+
+            # The pool ends every worker once one has died: the jobs that had not ended are lost.
+            raise UserError(f"a worker of this multirun died (killed, or out of memory), and jobs {lost} did not "
+                            f"finish; rerun them (resume=<job dir>), or the multirun with hydra.launcher.n_jobs=1")
         return [r for r in results if isinstance(r, JobReturn)]
 
 
