@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from experiments.diagnosis import diagnose, trivial_loss
+from experiments.diagnosis import diagnose, label_entropy, target_variance
 from experiments.train import train
 
 # 300 training and 300 validation images: seconds per epoch, and small enough to memorise.
@@ -63,11 +63,19 @@ def test_validation_loss_turning_up_while_training_loss_falls_is_overfitting() -
 
 
 def test_trivial_loss_is_label_entropy_or_target_variance() -> None:
-    assert trivial_loss("classification", torch.tensor([0, 1, 1, 0]), 2) == pytest.approx(math.log(2))
-    assert trivial_loss("classification", torch.tensor([0, 0, 0, 1]), 2) == pytest.approx(
+    from experiments.data import DataSpec
+    from experiments.tasks import task_kind
+
+    assert label_entropy(torch.tensor([0, 1, 1, 0]), 2) == pytest.approx(math.log(2))
+    assert label_entropy(torch.tensor([0, 0, 0, 1]), 2) == pytest.approx(
         -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     )
-    assert trivial_loss("regression", torch.tensor([[2.0], [4.0], [6.0], [8.0]])) == pytest.approx(5.0)
+    assert target_variance(torch.tensor([[2.0], [4.0], [6.0], [8.0]])) == pytest.approx(5.0)
+    # Each task kind owns its baseline: forecasting has none (its yardstick is repeat-last-value).
+    binary = DataSpec(input_shape=(2,), output_shape=(1,), task="classification", num_classes=2)
+    assert task_kind("classification").trivial_loss(torch.tensor([0, 1, 1, 0]), binary) == pytest.approx(math.log(2))
+    windows = DataSpec(input_shape=(4, 1), output_shape=(2, 1), task="forecasting")
+    assert task_kind("forecasting").trivial_loss(torch.zeros(3, 2, 1), windows) is None
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])

@@ -39,7 +39,7 @@ def test_one_callback_per_file_added_to_the_defaults(tmp_path: Path) -> None:
     import pytest
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from experiments.callbacks import ConfusionMatrix, FiniteGuard, History, ProgressBar, ResumeState
+    from experiments.callbacks import ConfusionMatrix, FiniteGuard, ForecastFigure, History, ProgressBar, ResumeState
     from experiments.config import CONFIG_DIR, build_callbacks
     from experiments.engine import ModelCheckpoint
     from experiments.errors import UserError
@@ -50,7 +50,7 @@ def test_one_callback_per_file_added_to_the_defaults(tmp_path: Path) -> None:
             assert file.read_text().startswith(f"# @package callbacks.{file.stem}\n"), file.name
     plain = build_callbacks(compose_config("train", [], tmp_path))
     assert [type(c) for c in plain] == [
-        ProgressBar, ModelCheckpoint, History, ModelCheckpoint, ResumeState, ConfusionMatrix, FiniteGuard
+        ProgressBar, ModelCheckpoint, History, ModelCheckpoint, ResumeState, ConfusionMatrix, ForecastFigure, FiniteGuard
     ]
     added = build_callbacks(compose_config("train", ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=2"], tmp_path))
     assert [type(c) for c in added] == [type(c) for c in plain] + [EarlyStopping]

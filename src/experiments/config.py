@@ -312,7 +312,7 @@ _TRUE_PRECISION_DTYPES = {
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Task]:
     """The data module (checked against the contract of experiments.data.contract), and the task
-    around a model sized from what the data module declares."""
+    around a model sized from what the data module declares; the task's checkpoints carry ``cfg``."""
     datamodule = instantiate(cfg.data)
     spec = check_datamodule(datamodule, str(cfg.data._target_))
     window = _window_options(cfg)
@@ -352,6 +352,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Task]:
         scheduler=_optional(cfg.get("scheduler")),
         monitor=cfg.monitor,
     )
+    task.run_config = cfg  # every checkpoint carries it (Task.on_save_checkpoint)
     # Lightning loads a checkpoint before it converts the module to a "-true" precision, which
     # would round float64 weights through float32 on resume; convert first.
     dtype = _TRUE_PRECISION_DTYPES.get(str(cfg.trainer.get("precision")))
