@@ -11,6 +11,9 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from conftest import registered
+
+from experiments.config import CONFIG_DIR
 from experiments.diagnosis import diagnose, label_entropy, target_variance
 from experiments.train import train
 
@@ -78,7 +81,8 @@ def test_trivial_loss_is_label_entropy_or_target_variance() -> None:
     assert task_kind("forecasting").trivial_loss(torch.zeros(3, 2, 1), windows) is None
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
+# Every registered model with a dropout option (conf/model/*.yaml): the remedies name model.dropout.
+@pytest.mark.parametrize("model", [m for m in registered("model") if "dropout" in (Path(CONFIG_DIR) / "model" / f"{m}.yaml").read_text()])
 def test_every_model_takes_the_regularisation_knobs_from_config(compose_train, model: str) -> None:
     from lightning.pytorch.callbacks import EarlyStopping
 
