@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose_config
 
 from experiments import config
 from experiments.data.idx import MNIST_FILES, IDXDataModule
 from experiments.errors import UserError
+
+from conftest import REPO, compose_config
 
 
 def test_a_clone_reads_its_own_conf_and_shipped_mnist_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

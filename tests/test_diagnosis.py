@@ -11,11 +11,11 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from conftest import registered
-
 from experiments.config import CONFIG_DIR
 from experiments.diagnosis import diagnose, label_entropy, target_variance
 from experiments.train import train
+
+from conftest import registered
 
 # 300 training and 300 validation images: seconds per epoch, and small enough to memorise.
 SLICE = ["experiment=mnist_mlp", "data.train_limit=600", "data.val_size=300", "logger=none",

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import REPO, compose_config, run_cli
 
 from experiments.config import build, check_config
+
+from conftest import REPO, compose_config, run_cli
 
 
 def test_the_plain_defaults_are_the_primer_recipe_and_any_group_swaps_alone(tmp_path: Path) -> None:
@@ -178,10 +179,9 @@ def test_the_data_contract_is_checked_when_the_module_is_built(tmp_path: Path) -
     import lightning as L
     import pytest
 
+    from experiments.data import DataSpec
     from experiments.data.contract import check_datamodule
     from experiments.errors import UserError
-
-    from experiments.data import DataSpec
 
     class NoLoaders(L.LightningDataModule):
         spec = DataSpec(input_shape=(2,), output_shape=(1,), task="regression")
@@ -243,11 +243,11 @@ class Skewed(InMemoryDataModule):
 
 
 def test_a_new_task_kind_is_one_file_and_one_registration(tmp_path: Path, monkeypatch) -> None:
-    from reliability_helpers import call_cli
-
     from experiments import load_run, run
     from experiments.tasks import task_kinds
     from experiments.tasks.registry import _KINDS
+
+    from reliability_helpers import call_cli
 
     (tmp_path / "median_kind.py").write_text(MEDIAN_KIND)
     (tmp_path / "conf" / "data").mkdir(parents=True)

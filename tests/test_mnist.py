@@ -151,8 +151,9 @@ def test_each_model_learns_mnist_from_a_slice(compose_train, experiment: str, ex
 
 
 def test_resuming_from_the_last_checkpoint_equals_training_straight_through(tmp_path: Path) -> None:
-    from conftest import compose_config
     from experiments.train import train
+
+    from conftest import compose_config
 
     common = ["experiment=mnist_mlp", *SLICE, "data.train_limit=1200", "data.val_size=200", "model.hidden=[32]"]
     straight = train(compose_config("train", [*common, "trainer.max_epochs=3"], tmp_path / "straight"))

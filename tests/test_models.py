@@ -9,11 +9,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import compose_config, registered
-
 from experiments.config import CONFIG_DIR, build
 from experiments.errors import UserError
 from experiments.models import CNN, LSTM, MLP, Linear
+
+from conftest import compose_config, registered
 
 # Every model and data set that is registered (conf/model/<name>.yaml, conf/data/<name>.yaml).
 MODELS = registered("model")

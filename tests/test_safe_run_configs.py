@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from experiments.checkpoints import checkpoint_config
+
 from reliability_helpers import call_cli
 
 

@@ -8,9 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import compose_config, run_cli
 
 from experiments.train import train
+
+from conftest import compose_config, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +63,9 @@ def test_evaluate_reproduces_the_test_metrics_exactly(xor_run: Path) -> None:
     printed = dict(token.split("=") for token in result.stdout.splitlines()[-1].split(" | ")[0].split())
     assert printed == {k: f"{v:.4f}" for k, v in recorded.items()}
     # and to the last bit, through the Python API the CLI calls
-    from experiments.evaluate import evaluate
     from omegaconf import OmegaConf
+
+    from experiments.evaluate import evaluate
 
     assert evaluate(OmegaConf.create({"ckpt_path": str(xor_run / "checkpoints" / "best.ckpt")})) == recorded
 

@@ -29,7 +29,6 @@ from experiments.errors import UserError, run_cli, user_errors_exit
 from experiments.evaluate import rebuild
 from experiments.runs import write_atomic
 
-
 # Rows parsed at once: a big file is read in blocks of this many rows, never held as text.
 BLOCK_ROWS = 65536
 # Long jobs print where they are at most this often (seconds).

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+
 from experiments.callbacks.figures import FigureCallback
 from experiments.callbacks.history import _log_figure
 

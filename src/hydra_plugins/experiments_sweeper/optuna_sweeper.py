@@ -277,7 +277,7 @@ class OptunaSweeper(Sweeper):
             current: list[int] = []
             try:
                 study.optimize(
-                    lambda trial: self._objective(study, trial, space, fixed, sweep_dir, current),
+                    lambda trial: self._objective(study, trial, space, fixed, sweep_dir, current),  # noqa: B023 - runs now (n_trials=1)
                     n_trials=1,
                     catch=(TrialFailed,),
                     gc_after_trial=False,
