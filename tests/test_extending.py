@@ -209,7 +209,7 @@ from experiments.tasks import Task, register_task_kind
 class MedianTask(Task):
     """Regression to the median: the L1 loss; its trivial predictor is the median target."""
 
-    metrics = ("mae",)
+    metric_names = ("mae",)
 
     @classmethod
     def trivial_loss(cls, targets, spec):

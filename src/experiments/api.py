@@ -37,7 +37,7 @@ from experiments.errors import UserError, describe
 __all__ = ["Metrics", "Run", "load_run", "run"]
 
 
-class Metrics(dict):  # type: ignore[type-arg]
+class Metrics(dict[str, Any]):
     """The dict of a run's ``metrics.json``, plus the run's folder as ``run_dir``."""
 
     run_dir: Path

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -195,9 +195,10 @@ def predict(cfg: DictConfig) -> Path:
         inputs, targets = split_tensors(datamodule, "test")
     batch_size = eval_batch_size(datamodule) if cfg.get("batch_size") is None else cfg.batch_size
     loader = InMemoryLoader(inputs, batch_size=batch_size)
-    trainer.callbacks.append(_PredictProgress(len(inputs), batch_size))
-    batches = trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True)
-    outputs = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}  # type: ignore[index]
+    trainer.callbacks.append(_PredictProgress(len(inputs), batch_size))  # type: ignore[attr-defined]
+    # One loader: a list of what predict_step returned, a dict of tensors per batch.
+    batches = cast(list[dict[str, torch.Tensor]], trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True))
+    outputs = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
     table: dict[str, torch.Tensor] = {}
     if inputs[0].numel() <= 16:  # small inputs are worth repeating beside their predictions

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 
@@ -41,8 +41,10 @@ class ConfusionMatrix(FigureCallback):
         import torch
 
         x, target = batch[0], batch[1]
+        # The kinds that list this figure classify: their logits are (N,) binary or (N, C).
+        classify = cast(Any, pl_module)
         with torch.no_grad():
-            logits = pl_module.logits(x)
+            logits = classify.logits(x)
         predicted = (logits >= 0).long() if logits.ndim == 1 else logits.argmax(dim=-1)
         classes = len(self._counts)
         pairs = target.reshape(-1).long().cpu() * classes + predicted.reshape(-1).cpu()

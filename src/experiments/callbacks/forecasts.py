@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -37,7 +37,9 @@ class ForecastFigure(FigureCallback):
                           batch_idx: int, dataloader_idx: int = 0) -> None:
         if self._examples is None:
             return
-        input_shape, output_shape = pl_module.input_shape, pl_module.output_shape
+        # The kinds that list this figure forecast (L, C) windows into (H, C) horizons.
+        input_shape = cast(tuple[int, ...], pl_module.input_shape)
+        output_shape = cast(tuple[int, ...], pl_module.output_shape)
         parameter = next(pl_module.parameters())
         x = batch[0][:1].reshape(1, *input_shape).to(parameter.dtype)
         with torch.no_grad():

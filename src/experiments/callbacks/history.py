@@ -56,9 +56,9 @@ class History(Callback):
             row[name] = float(value)
         model = getattr(pl_module, "model", pl_module)
         for name in self.parameters:
-            value = float(model.get_parameter(name).detach().reshape(-1)[0])
-            pl_module.log(name, value, on_epoch=True, on_step=False)
-            row[name] = value
+            number = float(model.get_parameter(name).detach().reshape(-1)[0])
+            pl_module.log(name, number, on_epoch=True, on_step=False)
+            row[name] = number
         row["seconds"] = time.perf_counter() - self._epoch_start
         # The prefetched validation of the next epoch doesn't exist yet; rows of resumed runs
         # replace the epochs they repeat.
@@ -98,8 +98,8 @@ class History(Callback):
         if trainer.is_global_zero and self.rows:
             self._write_csv()
             path = self.dirpath / "learning_curves.png"
-            # The main metric is the task kind's (Task.metrics), where it names one.
-            metric = next(iter(getattr(pl_module, "metrics", ())), None)
+            # The main metric is the task kind's (Task.metric_names), where it names one.
+            metric = next(iter(getattr(pl_module, "metric_names", ())), None)
             plot_learning_curves(self.rows, path, metric=metric)
             _log_png(trainer, "learning_curves", path)  # TensorBoard's IMAGES tab, too
 

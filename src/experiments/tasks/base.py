@@ -29,7 +29,7 @@ class Task(L.LightningModule):
 
     A subclass registered as a task kind (:func:`experiments.tasks.register_task_kind`) owns what
     differs between kinds: how it is built from a data spec (:meth:`from_spec`), the metrics it logs
-    beside the loss (``metrics``, the first one drawn in the learning curves), the loss of a trivial
+    beside the loss (``metric_names``, the first one drawn in the learning curves), the loss of a trivial
     predictor for the diagnosis (:meth:`trivial_loss`), its predictions (``predict_step`` and
     :meth:`describe_predictions`) and the figure callbacks that draw for it (``plots``).
     """
@@ -37,7 +37,7 @@ class Task(L.LightningModule):
     # Set by register_task_kind: the spec.task name data modules ask for.
     kind: ClassVar[str] = ""
     # Metrics logged per split beside the loss, as <split>/<name>; the first is the main one.
-    metrics: ClassVar[tuple[str, ...]] = ()
+    metric_names: ClassVar[tuple[str, ...]] = ()
     # Figure callbacks (conf/callbacks/) that draw for this kind; the others stay idle.
     plots: ClassVar[tuple[type[Callback], ...]] = ()
 
@@ -135,7 +135,8 @@ class Task(L.LightningModule):
         return trainer is not None and trainer.world_size > 1
 
     def _eval_mean(self, key: str, value: torch.Tensor, batch_size: int) -> tuple[torchmetrics.MeanMetric, str]:
-        metric = self._eval_means[key] if key in self._eval_means else None
+        held = self._eval_means[key] if key in self._eval_means else None
+        metric = held if isinstance(held, torchmetrics.MeanMetric) else None
         if metric is None:
             metric = torchmetrics.MeanMetric().to(value.device)
             if value.dtype == torch.float64:

@@ -23,7 +23,7 @@ class ClassificationTask(Task):
     the class frequencies (its loss is the label entropy).
     """
 
-    metrics = ("acc",)
+    metric_names = ("acc",)
     plots = (ConfusionMatrix,)
 
     def __init__(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ class ForecastingTask(Task):
     diagnosis: the repeat-last-value baseline above is its yardstick.
     """
 
-    metrics = ("mae", "mse")
+    metric_names = ("mae", "mse")
     plots = (ForecastFigure,)
 
     @classmethod
@@ -100,7 +100,7 @@ class ForecastingTask(Task):
             naive = repeat_last(x, self.output_shape).to(prediction.dtype).contiguous()
             for name, guess in (("", prediction.detach()), ("naive_", naive)):
                 for kind in ("mse", "mae"):
-                    metric = self.metrics[f"{split}_{name}{kind}"]
+                    metric = cast(torchmetrics.Metric, self.metrics[f"{split}_{name}{kind}"])
                     metric.update(guess, target)
                     values[f"{name}{kind}"] = metric
         self.log_split(split, values, batch_size=len(x))

@@ -2,14 +2,14 @@
 
 A task kind is a :class:`~experiments.tasks.base.Task` subclass that owns everything that differs
 between kinds: how it is built from a data spec (:meth:`Task.from_spec`), its metrics
-(``Task.metrics``), its trivial-loss baseline for the diagnosis (:meth:`Task.trivial_loss`), its
+(``Task.metric_names``), its trivial-loss baseline for the diagnosis (:meth:`Task.trivial_loss`), its
 prediction format (``predict_step`` and :meth:`Task.describe_predictions`) and its figures
 (``Task.plots``: the figure callbacks that draw for it). A new kind is its own file plus one
 registration::
 
     @register_task_kind("ranking")
     class RankingTask(Task):
-        metrics = ("ndcg",)
+        metric_names = ("ndcg",)
         ...
 
 and a data module whose spec says ``task="ranking"`` trains with it.

@@ -20,7 +20,7 @@ class RegressionTask(Task):
     The trivial predictor is the mean target (its loss is the target variance).
     """
 
-    metrics = ("mae",)
+    metric_names = ("mae",)
 
     @classmethod
     def trivial_loss(cls, targets: torch.Tensor, spec: DataSpec) -> float | None:
