@@ -78,6 +78,8 @@ def checkpoint_config(
     of the packages named in ``trust`` (:func:`experiments.runs.check_targets`).
     """
     ckpt = Path(ckpt_path).expanduser()
+    if not ckpt.is_file():
+        raise UserError(f"checkpoint not found: {ckpt}; pass ckpt_path=<a .ckpt file a run wrote, e.g. <run dir>/checkpoints/best.ckpt>")
     checkpoint = read_checkpoint(ckpt)
     if config is not None:
         source = Path(config).expanduser()
