@@ -79,7 +79,7 @@ def checkpoint_config(
     """
     ckpt = Path(ckpt_path).expanduser()
     if not ckpt.is_file():
-        raise UserError(f"checkpoint not found: {ckpt}; pass ckpt_path=<a .ckpt file a run wrote, e.g. <run dir>/checkpoints/best.ckpt>")
+        raise UserError(f"checkpoint not found: {ckpt}; pass ckpt_path=<run dir>/checkpoints/best.ckpt of a finished run")
     checkpoint = read_checkpoint(ckpt)
     if config is not None:
         source = Path(config).expanduser()
