@@ -85,7 +85,7 @@ def plain_trial(
     import torch
     import torch.nn.functional as F
 
-    from experiments.data import MNISTDataModule
+    from experiments.data import IDXDataModule
     from experiments.models import MLP
 
     # The data module (imported for the very same tensors) brings Lightning in, and importing
@@ -94,7 +94,7 @@ def plain_trial(
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     torch.manual_seed(seed)
     started = time.perf_counter()  # like the framework's fit time, it includes reading the data
-    data = MNISTDataModule(str(ROOT / "data" / "mnist"), seed=seed)
+    data = IDXDataModule(str(ROOT / "data" / "mnist"), seed=seed)
     data.setup()
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = (

@@ -21,6 +21,11 @@ MNIST_DIR = REPO / "data" / "mnist"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def registered(group: str) -> list[str]:
+    """The options of a config group (``conf/<group>/*.yaml``): what tests iterate over, never a list kept by hand."""
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml") if p.stem != "default")
+
+
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose ``conf/<name>.yaml`` as the CLI would, with the run directory set to ``output_dir``."""
     GlobalHydra.instance().clear()

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
 from hydra.core.global_hydra import GlobalHydra
 
 import experiments
 from experiments import load_run, run
 from experiments.errors import UserError
+
+from conftest import run_cli
 
 
 def _run_folder(root: Path) -> Path:

@@ -64,7 +64,8 @@ CASES = [
     ("evaluate-corrupt-ckpt", "evaluate", ["ckpt_path={tmp}/run/checkpoints/corrupt.ckpt"],
      ["cannot read checkpoint", "corrupt"], True),
     ("evaluate-not-lightning", "evaluate", ["ckpt_path={tmp}/run/checkpoints/plain.ckpt"], ["not a Lightning checkpoint"], False),
-    ("evaluate-ckpt-outside-run", "evaluate", ["ckpt_path={tmp}/loose.ckpt"], ["no config.yaml", "checkpoints/ folder"], False),
+    ("evaluate-ckpt-without-config", "evaluate", ["ckpt_path={tmp}/old.ckpt"],
+     ["carries no config", "config=<run dir>/config.yaml"], False),
     ("evaluate-incompatible", "evaluate", ["ckpt_path={tmp}/run/checkpoints/best.ckpt"], ["does not fit the model"], False),
     ("resume-missing-ckpt", "train", ["ckpt_path={tmp}/nothing.ckpt"], ["checkpoint not found"], False),
     ("resume-corrupt-ckpt", "train", ["ckpt_path={tmp}/run/checkpoints/corrupt.ckpt"], ["cannot read checkpoint"], False),
@@ -107,12 +108,12 @@ def _prepare(tmp: Path, xor_run: Path) -> None:
     (tmp / "nan.csv").write_text("a,b\n0,1\nnan,1\n1,1\n")
     (tmp / "inf.csv").write_text("1e39,0\n0,1\n")  # finite as a double, infinite as float32
     (tmp / "binary.csv").write_bytes((MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()[:4096])
-    (tmp / "loose.ckpt").write_bytes((xor_run / "checkpoints" / "best.ckpt").read_bytes())
+    best = torch.load(xor_run / "checkpoints" / "best.ckpt", weights_only=True)
+    torch.save({k: v for k, v in best.items() if k != "config"}, tmp / "old.ckpt")  # before checkpoints held it
     run = tmp / "run"
     (run / "checkpoints").mkdir(parents=True)
-    config = (xor_run / "config.yaml").read_text().replace("- 8", "- 5")  # a model of another size
-    (run / "config.yaml").write_text(config)
-    (run / "checkpoints" / "best.ckpt").write_bytes((xor_run / "checkpoints" / "best.ckpt").read_bytes())
+    best["config"]["model"]["hidden"] = [5]  # a model of another size than the weights
+    torch.save(best, run / "checkpoints" / "best.ckpt")
     good = (xor_run / "checkpoints" / "best.ckpt").read_bytes()
     (run / "checkpoints" / "corrupt.ckpt").write_bytes(good[: len(good) // 2])
     torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "plain.ckpt")

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
 
 from experiments.config import CONFIG_DIR, build, check_config
+
+from conftest import compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 

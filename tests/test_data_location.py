@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose_config
 
 from experiments import config
-from experiments.data import mnist
-from experiments.data.mnist import FILES, MNISTDataModule
+from experiments.data.idx import MNIST_FILES, IDXDataModule
 from experiments.errors import UserError
+
+from conftest import REPO, compose_config
 
 
 def test_a_clone_reads_its_own_conf_and_shipped_mnist_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,15 +37,14 @@ def test_experiments_data_and_the_user_cache(tmp_path: Path, monkeypatch: pytest
 
 def test_offline_mnist_download_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A mirror that refuses at once stands in for a machine without a network (no real network needed).
-    monkeypatch.setattr(mnist, "MIRRORS", ["http://127.0.0.1:9/"])
     data_dir = tmp_path / "cache" / "experiments" / "mnist"
     with pytest.raises(UserError) as raised:
-        MNISTDataModule(data_dir=str(data_dir), download=True).setup()
+        IDXDataModule(data_dir=str(data_dir), download=True, mirrors=["http://127.0.0.1:9/"]).setup()
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith(f"MNIST is not in {data_dir} and could not be downloaded (offline? ")
     assert message.endswith(
-        f"put the four MNIST .gz files ({', '.join(name for name, _, _ in FILES.values())}) there, or point "
+        f"put the four MNIST .gz files ({', '.join(MNIST_FILES.values())}) there, or point "
         "EXPERIMENTS_DATA (holding mnist/) or data.data_dir at a folder that holds them"
     )
     assert list(data_dir.iterdir()) == []  # no partial file left behind

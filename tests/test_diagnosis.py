@@ -11,8 +11,11 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from experiments.diagnosis import diagnose, trivial_loss
+from experiments.config import CONFIG_DIR
+from experiments.diagnosis import diagnose, label_entropy, target_variance
 from experiments.train import train
+
+from conftest import registered
 
 # 300 training and 300 validation images: seconds per epoch, and small enough to memorise.
 SLICE = ["experiment=mnist_mlp", "data.train_limit=600", "data.val_size=300", "logger=none",
@@ -63,14 +66,23 @@ def test_validation_loss_turning_up_while_training_loss_falls_is_overfitting() -
 
 
 def test_trivial_loss_is_label_entropy_or_target_variance() -> None:
-    assert trivial_loss("classification", torch.tensor([0, 1, 1, 0]), 2) == pytest.approx(math.log(2))
-    assert trivial_loss("classification", torch.tensor([0, 0, 0, 1]), 2) == pytest.approx(
+    from experiments.data import DataSpec
+    from experiments.tasks import task_kind
+
+    assert label_entropy(torch.tensor([0, 1, 1, 0]), 2) == pytest.approx(math.log(2))
+    assert label_entropy(torch.tensor([0, 0, 0, 1]), 2) == pytest.approx(
         -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     )
-    assert trivial_loss("regression", torch.tensor([[2.0], [4.0], [6.0], [8.0]])) == pytest.approx(5.0)
+    assert target_variance(torch.tensor([[2.0], [4.0], [6.0], [8.0]])) == pytest.approx(5.0)
+    # Each task kind owns its baseline: forecasting has none (its yardstick is repeat-last-value).
+    binary = DataSpec(input_shape=(2,), output_shape=(1,), task="classification", num_classes=2)
+    assert task_kind("classification").trivial_loss(torch.tensor([0, 1, 1, 0]), binary) == pytest.approx(math.log(2))
+    windows = DataSpec(input_shape=(4, 1), output_shape=(2, 1), task="forecasting")
+    assert task_kind("forecasting").trivial_loss(torch.zeros(3, 2, 1), windows) is None
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
+# Every registered model with a dropout option (conf/model/*.yaml): the remedies name model.dropout.
+@pytest.mark.parametrize("model", [m for m in registered("model") if "dropout" in (Path(CONFIG_DIR) / "model" / f"{m}.yaml").read_text()])
 def test_every_model_takes_the_regularisation_knobs_from_config(compose_train, model: str) -> None:
     from lightning.pytorch.callbacks import EarlyStopping
 

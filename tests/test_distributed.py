@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from experiments.data import InMemoryLoader
+
 from reliability_helpers import run
 
 # No dropout: then 2 ranks x 16 samples and 1 process x 32 samples take the same steps, and only

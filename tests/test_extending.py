@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import REPO, compose_config, run_cli
 
 from experiments.config import build, check_config
+
+from conftest import REPO, compose_config, run_cli
 
 
 def test_the_plain_defaults_are_the_primer_recipe_and_any_group_swaps_alone(tmp_path: Path) -> None:
@@ -39,7 +40,7 @@ def test_one_callback_per_file_added_to_the_defaults(tmp_path: Path) -> None:
     import pytest
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from experiments.callbacks import ConfusionMatrix, FiniteGuard, History, ProgressBar, ResumeState
+    from experiments.callbacks import ConfusionMatrix, FiniteGuard, ForecastFigure, History, ProgressBar, ResumeState
     from experiments.config import CONFIG_DIR, build_callbacks
     from experiments.engine import ModelCheckpoint
     from experiments.errors import UserError
@@ -50,7 +51,7 @@ def test_one_callback_per_file_added_to_the_defaults(tmp_path: Path) -> None:
             assert file.read_text().startswith(f"# @package callbacks.{file.stem}\n"), file.name
     plain = build_callbacks(compose_config("train", [], tmp_path))
     assert [type(c) for c in plain] == [
-        ProgressBar, ModelCheckpoint, History, ModelCheckpoint, ResumeState, ConfusionMatrix, FiniteGuard
+        ProgressBar, ModelCheckpoint, History, ModelCheckpoint, ResumeState, ConfusionMatrix, ForecastFigure, FiniteGuard
     ]
     added = build_callbacks(compose_config("train", ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=2"], tmp_path))
     assert [type(c) for c in added] == [type(c) for c in plain] + [EarlyStopping]
@@ -178,10 +179,9 @@ def test_the_data_contract_is_checked_when_the_module_is_built(tmp_path: Path) -
     import lightning as L
     import pytest
 
+    from experiments.data import DataSpec
     from experiments.data.contract import check_datamodule
     from experiments.errors import UserError
-
-    from experiments.data import DataSpec
 
     class NoLoaders(L.LightningDataModule):
         spec = DataSpec(input_shape=(2,), output_shape=(1,), task="regression")
@@ -193,3 +193,81 @@ def test_the_data_contract_is_checked_when_the_module_is_built(tmp_path: Path) -
     with pytest.raises(UserError, match=r"not a LightningDataModule"):
         check_datamodule(object(), "x.Thing")
 
+
+
+MEDIAN_KIND = '''
+"""A task kind of one's own, in its own file: regression to the median (L1 loss), and data that asks for it."""
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from experiments.data import DataSpec, InMemoryDataModule
+from experiments.tasks import Task, register_task_kind
+
+
+@register_task_kind("median")
+class MedianTask(Task):
+    """Regression to the median: the L1 loss; its trivial predictor is the median target."""
+
+    metric_names = ("mae",)
+
+    @classmethod
+    def trivial_loss(cls, targets, spec):
+        return float((targets - targets.median()).abs().mean())
+
+    def shared_step(self, batch, split):
+        x, y = batch
+        loss = F.l1_loss(self.model(x).reshape(y.shape), y.to(x.dtype))
+        self.log_split(split, {"loss": loss, "mae": loss}, batch_size=len(x))
+        return loss
+
+    def predict_step(self, batch, batch_idx):
+        return {"median": self.model(batch[0]).reshape(-1)}
+
+    def describe_predictions(self, outputs, targets):
+        return f"{int((outputs['median'] > 0).sum())} above zero"
+
+
+class Skewed(InMemoryDataModule):
+    """y = 2x plus rare large outliers: the median fit ignores them."""
+
+    @property
+    def spec(self):
+        return DataSpec(input_shape=(1,), output_shape=(1,), task="median")
+
+    def setup(self, stage=None):
+        x = torch.linspace(-1, 1, 60).reshape(-1, 1)
+        y = (2 * x + (torch.arange(60) % 10 == 0).float().reshape(-1, 1) * 5).reshape(-1)
+        self.train_set, self.val_set, self.test_set = (x, y), (x[::3], y[::3]), (x[1::6], y[1::6])
+'''
+
+
+def test_a_new_task_kind_is_one_file_and_one_registration(tmp_path: Path, monkeypatch) -> None:
+    from experiments import load_run, run
+    from experiments.tasks import task_kinds
+    from experiments.tasks.registry import _KINDS
+
+    from reliability_helpers import call_cli
+
+    (tmp_path / "median_kind.py").write_text(MEDIAN_KIND)
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    (tmp_path / "conf" / "data" / "skewed.yaml").write_text("_target_: median_kind.Skewed\nbatch_size: 60\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        metrics = run("data=skewed", "model=linear", "optimizer.lr=0.05", "trainer.max_epochs=40", "logger=none",
+                      "callbacks.history.verbose=false", config_dir=tmp_path / "conf")
+        assert "median" in task_kinds() and metrics["status"] == "completed"
+        assert metrics["test"]["test/mae"] < 0.5 and set(metrics["val"]) >= {"val/loss", "val/mae"}
+        assert metrics["diagnosis"]["trivial_loss"] > 0.5  # the kind's own baseline
+        ckpt = metrics.run_dir / "checkpoints" / "best.ckpt"
+        assert type(load_run(ckpt, trust=["median_kind"]).task).__name__ == "MedianTask"
+        code, out, err = call_cli("predict", f"ckpt_path={ckpt}", "trust=[median_kind]")
+        assert code == 0, err
+        assert out.strip().splitlines()[-1].endswith("| 5 above zero")
+        assert (metrics.run_dir / "predictions.csv").read_text().splitlines()[0] == "input,target,median"
+    finally:
+        _KINDS.pop("median", None)
+        import sys
+
+        sys.modules.pop("median_kind", None)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from experiments.config import build, build_trainer
+
 from reliability_helpers import run
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -17,7 +17,6 @@ import pytest
 from reliability_helpers import call_cli, child_env, completed_results, start
 
 
-
 def _read_only_command(folder: Path, command: list[str]) -> list[str]:
     """``command`` run where ``folder`` cannot be written: by permissions, or for root (whom
     permissions don't stop) on a read-only bind mount in a mount namespace of its own."""

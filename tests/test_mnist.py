@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from experiments.data import InMemoryLoader
-from experiments.data.mnist import FILES, MNISTDataModule, random_affine, read_idx
+from experiments.data.idx import IMAGES_MAGIC, MNIST_FILES, IDXDataModule, random_affine, read_idx
 from experiments.errors import UserError
 
 from conftest import MNIST_DIR
 
 
 @pytest.fixture(scope="module")
-def mnist() -> MNISTDataModule:
+def mnist() -> IDXDataModule:
     """The full data set, read once for the module's tests."""
-    datamodule = MNISTDataModule(str(MNIST_DIR))
+    datamodule = IDXDataModule(str(MNIST_DIR))
     datamodule.setup()
     return datamodule
 
@@ -27,12 +27,12 @@ def mnist() -> MNISTDataModule:
 def copy_mnist(tmp_path: Path) -> Path:
     folder = tmp_path / "mnist"
     folder.mkdir()
-    for name, _, _ in FILES.values():
+    for name in MNIST_FILES.values():
         shutil.copy(MNIST_DIR / name, folder / name)
     return folder
 
 
-def test_shipped_files_read_into_tensors_of_the_declared_shapes(mnist: MNISTDataModule) -> None:
+def test_shipped_files_read_into_tensors_of_the_declared_shapes(mnist: IDXDataModule) -> None:
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = mnist.train_set, mnist.val_set, mnist.test_set
     assert x_train.shape == (54000, 1, 28, 28) and x_val.shape == (6000, 1, 28, 28)
     assert x_test.shape == (10000, 1, 28, 28)
@@ -49,14 +49,14 @@ def test_shipped_files_read_into_tensors_of_the_declared_shapes(mnist: MNISTData
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:
-    first = MNISTDataModule(str(MNIST_DIR), train_limit=1000, val_size=100, seed=3, normalize=False)
-    again = MNISTDataModule(str(MNIST_DIR), train_limit=1000, val_size=100, seed=3, normalize=False)
-    other = MNISTDataModule(str(MNIST_DIR), train_limit=1000, val_size=100, seed=4, normalize=False)
+    first = IDXDataModule(str(MNIST_DIR), train_limit=1000, val_size=100, seed=3, normalize=False)
+    again = IDXDataModule(str(MNIST_DIR), train_limit=1000, val_size=100, seed=3, normalize=False)
+    other = IDXDataModule(str(MNIST_DIR), train_limit=1000, val_size=100, seed=4, normalize=False)
     for datamodule in (first, again, other):
         datamodule.setup()
     assert torch.equal(first.val_set[0], again.val_set[0])
     assert not torch.equal(first.val_set[0], other.val_set[0])
-    raw = read_idx(MNIST_DIR / FILES["train_images"][0], *FILES["train_images"][1:])[:1000]
+    raw = read_idx(MNIST_DIR / MNIST_FILES["train_images"], IMAGES_MAGIC, (28, 28))[:1000]
     as_rows = {bytes(row) for row in (raw.reshape(1000, -1))}
     split_rows = [bytes((x * 255).round().to(torch.uint8).reshape(-1)) for split in (first.train_set, first.val_set) for x in split[0]]
     assert len(first.train_set[0]) == 900 and len(first.val_set[0]) == 100
@@ -79,11 +79,11 @@ def test_damaged_file_gives_one_clear_error_naming_it(tmp_path: Path, damage, me
     damaged = folder / "train-labels-idx1-ubyte.gz"
     damage(damaged)
     with pytest.raises(UserError, match=message) as caught:
-        MNISTDataModule(str(folder)).setup()
+        IDXDataModule(str(folder)).setup()
     assert str(damaged) in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_augmentation_shifts_whole_batches_and_is_identity_at_zero(mnist: MNISTDataModule) -> None:
+def test_augmentation_shifts_whole_batches_and_is_identity_at_zero(mnist: IDXDataModule) -> None:
     images = mnist.train_set[0][:64]
     generator = torch.Generator().manual_seed(0)
     assert torch.allclose(random_affine(images, 0.0, 0.0, generator), images, atol=1e-4)
@@ -123,7 +123,7 @@ def test_loader_shards_are_disjoint_and_equally_long_under_ddp(world_size: int) 
 
 def test_train_without_arguments_is_the_primer_mnist_recipe(compose_train) -> None:
     cfg = compose_train()
-    assert cfg.name == "mnist_mlp" and cfg.data._target_.endswith("MNISTDataModule")
+    assert cfg.name == "mnist_mlp" and cfg.data._target_.endswith("IDXDataModule")
     assert list(cfg.model.hidden) == [128] and cfg.model.activation == "relu"
     assert cfg.data.batch_size == 32 and cfg.data.val_size == 6000
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.001
@@ -151,8 +151,9 @@ def test_each_model_learns_mnist_from_a_slice(compose_train, experiment: str, ex
 
 
 def test_resuming_from_the_last_checkpoint_equals_training_straight_through(tmp_path: Path) -> None:
-    from conftest import compose_config
     from experiments.train import train
+
+    from conftest import compose_config
 
     common = ["experiment=mnist_mlp", *SLICE, "data.train_limit=1200", "data.val_size=200", "model.hidden=[32]"]
     straight = train(compose_config("train", [*common, "trainer.max_epochs=3"], tmp_path / "straight"))
@@ -183,3 +184,34 @@ def test_primer_recipe_reaches_its_accuracy(compose_train) -> None:
 
     metrics = train(compose_train("experiment=mnist_mlp", "logger=none"))
     assert metrics["test"]["test/acc"] >= 0.973, metrics
+
+
+def _write_idx(path: Path, values: torch.Tensor) -> None:
+    """An IDX file of unsigned bytes, gzipped, as the MNIST-format data sets ship them."""
+    header = (0x0800 + values.dim()).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in values.shape)
+    path.write_bytes(gzip.compress(header + values.to(torch.uint8).numpy().tobytes()))
+
+
+def test_fashion_mnist_is_one_yaml_file_and_trains_end_to_end(compose_train, tmp_path: Path) -> None:
+    """conf/data/fashion_mnist.yaml alone makes Fashion-MNIST: the IDX reader with its files,
+    statistics and class names. Its files are not shipped (nor reachable offline), so small fake
+    ones under Fashion-MNIST's file names stand in for them."""
+    from experiments.train import train
+
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 80), ("t10k", 20)):
+        labels = torch.arange(count) % 10
+        # Each class a brighter picture than the last: learnable in a few steps.
+        images = (labels.reshape(-1, 1, 1) * 25 + torch.randint(0, 10, (count, 28, 28), generator=generator))
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    cfg = compose_train("data=fashion_mnist", f"data.data_dir={folder}", "data.val_size=20", "data.batch_size=20",
+                        "model.hidden=[16]", "optimizer.lr=0.01", "trainer.max_epochs=3", "logger=none",
+                        "callbacks.history.verbose=false")
+    assert cfg.name == "fashion_mnist_mlp" and (cfg.data.mean, cfg.data.std) == (0.2860, 0.3530)
+    assert cfg.data.classes[0] == "T-shirt/top" and cfg.monitor == "val/acc"  # the rest is mnist.yaml's
+    assert sorted(p.name for p in folder.iterdir()) == sorted(MNIST_FILES.values())
+    metrics = train(cfg)
+    assert metrics["status"] == "completed" and metrics["test"]["test/acc"] > 0.2

@@ -9,12 +9,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from experiments.config import CONFIG_DIR
+from experiments.config import CONFIG_DIR, build
+from experiments.errors import UserError
 from experiments.models import CNN, LSTM, MLP, Linear
 
+from conftest import compose_config, registered
 
-# Every model that is registered (conf/model/<name>.yaml), not a list kept by hand.
-MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+# Every model and data set that is registered (conf/model/<name>.yaml, conf/data/<name>.yaml).
+MODELS = registered("model")
+DATA = registered("data")
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -54,3 +57,24 @@ def test_mlp_layers_follow_the_options() -> None:
 def test_impossible_models_say_why(build, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build()
+
+
+@pytest.mark.parametrize("data", DATA)
+def test_every_registered_model_fits_every_registered_data_set_or_says_why(data: str, tmp_path: Path) -> None:
+    """Each model sized from each data set's spec maps a batch to the spec's output shape, or the
+    build refuses the pair in one line; MLP takes any data (the refusals point users to it)."""
+    cfg = compose_config("train", [f"data={data}"], tmp_path)  # one composition per data set: seconds saved
+    fits = []
+    for model in MODELS:
+        cfg.model = OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{model}.yaml")
+        try:
+            datamodule, task = build(cfg)
+        except UserError as err:
+            assert f"does not fit data {cfg.data._target_.rsplit('.', 1)[-1]}" in str(err) and "\n" not in str(err)
+            continue
+        spec = datamodule.spec
+        with torch.no_grad():
+            out = task.model(torch.randn(2, *spec.input_shape, dtype=next(task.parameters()).dtype))
+        assert out.shape == (2, *spec.output_shape), (model, data)
+        fits.append(model)
+    assert "mlp" in fits

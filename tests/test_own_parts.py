@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +17,8 @@ from omegaconf import open_dict
 from experiments import load_run, run
 from experiments.config import CONFIG_DIR, build, check_config
 from experiments.errors import UserError, describe
+
+from conftest import REPO, run_cli
 
 EXAMPLE = REPO / "examples" / "own_parts"
 MY_CONF = EXAMPLE / "my_conf"

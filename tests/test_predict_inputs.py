@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments import predict as predict_module
+
 from reliability_helpers import call_cli
 
 

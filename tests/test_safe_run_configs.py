@@ -1,4 +1,4 @@
-"""A run folder's config.yaml is data, not code: evaluate and predict rebuild a run only from this
+"""The config a checkpoint carries is data, not code: evaluate and predict rebuild a run only from this
 project's classes and known library classes, and refuse any other ``_target_`` in one line before
 anything is built (``torch.load`` with ``weights_only: false``, ``builtins.open``, ``os.system``)."""
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from hydra.utils import instantiate
 
-from experiments.runs import load_run_config
+from experiments.checkpoints import checkpoint_config
+
 from reliability_helpers import call_cli
 
 
@@ -29,15 +29,16 @@ class _Payload:
 
 
 def _crafted_run(xor_run: Path, folder: Path, key: str, node: object) -> Path:
-    """A copy of the run whose config.yaml sets ``key`` (dotted) to ``node``."""
+    """A copy of the run whose best checkpoint carries a config that sets ``key`` (dotted) to ``node``."""
     shutil.copytree(xor_run, folder)
-    config = yaml.safe_load((folder / "config.yaml").read_text())
+    ckpt = folder / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=True)
     *parents, last = key.split(".")
-    where = config
+    where = checkpoint["config"]
     for name in parents:
         where = where[name]
     where[last] = node
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    torch.save(checkpoint, ckpt)
     return folder
 
 
@@ -91,7 +92,7 @@ def test_a_run_config_that_names_other_code_is_refused(payload: str, module: str
 def test_a_target_is_checked_at_any_depth_and_in_lists(xor_run: Path, tmp_path: Path) -> None:
     run_dir = _crafted_run(xor_run, tmp_path / "run", "model.hidden", [8, {"_target_": "subprocess.run", "args": ["true"]}])
     with pytest.raises(Exception, match=r"model\.hidden\[1\]\._target_ = 'subprocess.run' is not allowed"):
-        load_run_config(run_dir / "checkpoints" / "best.ckpt")
+        checkpoint_config(run_dir / "checkpoints" / "best.ckpt")
 
 
 def test_an_honest_run_config_still_evaluates(xor_run: Path) -> None:
@@ -112,3 +113,23 @@ def test_a_class_of_the_users_own_package_is_built_only_when_trusted(tmp_path: P
     check_targets(cfg, "config.yaml", trust=["collections"])
     with pytest.raises(UserError):  # a trusted package lets its classes through, not functions
         check_targets(OmegaConf.create({"x": {"_target_": "collections.namedtuple"}}), "config.yaml", trust=["collections"])
+
+
+def test_a_checkpoint_carries_its_config_and_works_moved_anywhere(xor_run: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "x" / "best.ckpt"
+    moved.parent.mkdir()
+    shutil.copy(xor_run / "checkpoints" / "best.ckpt", moved)
+    assert torch.load(moved, weights_only=True)["config"]["model"]["hidden"] == [8]  # plain containers
+    code, out, err = call_cli("evaluate", f"ckpt_path={moved}")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].endswith(f"| {moved}") and "test/acc=" in out
+    code, out, err = call_cli("predict", f"ckpt_path={moved}")
+    assert code == 0, err
+    rows = (moved.parent / "predictions.csv").read_text().splitlines()  # beside the moved file
+    assert rows[0] == "input_0,input_1,target,probability,prediction" and len(rows) == 1 + 4
+    # A checkpoint from before checkpoints carried their config: refused in one line (see
+    # test_bad_input), or rebuilt from its run's config.yaml when that is passed.
+    old = tmp_path / "old.ckpt"
+    torch.save({k: v for k, v in torch.load(moved, weights_only=True).items() if k != "config"}, old)
+    code, out, err = call_cli("evaluate", f"ckpt_path={old}", f"config={xor_run}/config.yaml")
+    assert code == 0, err

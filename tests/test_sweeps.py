@@ -16,6 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from experiments.summarize import main as summarize_main
+
 from conftest import REPO, run_cli
 
 QUIET = ["callbacks.history.verbose=false", "logger=none"]
@@ -213,8 +214,9 @@ def test_slurm_launcher_config_says_what_it_would_submit(tmp_path: Path, monkeyp
     assert launcher._target_.endswith("SlurmLauncher")
     # What the launcher hands to submitit, rendered into the sbatch script submitit would submit.
     import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from submitit.slurm.slurm import _make_sbatch_string
+
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     # submitit looks for srun before it builds a SLURM executor; a stand-in lets it build one here.
     fake_bin = tmp_path / "bin"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from experiments.train import train
+
+from conftest import compose_config
 
 
 def _hparams_content(accumulator: EventAccumulator, tag: str) -> plugin_data_pb2.HParamsPluginData:

@@ -11,7 +11,6 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import REPO, SHARED_DATA, run_cli
 from experiments.config import build
 from experiments.data import ETTDataModule, InMemoryLoader, SineDataModule
 from experiments.data import ett as ett_module
@@ -20,6 +19,8 @@ from experiments.models import CNN, LSTM, MLP, Windowed
 from experiments.tasks import ForecastingTask, task_for
 from experiments.tasks.forecasting import repeat_last
 from experiments.train import train
+
+from conftest import REPO, SHARED_DATA, run_cli
 
 ETT_DIR = SHARED_DATA / "ett"
 needs_ett = pytest.mark.skipif(not (ETT_DIR / "ETTh1.csv").is_file(), reason=f"no ETTh1.csv in {ETT_DIR}")

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,9 @@ def test_evaluate_reproduces_the_test_metrics_exactly(xor_run: Path) -> None:
     printed = dict(token.split("=") for token in result.stdout.splitlines()[-1].split(" | ")[0].split())
     assert printed == {k: f"{v:.4f}" for k, v in recorded.items()}
     # and to the last bit, through the Python API the CLI calls
-    from experiments.evaluate import evaluate
     from omegaconf import OmegaConf
+
+    from experiments.evaluate import evaluate
 
     assert evaluate(OmegaConf.create({"ckpt_path": str(xor_run / "checkpoints" / "best.ckpt")})) == recorded
 

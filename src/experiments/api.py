@@ -37,7 +37,7 @@ from experiments.errors import UserError, describe
 __all__ = ["Metrics", "Run", "load_run", "run"]
 
 
-class Metrics(dict):  # type: ignore[type-arg]
+class Metrics(dict[str, Any]):
     """The dict of a run's ``metrics.json``, plus the run's folder as ``run_dir``."""
 
     run_dir: Path
@@ -253,15 +253,19 @@ class Run:
 
 
 def load_run(
-    run_dir_or_ckpt: str | os.PathLike[str], which: Literal["best", "last"] = "best", trust: Sequence[str] = ()
+    run_dir_or_ckpt: str | os.PathLike[str],
+    which: Literal["best", "last"] = "best",
+    trust: Sequence[str] = (),
+    config: str | os.PathLike[str] | None = None,
 ) -> Run:
     """Load a finished run from its folder (the ``which`` checkpoint: ``best`` or ``last``) or from a
-    checkpoint file inside its ``checkpoints/``. Checkpoints are read with ``weights_only=True``,
-    and the run's config may build only this project's and the libraries' known classes, plus
-    those of the packages named in ``trust`` (your own, e.g. ``trust=["my_parts"]``)."""
-    from experiments.checkpoints import load_weights, read_checkpoint
+    checkpoint file, wherever it lies: a checkpoint carries its run's config. Checkpoints are read
+    with ``weights_only=True``, and the config may build only this project's and the libraries'
+    known classes, plus those of the packages named in ``trust`` (your own, e.g.
+    ``trust=["my_parts"]``). ``config`` (a run's ``config.yaml``) is for checkpoints written before
+    they carried their config."""
+    from experiments.checkpoints import checkpoint_config, folder_of, load_weights
     from experiments.config import build
-    from experiments.runs import load_run_config, run_dir_of
 
     path = Path(run_dir_or_ckpt).expanduser()
     if which not in ("best", "last"):
@@ -276,16 +280,16 @@ def load_run(
         ckpt = path
     else:
         raise UserError(f"{path} does not exist; pass a run folder (outputs/<name>/runs/<run>) or a .ckpt file")
-    ckpt, config = load_run_config(ckpt, trust)
-    run_dir = run_dir_of(ckpt)
+    ckpt, run_config, checkpoint = checkpoint_config(ckpt, trust, config)
+    run_dir = folder_of(ckpt)
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; leave the caller's RNG be
-        datamodule, task = build(config)
-    load_weights(task, read_checkpoint(ckpt), ckpt, "the model in its run's config.yaml")
+        datamodule, task = build(run_config)
+    load_weights(task, checkpoint, ckpt, "the model of its config")
     task.eval()
     return Run(
         run_dir=run_dir,
         checkpoint=ckpt.resolve(),
-        config=config,
+        config=run_config,
         model=task.model,
         task=task,
         datamodule=datamodule,

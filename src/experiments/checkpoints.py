@@ -6,17 +6,22 @@ plain containers, so a checkpoint crafted to run code when unpickled is refused 
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from experiments.errors import UserError
+from experiments.runs import check_targets
 
 LAST = Path("checkpoints") / "last.ckpt"
+# The key under which a checkpoint carries the resolved config of its run (see Task.on_save_checkpoint).
+CONFIG_KEY = "config"
 
 
 def run_directory(runs: str, fresh: str, resume: Any = None) -> str:
@@ -55,6 +60,58 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{file} is not a Lightning checkpoint (it has no state_dict)")
     return checkpoint
+
+
+def config_container(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` resolved into plain dicts, lists and scalars, which ``torch.load(weights_only=True)`` reads."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def checkpoint_config(
+    ckpt_path: str | os.PathLike[str], trust: Sequence[str] = (), config: str | os.PathLike[str] | None = None
+) -> tuple[Path, DictConfig, dict[str, Any]]:
+    """A checkpoint's path, the config its run is rebuilt from, and its contents.
+
+    The config is the one the checkpoint carries, so a checkpoint file works wherever it was moved;
+    ``config`` (a run's ``config.yaml``) replaces it, for checkpoints written before they carried
+    one. Either way it may build only this project's and the libraries' known classes, plus those
+    of the packages named in ``trust`` (:func:`experiments.runs.check_targets`).
+    """
+    ckpt = Path(ckpt_path).expanduser()
+    if not ckpt.is_file():
+        raise UserError(f"checkpoint not found: {ckpt}; pass ckpt_path=<run dir>/checkpoints/best.ckpt of a finished run")
+    checkpoint = read_checkpoint(ckpt)
+    if config is not None:
+        source = Path(config).expanduser()
+        if not source.is_file():
+            raise UserError(f"config file not found: {source}; pass config=<run dir>/config.yaml of the checkpoint's run")
+        try:
+            run_cfg = OmegaConf.load(source)
+        except Exception as err:  # noqa: BLE001 - YAML and OmegaConf errors alike: the file is damaged
+            raise UserError(f"cannot read {source}: {' '.join(str(err).split())[:200]}") from None
+        where = str(source)
+    else:
+        stored = checkpoint.get(CONFIG_KEY)
+        if stored is None:
+            raise UserError(
+                f"checkpoint {ckpt} carries no config (written before checkpoints held their run's config); "
+                "pass its run's config with it: config=<run dir>/config.yaml"
+            )
+        if not isinstance(stored, dict):
+            raise UserError(f"checkpoint {ckpt} carries a damaged config (not a mapping of keys); use one a run wrote")
+        run_cfg = OmegaConf.create(stored)
+        where = f"checkpoint {ckpt}"
+    if not isinstance(run_cfg, DictConfig):
+        raise UserError(f"{where} does not hold a run's config (a mapping of keys)")
+    check_targets(run_cfg, where, trust)
+    return ckpt, run_cfg, checkpoint
+
+
+def folder_of(ckpt: Path) -> Path:
+    """Where a checkpoint's run keeps its files: the run folder of ``<run>/checkpoints/x.ckpt``, or
+    the folder of a checkpoint moved elsewhere."""
+    ckpt = ckpt.resolve()
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
 def _why_unreadable(err: Exception) -> str:

@@ -8,7 +8,7 @@ import re
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -103,7 +103,7 @@ def _options(target: Any) -> tuple[list[str], dict[str, Any], bool]:
     """
     parameters: list[str] = []
     hints: dict[str, Any] = {}
-    for init in [c.__init__ for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]:
+    for init in [vars(c)["__init__"] for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]:
         signature = inspect.signature(init)
         parameters += [n for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
         try:
@@ -133,7 +133,7 @@ def _check_node(key: str, node: DictConfig, supplied: frozenset[str] | set[str] 
                 continue
             valid = [p for p in parameters if p not in supplied and p != "self"]
             raise UserError(
-                f"{key}.{name} is not an option of {node._target_}{suggest(str(name), valid)}; "
+                f"{key}.{str(name)} is not an option of {node._target_}{suggest(str(name), valid)}; "
                 f"valid options: {', '.join(valid)}"
             )
         if name not in hints:
@@ -157,7 +157,8 @@ def check_config(cfg: DictConfig) -> None:
             _check_node(key, node, _SUPPLIED | _TASK_SUPPLIED if key == "task" else _SUPPLIED)
     _check_takes_shapes(cfg.get("model"))
     if isinstance(cfg.get("window"), DictConfig):
-        _check_node("window", OmegaConf.merge({"_target_": "experiments.models.Windowed"}, cfg.window), _SUPPLIED | {"model"})
+        window = cast(DictConfig, OmegaConf.merge({"_target_": "experiments.models.Windowed"}, cfg.window))
+        _check_node("window", window, _SUPPLIED | {"model"})
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:
@@ -219,6 +220,7 @@ def check_added_keys(config_name: str) -> None:
     if not HydraConfig.initialized():
         return
     primary = OmegaConf.load(Path(CONFIG_DIR) / f"{config_name}.yaml")
+    assert isinstance(primary, DictConfig)  # conf/<config_name>.yaml of this package: a mapping
     known = {str(k) for k in primary if k != "defaults"} | {"hydra"}
     for entry in primary.get("defaults") or []:
         if isinstance(entry, DictConfig):
@@ -229,7 +231,7 @@ def check_added_keys(config_name: str) -> None:
         top = override.key_or_group.split(".")[0].split("/")[0]
         if top not in known:
             raise UserError(
-                f"unknown key {top!r}{suggest(top, known)}: +{override.input_line.lstrip('+')} adds a key "
+                f"unknown key {top!r}{suggest(top, known)}: +{str(override.input_line).lstrip('+')} adds a key "
                 f"that nothing reads; check the spelling (top-level keys: {', '.join(sorted(known - {'hydra'}))})"
             )
 
@@ -263,7 +265,7 @@ def _task(spec: DataSpec, model: torch.nn.Module, options: dict[str, Any], **com
     if not (inspect.isclass(cls) and issubclass(cls, Task)):
         raise UserError(f"task._target_: {target} is not a subclass of experiments.tasks.Task")
     parameters = inspect.signature(cls.__init__).parameters
-    offered = {
+    offered: dict[str, Any] = {
         "spec": spec,
         "num_classes": spec.num_classes,
         "input_shape": spec.input_shape,
@@ -286,8 +288,9 @@ def _optional(node: Any) -> Callable[..., Any] | None:
 def _bad_model_option(node: DictConfig, err: ValueError) -> str:
     """One line that blames the model option a model's ValueError talks about, not the data."""
     message = str(err)
-    for name, value in node.items():
-        if not str(name).startswith("_") and re.search(rf"\b{re.escape(str(name))}\b", message.split(";")[0]):
+    for key, value in node.items():
+        name = str(key)
+        if not name.startswith("_") and re.search(rf"\b{re.escape(name)}\b", message.split(";")[0]):
             return f"model.{name}={value!r} is not valid for {node._target_.rsplit('.', 1)[-1]}: {message}; fix model.{name}"
     return f"model {node._target_.rsplit('.', 1)[-1]}: {message}; fix the model.* options"
 
@@ -312,7 +315,7 @@ _TRUE_PRECISION_DTYPES = {
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Task]:
     """The data module (checked against the contract of experiments.data.contract), and the task
-    around a model sized from what the data module declares."""
+    around a model sized from what the data module declares; the task's checkpoints carry ``cfg``."""
     datamodule = instantiate(cfg.data)
     spec = check_datamodule(datamodule, str(cfg.data._target_))
     window = _window_options(cfg)
@@ -352,6 +355,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Task]:
         scheduler=_optional(cfg.get("scheduler")),
         monitor=cfg.monitor,
     )
+    task.run_config = cfg  # every checkpoint carries it (Task.on_save_checkpoint)
     # Lightning loads a checkpoint before it converts the module to a "-true" precision, which
     # would round float64 weights through float32 on resume; convert first.
     dtype = _TRUE_PRECISION_DTYPES.get(str(cfg.trainer.get("precision")))
@@ -395,7 +399,7 @@ def _processes_sharing_cores(cfg: DictConfig) -> int:
         ranks = devices if isinstance(devices, int) and devices > 0 else os.cpu_count() or 1
     workers = 1
     if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
+        hydra_cfg = cast(DictConfig, HydraConfig.get())  # the HydraConf schema, as a DictConfig at run time
         for node in (hydra_cfg.get("sweeper"), hydra_cfg.get("launcher")):
             jobs = (node or {}).get("n_jobs")
             if isinstance(jobs, int) and jobs > 1 and hydra_cfg.mode.name == "MULTIRUN":

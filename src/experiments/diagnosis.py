@@ -1,7 +1,8 @@
 """A verdict on a run's learning curves: overfitting, underfitting or fine, with the primer's remedies.
 
 The rules read the per-epoch rows of ``history.csv`` (``train/loss``, ``val/loss``) and compare them
-with the loss of a trivial predictor (the class frequencies, or the mean target), so that the same
+with the loss of a trivial predictor, which the task kind defines (``Task.trivial_loss``: the class
+frequencies for classification, the mean target for regression), so that the same
 thresholds hold for XOR, MNIST and regression alike. No library offers this; the rules are ours.
 """
 
@@ -55,14 +56,29 @@ class Diagnosis:
         return {**asdict(self), "message": self.message}
 
 
-def trivial_loss(task: str, targets: torch.Tensor, num_classes: int | None = None) -> float:
-    """The loss of a predictor that ignores its input: label entropy (cross-entropy) or target variance (MSE)."""
-    if task == "classification":
-        counts = torch.bincount(targets.reshape(-1).long(), minlength=num_classes or 0).double()
-        p = counts[counts > 0] / counts.sum()
-        return float(-(p * p.log()).sum())
+def label_entropy(targets: torch.Tensor, num_classes: int | None = None) -> float:
+    """The cross-entropy of always predicting the class frequencies of ``targets``."""
+    counts = torch.bincount(targets.reshape(-1).long(), minlength=num_classes or 0).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+def target_variance(targets: torch.Tensor) -> float:
+    """The mean squared error of always predicting the mean of ``targets``."""
     values = targets.double().reshape(len(targets), -1)
     return float(values.var(dim=0, unbiased=False).mean())
+
+
+def diagnose_run(rows: Sequence[dict[str, Any]], datamodule: Any) -> Diagnosis | None:
+    """The diagnosis of a run whose history is ``rows``, against the trivial loss that the data's
+    task kind defines on the training targets (None where the kind defines none)."""
+    from experiments.data.contract import split_tensors
+    from experiments.tasks.registry import task_kind
+
+    spec = datamodule.spec
+    _, targets = split_tensors(datamodule, "train")
+    baseline = task_kind(spec.task).trivial_loss(targets, spec)
+    return diagnose(rows, baseline) if baseline is not None else None
 
 
 def _series(rows: Sequence[dict[str, Any]], key: str) -> list[tuple[int, float]]:

@@ -14,12 +14,13 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-from omegaconf import read_write
+from omegaconf import DictConfig, read_write
 
 
 @contextmanager
@@ -40,7 +41,7 @@ def ddp_job(trainer: L.Trainer) -> Iterator[None]:
         finally:
             _close_process_group()
         return
-    hydra = HydraConfig.get()
+    hydra = cast(DictConfig, HydraConfig.get())  # the HydraConf schema, as a DictConfig at run time
     saved_argv, saved_env = sys.argv, dict(os.environ)
     # The children rebuild this job from its own overrides, in this job's directory, and log to
     # the terminal only: rank 0 alone writes files.

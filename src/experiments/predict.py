@@ -11,7 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -20,14 +20,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from experiments.checkpoints import checkpoint_config, folder_of
 from experiments.config import CONFIG_DIR
 from experiments.data.contract import eval_batch_size, split_tensors
 from experiments.data.loader import InMemoryLoader
 from experiments.data.spec import DataSpec
 from experiments.errors import UserError, run_cli, user_errors_exit
-from experiments.evaluate import restore
-from experiments.runs import load_run_config, run_dir_of, write_atomic
-
+from experiments.evaluate import rebuild
+from experiments.runs import write_atomic
 
 # Rows parsed at once: a big file is read in blocks of this many rows, never held as text.
 BLOCK_ROWS = 65536
@@ -182,12 +182,11 @@ def predict(cfg: DictConfig) -> Path:
     batch_size = cfg.get("batch_size")
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise UserError(f"batch_size={batch_size!r} must be a positive integer (or null: the run's eval batch size)")
-    _, run_cfg = load_run_config(cfg.ckpt_path, list(cfg.get("trust") or []))
-    given = read_inputs(cfg.inputs, instantiate(run_cfg.data).spec) if cfg.inputs else None
+    stored = checkpoint_config(cfg.ckpt_path, list(cfg.get("trust") or []), cfg.get("config"))
+    given = read_inputs(cfg.inputs, instantiate(stored[1].data).spec) if cfg.inputs else None
     if cfg.output:
         _check_writable(Path(cfg.output))
-    ckpt, run_cfg, datamodule, task, trainer = restore(cfg.ckpt_path, list(cfg.get("trust") or []))
-    spec = datamodule.spec
+    ckpt, run_cfg, datamodule, task, trainer = rebuild(*stored)
     targets = None
     if given is not None:
         inputs = given
@@ -196,9 +195,10 @@ def predict(cfg: DictConfig) -> Path:
         inputs, targets = split_tensors(datamodule, "test")
     batch_size = eval_batch_size(datamodule) if cfg.get("batch_size") is None else cfg.batch_size
     loader = InMemoryLoader(inputs, batch_size=batch_size)
-    trainer.callbacks.append(_PredictProgress(len(inputs), batch_size))
-    batches = trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True)
-    outputs = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}  # type: ignore[index]
+    trainer.callbacks.append(_PredictProgress(len(inputs), batch_size))  # type: ignore[attr-defined]
+    # One loader: a list of what predict_step returned, a dict of tensors per batch.
+    batches = cast(list[dict[str, torch.Tensor]], trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True))
+    outputs = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
     table: dict[str, torch.Tensor] = {}
     if inputs[0].numel() <= 16:  # small inputs are worth repeating beside their predictions
@@ -208,7 +208,7 @@ def predict(cfg: DictConfig) -> Path:
     for name, values in outputs.items():
         table.update(_columns(name, values))
 
-    output = Path(cfg.output) if cfg.output else run_dir_of(ckpt) / "predictions.csv"
+    output = Path(cfg.output) if cfg.output else folder_of(ckpt) / "predictions.csv"
 
     def write(handle: Any) -> None:
         writer = csv.writer(handle)
@@ -221,30 +221,17 @@ def predict(cfg: DictConfig) -> Path:
     count = len(inputs)
 
     write_atomic(output, write)
-    _summarise(table, outputs, targets, spec, output, int(cfg.show))
+    _summarise(table, task.describe_predictions(outputs, targets), output, int(cfg.show))
     return output
 
 
-def _summarise(
-    table: dict[str, torch.Tensor],
-    outputs: dict[str, torch.Tensor],
-    targets: torch.Tensor | None,
-    spec: DataSpec,
-    output: Path,
-    show: int,
-) -> None:
+def _summarise(table: dict[str, torch.Tensor], described: str, output: Path, show: int) -> None:
     names = [n for n in table if not n.startswith("probability_")]
     print(" ".join(names))
     for row in _rows({n: table[n] for n in names}, 0, show):
         print(" ".join(f"{v:.4f}" if isinstance(v, float) and not float(v).is_integer() else f"{v:g}" for v in row))
     count = len(next(iter(table.values())))
-    line = f"{count} predictions -> {output}"
-    if targets is not None and spec.task == "classification":
-        correct = (outputs["prediction"].long().view(-1) == targets.view(-1)).float().mean().item()
-        line += f" | accuracy {correct:.4f}"
-    if spec.task == "classification" and count <= 16:
-        line += f" | predicted classes {outputs['prediction'].long().view(-1).tolist()}"
-    print(line)
+    print(f"{count} predictions -> {output}" + (f" | {described}" if described else ""))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

@@ -16,6 +16,7 @@ import json
 import math
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,8 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], str, str]:
     for run_dir in _run_dirs(sweep_dir):
         overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
         config_path = run_dir / "config.yaml"
-        if config_path.is_file():
-            config = OmegaConf.load(config_path)
+        config = OmegaConf.load(config_path) if config_path.is_file() else None
+        if isinstance(config, DictConfig):  # a run's config.yaml: a mapping
             monitor, mode = str(config.get("monitor", monitor)), str(config.get("monitor_mode", mode))
         metrics = _read_json(run_dir / "metrics.json")
         diagnosis = metrics.get("diagnosis") or {}
@@ -199,8 +200,8 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "best": winner["best"],
             "test": winner["test"],
         }
-        text = "# The best run of this sweep; rerun it with the command below.\n" + OmegaConf.to_yaml(best)
-        write_atomic(sweep_dir / "best.yaml", lambda h: h.write(text))
+        best_text = "# The best run of this sweep; rerun it with the command below.\n" + OmegaConf.to_yaml(best)
+        write_atomic(sweep_dir / "best.yaml", lambda h: h.write(best_text))
     else:
         (sweep_dir / "best.yaml").unlink(missing_ok=True)
     return rows
@@ -264,7 +265,7 @@ def plot_study(study: Any, sweep_dir: str | Path) -> list[Path]:
     sweep_dir = Path(sweep_dir)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     names = {name for t in complete for name in t.params}
-    plots = [("optuna_history.png", figures.plot_optimization_history, 1)]
+    plots: list[tuple[str, Callable[[Any], Any], int]] = [("optuna_history.png", figures.plot_optimization_history, 1)]
     if len(names) >= 2:
         plots.append(("optuna_importances.png", figures.plot_param_importances, 2))
     plots.append(("optuna_parallel_coordinate.png", figures.plot_parallel_coordinate, 1))
@@ -282,7 +283,7 @@ def plot_study(study: Any, sweep_dir: str | Path) -> list[Path]:
             except (ValueError, RuntimeError) as err:  # e.g. importances of parameters that never varied
                 print(f"summary: no {name}: {err}", file=sys.stderr)
                 continue
-        figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        figure: Any = (ax.flat[0] if hasattr(ax, "flat") else ax).figure  # a Figure (typed as maybe a SubFigure)
         figure.set_size_inches(9, 5)
         figure.tight_layout()
         figure.savefig(path, dpi=100)

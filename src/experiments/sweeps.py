@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
 from optuna.exceptions import TrialPruned
 
 SWEEPER_TARGET = "hydra_plugins.experiments_sweeper.optuna_sweeper.OptunaSweeper"
@@ -83,8 +84,8 @@ def pruning_callbacks(monitor: str) -> list[Callback]:
 
     if not HydraConfig.initialized():
         return []
-    hydra_cfg = HydraConfig.get()
-    sweeper = hydra_cfg.get("sweeper") or {}
+    hydra_cfg = cast(DictConfig, HydraConfig.get())  # the HydraConf schema, as a DictConfig at run time
+    sweeper: Any = hydra_cfg.get("sweeper") or {}
     if hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get("_target_") != SWEEPER_TARGET:
         return []
     if not (sweeper.get("pruner") or {}).get("_target_") or sweeper.pruner._target_.endswith("NopPruner"):

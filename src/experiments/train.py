@@ -32,8 +32,7 @@ from experiments.config import (
     instantiate_group,
     resolve_threads,
 )
-from experiments.data.contract import split_tensors
-from experiments.diagnosis import Diagnosis, diagnose, trivial_loss
+from experiments.diagnosis import Diagnosis, diagnose_run
 from experiments.distributed import ddp_job
 from experiments.engine import purge_tensorboard_after, write_tensorboard_hparams
 from experiments.errors import UserError, describe, run_cli, user_errors_exit
@@ -151,11 +150,7 @@ def _diverged(values: dict[str, Any], monitor: str) -> str | None:
 
 
 def _diagnose(history: History, datamodule: Any) -> Diagnosis | None:
-    spec = datamodule.spec
-    if spec.task not in ("classification", "regression"):
-        return None
-    _, targets = split_tensors(datamodule, "train")
-    return diagnose(history.rows, trivial_loss(spec.task, targets, spec.num_classes))
+    return diagnose_run(history.rows, datamodule)
 
 
 def _discard_or_mark_failed(run_dir: Path, err: BaseException, resuming: bool = False) -> None:

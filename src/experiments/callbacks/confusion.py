@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 
+from experiments.callbacks.figures import FigureCallback
 from experiments.callbacks.history import _log_figure
 
 
-class ConfusionMatrix(Callback):
+class ConfusionMatrix(FigureCallback):
     """The confusion matrix of the test set, as an image in TensorBoard (``test/confusion_matrix``).
 
-    Classification tasks only (a module with ``logits`` and ``num_classes``), and only for a run
-    that logs to TensorBoard: evaluate and predict, which have no logger, pay nothing. The test
-    batches are classified once more here (no gradients), as the test step returns only its loss.
+    Drawn for the task kinds that list it in their ``plots`` (classification: a module with
+    ``logits`` and ``num_classes``), and only for a run that logs to TensorBoard: evaluate and
+    predict, which have no logger, pay nothing. The test batches are classified once more here (no
+    gradients), as the test step returns only its loss.
     """
 
     def __init__(self) -> None:
@@ -25,8 +26,7 @@ class ConfusionMatrix(Callback):
     def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        return (trainer.is_global_zero and hasattr(pl_module, "logits") and hasattr(pl_module, "num_classes")
-                and any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers))
+        return self.draws_for(trainer, pl_module) and any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import torch
@@ -41,8 +41,10 @@ class ConfusionMatrix(Callback):
         import torch
 
         x, target = batch[0], batch[1]
+        # The kinds that list this figure classify: their logits are (N,) binary or (N, C).
+        classify = cast(Any, pl_module)
         with torch.no_grad():
-            logits = pl_module.logits(x)
+            logits = classify.logits(x)
         predicted = (logits >= 0).long() if logits.ndim == 1 else logits.argmax(dim=-1)
         classes = len(self._counts)
         pairs = target.reshape(-1).long().cpu() * classes + predicted.reshape(-1).cpu()

@@ -53,10 +53,12 @@ class FiniteGuard(Callback):
 
 
 def _last_good(trainer: L.Trainer) -> str:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     paths = [
         Path(c.last_model_path or c.best_model_path)
         for c in trainer.checkpoint_callbacks
-        if getattr(c, "last_model_path", None) or getattr(c, "best_model_path", None)
+        if isinstance(c, ModelCheckpoint) and (c.last_model_path or c.best_model_path)
     ]
     existing = [p for p in paths if p.is_file()]
     if not existing:

@@ -56,9 +56,9 @@ class History(Callback):
             row[name] = float(value)
         model = getattr(pl_module, "model", pl_module)
         for name in self.parameters:
-            value = float(model.get_parameter(name).detach().reshape(-1)[0])
-            pl_module.log(name, value, on_epoch=True, on_step=False)
-            row[name] = value
+            number = float(model.get_parameter(name).detach().reshape(-1)[0])
+            pl_module.log(name, number, on_epoch=True, on_step=False)
+            row[name] = number
         row["seconds"] = time.perf_counter() - self._epoch_start
         # The prefetched validation of the next epoch doesn't exist yet; rows of resumed runs
         # replace the epochs they repeat.
@@ -98,7 +98,9 @@ class History(Callback):
         if trainer.is_global_zero and self.rows:
             self._write_csv()
             path = self.dirpath / "learning_curves.png"
-            plot_learning_curves(self.rows, path)
+            # The main metric is the task kind's (Task.metric_names), where it names one.
+            metric = next(iter(getattr(pl_module, "metric_names", ())), None)
+            plot_learning_curves(self.rows, path, metric=metric)
             _log_png(trainer, "learning_curves", path)  # TensorBoard's IMAGES tab, too
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -144,17 +146,18 @@ def _log_png(trainer: L.Trainer, tag: str, path: Path) -> None:
         logger.experiment.flush()
 
 
-def plot_learning_curves(rows: Sequence[dict[str, Any]], path: Path, keep_open: bool = False) -> Any:
-    """Loss, and the main metric where there is one, of train and validation against epochs;
-    saved to ``path``. Returns the figure when ``keep_open`` (the caller closes it)."""
+def plot_learning_curves(
+    rows: Sequence[dict[str, Any]], path: Path, metric: str | None = None, keep_open: bool = False
+) -> Any:
+    """Loss, and ``metric`` where the rows hold it (``acc`` for ``val/acc``), of train and validation
+    against epochs; saved to ``path``. Returns the figure when ``keep_open`` (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in rows]
-    metric = next((m for m in ("acc", "mae", "mse") if any(f"val/{m}" in r for r in rows)), None)
-    panels = ["loss"] + ([metric] if metric else [])
+    panels = ["loss"] + ([metric] if metric and any(f"val/{metric}" in r for r in rows) else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, name in zip(axes[0], panels):
         for split, style in (("train", "-o"), ("val", "-s")):

@@ -34,7 +34,7 @@ class ResumeState(Callback):
         kind, keys, position, has_gauss, cached = np.random.get_state()
         state: dict[str, Any] = {
             "python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+            "numpy": [kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), position, has_gauss, cached],
             "torch": torch.get_rng_state(),
             "train_loaders": [loader.state_dict() for loader in _train_loaders(trainer)],
         }

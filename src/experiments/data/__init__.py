@@ -2,8 +2,8 @@
 
 from experiments.data.base import InMemoryDataModule
 from experiments.data.ett import ETTDataModule
+from experiments.data.idx import IDXDataModule
 from experiments.data.loader import InMemoryLoader
-from experiments.data.mnist import MNISTDataModule
 from experiments.data.spec import DataSpec
 from experiments.data.timeseries import SineDataModule, StandardScaler, WindowDataModule
 from experiments.data.toy import LineDataModule, XORDataModule
@@ -11,10 +11,10 @@ from experiments.data.toy import LineDataModule, XORDataModule
 __all__ = [
     "DataSpec",
     "ETTDataModule",
+    "IDXDataModule",
     "InMemoryDataModule",
     "InMemoryLoader",
     "LineDataModule",
-    "MNISTDataModule",
     "SineDataModule",
     "StandardScaler",
     "WindowDataModule",

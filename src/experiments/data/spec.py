@@ -1,9 +1,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-TaskKind = Literal["classification", "regression", "forecasting"]
 
 
 @dataclass(frozen=True)
@@ -12,14 +9,11 @@ class DataSpec:
 
     Shapes are per sample, without the batch dimension: a model maps ``(N, *input_shape)`` to
     ``(N, *output_shape)``. ``num_classes`` is set for classification (2 means binary, with one
-    logit per sample).
+    logit per sample). ``task`` names a registered task kind (``experiments.tasks.task_kinds()``:
+    classification, regression, forecasting, or one of your own), which picks the task module.
     """
 
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
-    task: TaskKind
+    task: str
     num_classes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.task == "classification" and (self.num_classes is None or self.num_classes < 2):
-            raise ValueError("a classification DataSpec needs num_classes >= 2")

@@ -34,6 +34,10 @@ class CNN(nn.Module):
         super().__init__()
         self.input_shape = as_shape(input_shape, "input_shape")
         self.output_shape = as_shape(output_shape, "output_shape")
+        # 2-D layers for images, 1-D layers over time for windows: same constructor arguments.
+        conv: type[nn.Conv1d | nn.Conv2d]
+        norm: type[nn.BatchNorm1d | nn.BatchNorm2d]
+        max_pool: type[nn.MaxPool1d | nn.MaxPool2d]
         if len(self.input_shape) == 3:
             conv, norm, max_pool, in_channels = nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, self.input_shape[0]
             spatial = list(self.input_shape[1:])

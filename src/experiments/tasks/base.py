@@ -2,12 +2,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
 import torchmetrics
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
 from torch import nn
+
+from experiments.checkpoints import CONFIG_KEY, config_container
+
+if TYPE_CHECKING:
+    from experiments.data.spec import DataSpec
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -19,7 +26,36 @@ class Task(L.LightningModule):
     ``optimizer`` and ``scheduler`` are factories (for example ``functools.partial(torch.optim.Adam,
     lr=1e-3)``, or Hydra's ``_partial_: true``), so the task stays independent of how it is configured.
     Subclasses implement :meth:`shared_step`, which returns the loss and logs the metrics of a split.
+
+    A subclass registered as a task kind (:func:`experiments.tasks.register_task_kind`) owns what
+    differs between kinds: how it is built from a data spec (:meth:`from_spec`), the metrics it logs
+    beside the loss (``metric_names``, the first one drawn in the learning curves), the loss of a trivial
+    predictor for the diagnosis (:meth:`trivial_loss`), its predictions (``predict_step`` and
+    :meth:`describe_predictions`) and the figure callbacks that draw for it (``plots``).
     """
+
+    # Set by register_task_kind: the spec.task name data modules ask for.
+    kind: ClassVar[str] = ""
+    # Metrics logged per split beside the loss, as <split>/<name>; the first is the main one.
+    metric_names: ClassVar[tuple[str, ...]] = ()
+    # Figure callbacks (conf/callbacks/) that draw for this kind; the others stay idle.
+    plots: ClassVar[tuple[type[Callback], ...]] = ()
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec, model: nn.Module, **options: Any) -> Task:
+        """The task for data of ``spec``; a kind that needs the spec's shapes or classes takes them here."""
+        return cls(model, **options)
+
+    @classmethod
+    def trivial_loss(cls, targets: torch.Tensor, spec: DataSpec) -> float | None:
+        """The loss of a predictor that ignores its input, on the training ``targets``: the
+        diagnosis compares the learning curves with it. None: no diagnosis for this kind."""
+        return None
+
+    def describe_predictions(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor | None) -> str:
+        """A few words on ``outputs`` of :meth:`predict_step` (and their ``targets`` when known), for
+        the summary line of ``python -m experiments.predict``; empty for nothing to add."""
+        return ""
 
     def __init__(
         self,
@@ -39,6 +75,19 @@ class Task(L.LightningModule):
         self.monitor = monitor
         # Validation and test values given as tensors, as sums and counts (see log_split).
         self._eval_means = nn.ModuleDict()
+        # The config this task was built from (set by experiments.config.build); every checkpoint
+        # carries it resolved, so that evaluate and predict rebuild the run from the file alone.
+        self.run_config: DictConfig | None = None
+        self._resolved_config: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is None:
+            return
+        if self._resolved_config is None:
+            # Resolved at the first save, after the entry point has settled values such as
+            # trainer.num_threads=auto, as plain containers: torch.load(weights_only=True) reads them.
+            self._resolved_config = config_container(self.run_config)
+        checkpoint[CONFIG_KEY] = self._resolved_config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -86,7 +135,8 @@ class Task(L.LightningModule):
         return trainer is not None and trainer.world_size > 1
 
     def _eval_mean(self, key: str, value: torch.Tensor, batch_size: int) -> tuple[torchmetrics.MeanMetric, str]:
-        metric = self._eval_means[key] if key in self._eval_means else None
+        held = self._eval_means[key] if key in self._eval_means else None
+        metric = held if isinstance(held, torchmetrics.MeanMetric) else None
         if metric is None:
             metric = torchmetrics.MeanMetric().to(value.device)
             if value.dtype == torch.float64:

@@ -7,15 +7,24 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from experiments.callbacks.confusion import ConfusionMatrix
+from experiments.data.spec import DataSpec
+from experiments.diagnosis import label_entropy
 from experiments.tasks.base import OptimizerFactory, SchedulerFactory, Task
+from experiments.tasks.registry import register_task_kind
 
 
+@register_task_kind("classification")
 class ClassificationTask(Task):
     """Binary (one logit, binary cross-entropy) or multi-class (C logits, cross-entropy) classification.
 
     The model returns logits; probabilities come from :meth:`predict_step`. Logs ``loss`` and
-    ``acc`` per split.
+    ``acc`` per split; the test set's confusion matrix is its figure. The trivial predictor guesses
+    the class frequencies (its loss is the label entropy).
     """
+
+    metric_names = ("acc",)
+    plots = (ConfusionMatrix,)
 
     def __init__(
         self,
@@ -39,6 +48,25 @@ class ClassificationTask(Task):
         )
         # Training accuracy is a plain tensor per batch (see Task.log_split); no metric object.
         self.accuracy = nn.ModuleDict({f"{split}_acc": metric() for split in ("val", "test")})
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec, model: nn.Module, **options: Any) -> Task:
+        if spec.num_classes is None:
+            raise ValueError("classification data needs num_classes in its DataSpec (2 or more; 2 is binary)")
+        return cls(model, num_classes=spec.num_classes, **options)
+
+    @classmethod
+    def trivial_loss(cls, targets: torch.Tensor, spec: DataSpec) -> float | None:
+        return label_entropy(targets, spec.num_classes)
+
+    def describe_predictions(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor | None) -> str:
+        predicted = outputs["prediction"].long().view(-1)
+        words = []
+        if targets is not None:
+            words.append(f"accuracy {(predicted == targets.view(-1)).float().mean().item():.4f}")
+        if len(predicted) <= 16:
+            words.append(f"predicted classes {predicted.tolist()}")
+        return " | ".join(words)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N,) for binary and (N, C) for multi-class classification."""

@@ -7,11 +7,24 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from experiments.data.spec import DataSpec
+from experiments.diagnosis import target_variance
 from experiments.tasks.base import OptimizerFactory, SchedulerFactory, Task
+from experiments.tasks.registry import register_task_kind
 
 
+@register_task_kind("regression")
 class RegressionTask(Task):
-    """Regression with mean squared error as the loss; logs ``loss`` (MSE) and ``mae`` per split."""
+    """Regression with mean squared error as the loss; logs ``loss`` (MSE) and ``mae`` per split.
+
+    The trivial predictor is the mean target (its loss is the target variance).
+    """
+
+    metric_names = ("mae",)
+
+    @classmethod
+    def trivial_loss(cls, targets: torch.Tensor, spec: DataSpec) -> float | None:
+        return target_variance(targets)
 
     def __init__(
         self,

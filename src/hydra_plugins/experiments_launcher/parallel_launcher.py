@@ -123,7 +123,7 @@ class ParallelLauncher(Launcher):
         previous = signal.signal(signal.SIGINT, note)
         try:
             with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_ctrl_c) as pool:
-                futures = [pool.submit(_run_job, i) for i in range(count)]
+                futures = [pool.submit(_run_job_in_worker, i) for i in range(count)]
                 results = [_result(f) for f in futures]
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -154,39 +154,39 @@ def _ignore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_job(position: int) -> JobReturn | str:
+def _run_job(position: int) -> JobReturn:
     """Job ``position`` of the launch in progress, run in this process, as Hydra's basic launcher does."""
     launcher: ParallelLauncher = _LAUNCH["launcher"]
     assert launcher.config is not None and launcher.hydra_context is not None and launcher.task_function is not None
     idx = _LAUNCH["first"] + position
-    stop = _LAUNCH.get("stop")
-    if stop is not None:  # a forked worker
-        if stop.is_set():
-            return INTERRUPTED
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
-            launcher.config, list(_LAUNCH["jobs"][position])
-        )
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
-            sweep_config.hydra.job.num = idx
-        HydraConfig.instance().set_config(sweep_config)
-        return run_job(
-            hydra_context=launcher.hydra_context,
-            config=sweep_config,
-            task_function=launcher.task_function,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
-    except BaseException as err:
-        from experiments.errors import interrupted
+    sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(_LAUNCH["jobs"][position]))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    HydraConfig.instance().set_config(sweep_config)
+    return run_job(
+        hydra_context=launcher.hydra_context,
+        config=sweep_config,
+        task_function=launcher.task_function,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
 
+
+def _run_job_in_worker(position: int) -> JobReturn | str:
+    """:func:`_run_job` in a forked worker: not started after Ctrl-C, and ``INTERRUPTED`` when Ctrl-C stopped it."""
+    from experiments.errors import interrupted
+
+    if _LAUNCH["stop"].is_set():
+        return INTERRUPTED
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _run_job(position)
+    except BaseException as err:
         # Ctrl-C surfaces as KeyboardInterrupt, or as the SystemExit Lightning raises after one;
         # the job has recorded itself, and the launching process says so once.
-        if stop is None or not interrupted(err):
+        if not interrupted(err):
             raise
         return INTERRUPTED
     finally:
-        if stop is not None:
-            _ignore_ctrl_c()
+        _ignore_ctrl_c()

@@ -44,8 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -64,6 +66,11 @@ class TrialFailed(Exception):
 
 class OptunaSweeper(Sweeper):
     """Random or Bayesian (TPE) search over ``params`` with Optuna; see the module docstring."""
+
+    # Set by setup(), which Hydra calls before sweep().
+    hydra_context: HydraContext
+    config: DictConfig
+    launcher: Launcher
 
     def __init__(
         self,
@@ -111,9 +118,11 @@ class OptunaSweeper(Sweeper):
         for override in parser.parse_overrides(lines):
             key = override.get_key_element()
             if not override.is_sweep_override():
-                fixed.append(override.input_line)
+                fixed.append(str(override.input_line))  # the parser keeps the text of every override
             elif override.is_interval_sweep():
                 sweep = override.value()
+                # interval(a,b) always has both ends.
+                assert isinstance(sweep, IntervalSweep) and sweep.start is not None and sweep.end is not None
                 log_scale = "log" in sweep.tags
                 if "int" in sweep.tags:
                     space[key] = dist.IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
@@ -167,7 +176,7 @@ class OptunaSweeper(Sweeper):
             storage=storage,
             sampler=_instance(self.sampler_cfg),
             pruner=_instance(self.pruner_cfg),
-            direction=self.direction,
+            direction=self.direction,  # type: ignore[arg-type]  # Optuna refuses any other value in one line
             load_if_exists=True,
         )
 
@@ -277,7 +286,7 @@ class OptunaSweeper(Sweeper):
             current: list[int] = []
             try:
                 study.optimize(
-                    lambda trial: self._objective(study, trial, space, fixed, sweep_dir, current),
+                    lambda trial: self._objective(study, trial, space, fixed, sweep_dir, current),  # noqa: B023 - runs now (n_trials=1)
                     n_trials=1,
                     catch=(TrialFailed,),
                     gc_after_trial=False,
