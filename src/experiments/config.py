@@ -374,19 +374,29 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Task]:
     return datamodule, task
 
 
-def resolve_threads(cfg: DictConfig, task: Task, datamodule: Any) -> None:
-    """Replace ``trainer.num_threads=auto`` by the number of threads this run will use, chosen
-    from the work of one training step and the processes that share the machine's cores."""
-    from experiments.engine import AUTO, choose_threads, step_flops
+def resolve_auto_settings(cfg: DictConfig, task: Task, datamodule: Any) -> None:
+    """Replace ``trainer.num_threads=auto`` and ``trainer.steps_per_execution=auto`` by the numbers
+    this run will use, so that its ``config.yaml`` shows them: both follow from the work of one
+    training step (counted once, here, before fitting), the threads also from the processes that
+    share the machine's cores."""
+    from experiments.engine import AUTO, auto_steps, choose_threads, step_flops
 
-    if cfg.trainer.get("num_threads", AUTO) != AUTO:
+    trainer = cfg.trainer
+    threads, steps = trainer.get("num_threads", AUTO), trainer.get("steps_per_execution", AUTO)
+    if AUTO not in (threads, steps):
         return
     parameter = next(task.parameters(), None)
     inputs = torch.zeros(
         getattr(datamodule, "batch_size", 1), *datamodule.spec.input_shape,
         dtype=parameter.dtype if parameter is not None else torch.float32,
     )
-    cfg.trainer.num_threads = choose_threads(step_flops(task, inputs), _processes_sharing_cores(cfg))
+    flops = step_flops(task, inputs)
+    if threads == AUTO:
+        trainer.num_threads = choose_threads(flops, _processes_sharing_cores(cfg))
+    accelerator = trainer.get("accelerator", "cpu")
+    if steps == AUTO and "steps_per_execution" in trainer and accelerator in ("cpu", "gpu", "cuda", "mps"):
+        # (with accelerator=auto, the engine decides once it knows the device)
+        trainer.steps_per_execution = auto_steps(flops, accelerator == "cpu")
 
 
 def _processes_sharing_cores(cfg: DictConfig) -> int:

@@ -30,7 +30,7 @@ from experiments.config import (
     build_trainer,
     check_config,
     instantiate_group,
-    resolve_threads,
+    resolve_auto_settings,
 )
 from experiments.diagnosis import Diagnosis, diagnose_run
 from experiments.distributed import ddp_job
@@ -82,7 +82,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)
-    resolve_threads(cfg, task, datamodule)
+    resolve_auto_settings(cfg, task, datamodule)
     resume_from = checkpoint_to_resume(cfg, run_dir)
     if resume_from is not None:
         # Refuse a missing, unsafe or mismatched checkpoint in one line, before anything is written.
