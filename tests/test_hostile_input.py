@@ -151,3 +151,28 @@ def test_a_multirun_worker_killed_from_outside_is_one_line_naming_the_lost_jobs(
         "rerun them (resume=<job dir>), or the multirun with hydra.launcher.n_jobs=1"
     )
     assert completed_results(tmp_path) == []
+
+
+def test_sigterm_to_a_multirun_stops_its_jobs_starts_no_other_and_exits_143(tmp_path: Path) -> None:
+    # What SLURM or Kubernetes send before preemption, to the command: its workers must not run on.
+    sweep = tmp_path / "grid"
+    process = start("train", "-m", "experiment=xor", "seed=0,1,2,3", "hydra.launcher.n_jobs=2", "logger=none",
+                    "trainer.max_epochs=100000", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (sweep / "1" / "config.yaml").exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        alive = [w for w in workers if subprocess.run(["kill", "-0", w], capture_output=True).returncode == 0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 143, err[-3000:]
+    assert alive == []
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: terminated (SIGTERM)")
+    assert not (sweep / "2").exists() and completed_results(tmp_path) == []

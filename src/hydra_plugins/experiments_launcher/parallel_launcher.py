@@ -26,6 +26,7 @@ one line instead of a traceback per worker; jobs not yet started are not started
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -113,21 +114,32 @@ class ParallelLauncher(Launcher):
         # Ctrl-C reaches every worker too, and each running job stops as a run does; this process
         # only tells the workers not to start another job, and waits for them (a KeyboardInterrupt
         # raised here would leave them running; a worker that exits breaks the pool, whose manager
-        # then sends SIGTERM to the jobs still recording themselves).
-        interrupted: list[int] = []
+        # then sends SIGTERM to the jobs still recording themselves). SIGTERM (a scheduler's
+        # preemption, or kill) reaches only this process: it passes it on to the workers, whose jobs
+        # stop as a run does, and then ends with the code of SIGTERM.
+        received: list[int] = []
 
-        def note(*_: Any) -> None:
-            interrupted.append(1)
+        def note(signum: int, _: Any) -> None:
+            received.append(signum)
             stop.set()
+            if signum == signal.SIGTERM:
+                for worker in multiprocessing.active_children():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid or 0, signal.SIGTERM)
 
-        previous = signal.signal(signal.SIGINT, note)
+        previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_ctrl_c) as pool:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_between_jobs) as pool:
                 futures = [pool.submit(_run_job_in_worker, i) for i in range(count)]
                 results = [_result(f) for f in futures]
         finally:
-            signal.signal(signal.SIGINT, previous)
-        if interrupted or any(r is INTERRUPTED for r in results):
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if signal.SIGTERM in received:
+            print("error: terminated (SIGTERM); the jobs that were running stopped and no other started; "
+                  "continue one with resume=<job dir>", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signal.SIGTERM)
+        if received or any(r is INTERRUPTED for r in results):
             raise KeyboardInterrupt
         lost = [_LAUNCH["first"] + i for i, r in enumerate(results) if r is None]
         if lost:
@@ -149,9 +161,11 @@ def _result(future: Future) -> JobReturn | str | None:
         return None
 
 
-def _ignore_ctrl_c() -> None:
-    # Between jobs a worker ignores Ctrl-C: the launching process stops the launch.
+def _between_jobs() -> None:
+    # Between jobs a worker ignores Ctrl-C and SIGTERM: the launching process stops the launch.
+    # (During a job, Lightning's own SIGTERM handler stops fitting at the next batch.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _run_job(position: int) -> JobReturn:
@@ -184,9 +198,10 @@ def _run_job_in_worker(position: int) -> JobReturn | str:
         return _run_job(position)
     except BaseException as err:
         # Ctrl-C surfaces as KeyboardInterrupt, or as the SystemExit Lightning raises after one;
-        # the job has recorded itself, and the launching process says so once.
-        if not interrupted(err):
+        # SIGTERM, passed on by the launching process (which set stop), as Lightning's SystemExit.
+        # The job has recorded itself, and the launching process says so once.
+        if not (interrupted(err) or (isinstance(err, SystemExit) and _LAUNCH["stop"].is_set())):
             raise
         return INTERRUPTED
     finally:
-        _ignore_ctrl_c()
+        _between_jobs()
