@@ -190,3 +190,41 @@ class TermAt(Callback):
     def on_test_start(self, trainer: L.Trainer, *args: object) -> None:
         if self.hook == "test_start":
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def fit_hooks() -> list[str]:
+    """Every hook of Lightning's Callback that a fit can call (from the class itself, so that a hook a
+    later Lightning adds is covered too): all but those of test, predict, the sanity check and errors."""
+    skip = ("test", "predict", "sanity", "exception")
+    names = [n for n, v in vars(Callback).items() if callable(v) and (n.startswith("on_") or n in ("setup", "teardown"))]
+    return [n for n in names if not any(word in n for word in skip)]
+
+
+class KillAtHook(Callback):
+    """SIGKILL this process at the ``occurrence``-th call of callback hook ``hook`` in this process
+    (the sanity check's validation not counted). Every fit hook is overridden, so the fused steps of
+    ``experiments.engine`` call the per-step ones (``on_before_backward``, ...) at every inner step."""
+
+    def __init__(self, hook: str, occurrence: int = 1) -> None:
+        if hook not in fit_hooks():
+            raise ValueError(f"unknown hook {hook!r}")
+        self.hook, self.occurrence, self.seen = hook, occurrence, 0
+
+    def _called(self, name: str, trainer: Any) -> None:
+        if name != self.hook or getattr(trainer, "sanity_checking", False):
+            return
+        self.seen += 1
+        if self.seen == self.occurrence:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hook(name: str) -> Any:
+    def hook(self: KillAtHook, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        self._called(name, trainer)
+
+    hook.__name__ = name
+    return hook
+
+
+for _name in fit_hooks():
+    setattr(KillAtHook, _name, _hook(_name))
