@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import DictConfig, open_dict
-
 from reliability_helpers import fit_hooks
 
 sys.path.insert(0, str(Path(__file__).parent))  # reliability_helpers for the callbacks' _target_
@@ -78,8 +77,8 @@ def kill_plan() -> list[tuple[str, int]]:
     return plan
 
 
-def _segment(cfg: DictConfig, kill: tuple[str, int] | None) -> int:
-    """Train ``cfg`` in a forked child (killed at ``kill``); returns the child's wait status."""
+def _segment(cfg: DictConfig, kill: tuple[str, int] | None) -> tuple[int, int]:
+    """Train ``cfg`` in a forked child (killed at ``kill``); returns the child's pid and wait status."""
     pid = os.fork()
     if pid == 0:  # the child: train, and leave without running anything of pytest's
         code = 1
@@ -100,7 +99,7 @@ def _segment(cfg: DictConfig, kill: tuple[str, int] | None) -> int:
             sys.stderr.flush()
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    return status
+    return pid, status
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:
@@ -117,21 +116,25 @@ def test_killed_at_every_hook_and_resumed_ends_bit_identical(
     reference = tmp_path / "reference"
     with open_dict(reference_cfg):
         reference_cfg.paths.output_dir = str(reference)
-    assert _segment(reference_cfg, None) == 0
+    assert _segment(reference_cfg, None)[1] == 0
 
     run_dir = tmp_path / "run"
-    steps = []
+    steps, pids = [], []
     for number, kill in enumerate([*kill_plan(), None]):
         cfg = compose_train(*MODELS[model], *COMMON, *([f"resume={run_dir}"] if number else []))
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)
-        status = _segment(cfg, kill)
+        pid, status = _segment(cfg, kill)
+        pids.append(pid)
         if kill is None:
             assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
         else:
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (kill, status)
             last = run_dir / "checkpoints" / "last.ckpt"
             steps.append((kill[0], torch.load(last, weights_only=True)["global_step"] if last.is_file() else None))
+            if number:  # this segment found that the one before it was killed, and recorded it
+                found = json.loads((run_dir / "metrics.json").read_text())
+                assert (found["status"], found["signal"], found["pid"]) == ("killed", "SIGKILL", pids[-2])
 
     expected = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
     got = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)

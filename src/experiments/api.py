@@ -132,7 +132,7 @@ def _job(cfg: DictConfig, log: _RunLogHandler) -> Metrics | _Failed:
 
     try:
         metrics = run_job(cfg, job, cli=False)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - recorded by run_job; returned for run() to raise as one line
         return _Failed(err)
     assert metrics is not None  # a single run: failures raise
     result = Metrics(metrics)

@@ -1,19 +1,17 @@
 """How a run ends, in one place: its folder's lock, its status in ``metrics.json``, its exit code and
 its one line on stderr.
 
-Every way a training process can end goes through :func:`run_job`:
+Every way a training process can end goes through :func:`run_job` (status, exit code, line):
 
-============================  =============  =========  =====================================
-how it ended                  status         exit code  the line
-============================  =============  =========  =====================================
-trained and tested            ``completed``  0          (the result line on stdout)
-a setting, a file, a NaN      ``failed``     2          ``error: <what and how to fix it>``
-a bug                         ``failed``     1          the traceback
-pruned by a sweep             ``pruned``     0          ``pruned: ...`` on stdout
-Ctrl-C (SIGINT)               ``interrupted`` 130       ``error: interrupted (Ctrl-C) ...; continue with: ... resume=<run dir>``
-SIGTERM (preemption)          ``interrupted`` 143       ``error: interrupted (SIGTERM) ...; continue with: ... resume=<run dir>``
-SIGKILL, out of memory, ...   ``killed``     (-9)       found by the next process that locks the folder
-============================  =============  =========  =====================================
+- trained and tested: ``completed``, 0, the result line on stdout;
+- a setting, an input file, a NaN loss: ``failed``, 2, ``error: <what, and how to fix it>``;
+- a bug: ``failed``, 1, the traceback;
+- pruned by a sweep: ``pruned``, 0, ``pruned: ...`` on stdout (the sweep goes on, as it does past
+  a failed trial);
+- Ctrl-C (SIGINT): ``interrupted``, 130, ``error: interrupted (Ctrl-C) ...; continue with: ... resume=<run dir>``;
+- SIGTERM (preemption): ``interrupted``, 143, the same line with ``(SIGTERM)``;
+- SIGKILL, out of memory, a lost node: ``killed``, found by the next process that locks the
+  folder (a ``resume=``), which says so in one line.
 
 A run folder is written by one process at a time: :class:`RunLock` (``flock`` through the
 ``filelock`` package, so the kernel drops it with its process, SIGKILL included) is taken before
@@ -70,11 +68,8 @@ class Terminated(SystemExit):
 
 
 class Interrupted(SystemExit):
-    """How the command line ends after a signal was recorded: ``code`` (130, 143) and ``line``."""
-
-    def __init__(self, code: int, line: str | None) -> None:
-        super().__init__(code)
-        self.line = line
+    """How the command line ends once a run has recorded a signal and printed its line: the
+    shell's exit code for that signal (130, 143)."""
 
 
 # SIGTERM ------------------------------------------------------------------------------------
@@ -149,8 +144,6 @@ def ending_of(err: BaseException | None) -> Ending:
         return Ending("completed", 0)
     if isinstance(err, TrialPruned):
         return Ending("pruned", 0, reason=str(err))
-    if isinstance(err, Interrupted):
-        return Ending("interrupted", int(err.code))  # type: ignore[arg-type]
     if interrupted(err):
         return Ending("interrupted", SIGINT_EXIT, "SIGINT")
     if is_sigterm(err):
@@ -237,6 +230,15 @@ class FitTime(Callback):
     def __init__(self) -> None:
         self.before = 0.0
         self._start: float | None = None
+        # What a completed run reported after its last checkpoint was written (see carry_over).
+        self.floor = 0.0
+
+    def carry_over(self, metrics_file: Path, step: int) -> None:
+        """A run resumed from the checkpoint at which it completed reported more fit time than that
+        checkpoint holds (the end of its fit came after it): start from what it reported."""
+        previous = _read_json(metrics_file)
+        if previous.get("status") == "completed" and previous.get("steps") == step:
+            self.floor = float(previous.get("fit_seconds") or 0.0)
 
     def seconds(self) -> float:
         return self.before + (time.perf_counter() - self._start if self._start is not None else 0.0)
@@ -251,7 +253,7 @@ class FitTime(Callback):
         return {"seconds": self.seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.before = float(state_dict.get("seconds", 0.0))
+        self.before = max(float(state_dict.get("seconds", 0.0)), self.floor)
 
 
 # The job ------------------------------------------------------------------------------------
@@ -405,7 +407,7 @@ def run_job(cfg: Any, job: Callable[[RunRecord], dict[str, Any]], cli: bool = Tr
         raise
     try:
         metrics = job(record)
-    except BaseException as err:  # noqa: BLE001 - every ending is recorded, none is swallowed
+    except BaseException as err:  # every ending is recorded; none is swallowed (see below)
         ending = ending_of(err)
         run_dir = record.run_dir
         if not record.owner:
@@ -421,7 +423,7 @@ def run_job(cfg: Any, job: Callable[[RunRecord], dict[str, Any]], cli: bool = Tr
             if not cli or record.multirun:
                 raise  # a sweep's interruption ends the sweep; run_cli says so once
             print(f"error: {line}", file=sys.stderr, flush=True)
-            raise Interrupted(ending.code, None) from err
+            raise Interrupted(ending.code) from err
         _discard_or_mark_failed(record, err, ending.reason or "")
         if not record.multirun or not isinstance(err, Exception):
             raise

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.callbacks import History, NonFiniteError
+from experiments.callbacks import History
 from experiments.checkpoints import check_resumable, checkpoint_to_resume, load_weights, read_checkpoint
 from experiments.config import (
     CONFIG_DIR,
@@ -92,6 +92,8 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
         load_weights(task, resumed, resume_from, "the model of this config")
     # FitTime: fit seconds summed over every segment of a resumed run (kept in its checkpoints).
     clock = FitTime()
+    if resume_from is not None and cfg.get("resume"):
+        clock.carry_over(run_dir / "metrics.json", int(resumed.get("global_step", -1)))
     callbacks = build_callbacks(cfg) + pruning_callbacks(cfg.monitor) + [clock]
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
@@ -131,6 +133,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
         **({"error": f"diverged: {diverged} at epoch {trainer.current_epoch}; lower optimizer.lr"} if diverged else {}),
         "experiment": cfg.get("name"),
         "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
         "fit_seconds": round(fit_seconds, 3),
         "monitor": cfg.monitor,
         "best": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None,
