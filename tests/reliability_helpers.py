@@ -178,18 +178,28 @@ class OwnStepTask(ClassificationTask):
 
 class TermAt(Callback):
     """Send SIGTERM to this process when built (``hook="init"``: while the run is being set up,
-    outside Lightning) or at ``on_<hook>`` (``"test_start"``: while the best checkpoint is tested)."""
+    outside Lightning), at ``on_test_start`` (``"test_start"``: while the best checkpoint is
+    tested), or at the first ``on_train_batch_end`` at or after optimizer step ``step``."""
 
-    def __init__(self, hook: str) -> None:
-        if hook not in ("init", "test_start"):
+    def __init__(self, hook: str, step: int = 0) -> None:
+        if hook not in ("init", "test_start", "train_batch_end"):
             raise ValueError(f"unknown hook {hook!r}")
-        self.hook = hook
+        self.hook, self.step, self.sent = hook, step, False
         if hook == "init":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _send(self) -> None:
+        if not self.sent:
+            self.sent = True
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_test_start(self, trainer: L.Trainer, *args: object) -> None:
         if self.hook == "test_start":
-            os.kill(os.getpid(), signal.SIGTERM)
+            self._send()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.hook == "train_batch_end" and trainer.global_step >= self.step:
+            self._send()
 
 
 def fit_hooks() -> list[str]:

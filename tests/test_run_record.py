@@ -84,6 +84,24 @@ def test_sigterm_outside_fit_is_recorded_the_same_way(tmp_path: Path) -> None:
             assert line.endswith(f" resume={run_dir}")
 
 
+def test_sigterm_mid_epoch_takes_last_ckpt_at_that_batch_end(tmp_path: Path) -> None:
+    # 8 steps an epoch in chunks of 3: SIGTERM during the chunk that ends at step 6 (not the
+    # epoch's last batch) stops the run there, and last.ckpt holds step 6, not the epoch's start.
+    import torch
+
+    run_dir = tmp_path / "run"
+    code, _, err = call_cli(
+        "train", *XOR, "name=blobs", "data._target_=reliability_helpers.BlobsDataModule", "data.batch_size=32",
+        "trainer.steps_per_execution=3", "trainer.max_epochs=3", "+callbacks.term._target_=reliability_helpers.TermAt",
+        "+callbacks.term.hook=train_batch_end", "+callbacks.term.step=4", f"hydra.run.dir={run_dir}",
+    )
+    assert code == 143, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: interrupted (SIGTERM) at step 6 (epoch 1); checkpoints/last.ckpt holds step 6; "), line
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert _metrics(run_dir)["step"] == 6
+
+
 def test_a_refused_resume_rewrites_nothing_of_the_run_it_names(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     code, _, err = call_cli("train", "-m", *XOR, "trainer.max_epochs=2", "model.hidden=[4]", f"hydra.sweep.dir={sweep}")
