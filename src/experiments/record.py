@@ -100,6 +100,8 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        # Not carried into the next command run in this process (the Python API, tests).
+        _sigterm["received"] = False
 
 
 def raise_if_terminated() -> None:
