@@ -862,7 +862,6 @@ def is_lightning_sigterm(err: BaseException) -> bool:
     return False
 
 
-
 def purge_tensorboard_after(logger: Any, step: int) -> None:
     """Make a resumed run's TensorBoard writer hide what the killed run logged after ``step``.
 
