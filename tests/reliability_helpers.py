@@ -174,3 +174,67 @@ class OwnStepTask(ClassificationTask):
     def optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
         type(self).steps_taken += 1
         return super().optimizer_step(*args, **kwargs)
+
+
+class TermAt(Callback):
+    """Send SIGTERM to this process when built (``hook="init"``: while the run is being set up,
+    outside Lightning), at ``on_test_start`` (``"test_start"``: while the best checkpoint is
+    tested), or at the first ``on_train_batch_end`` at or after optimizer step ``step``."""
+
+    def __init__(self, hook: str, step: int = 0) -> None:
+        if hook not in ("init", "test_start", "train_batch_end"):
+            raise ValueError(f"unknown hook {hook!r}")
+        self.hook, self.step, self.sent = hook, step, False
+        if hook == "init":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _send(self) -> None:
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_test_start(self, trainer: L.Trainer, *args: object) -> None:
+        if self.hook == "test_start":
+            self._send()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.hook == "train_batch_end" and trainer.global_step >= self.step:
+            self._send()
+
+
+def fit_hooks() -> list[str]:
+    """Every hook of Lightning's Callback that a fit can call (from the class itself, so that a hook a
+    later Lightning adds is covered too): all but those of test, predict, the sanity check and errors."""
+    skip = ("test", "predict", "sanity", "exception")
+    names = [n for n, v in vars(Callback).items() if callable(v) and (n.startswith("on_") or n in ("setup", "teardown"))]
+    return [n for n in names if not any(word in n for word in skip)]
+
+
+class KillAtHook(Callback):
+    """SIGKILL this process at the ``occurrence``-th call of callback hook ``hook`` in this process
+    (the sanity check's validation not counted). Every fit hook is overridden, so the fused steps of
+    ``experiments.engine`` call the per-step ones (``on_before_backward``, ...) at every inner step."""
+
+    def __init__(self, hook: str, occurrence: int = 1) -> None:
+        if hook not in fit_hooks():
+            raise ValueError(f"unknown hook {hook!r}")
+        self.hook, self.occurrence, self.seen = hook, occurrence, 0
+
+    def _called(self, name: str, trainer: Any) -> None:
+        if name != self.hook or getattr(trainer, "sanity_checking", False):
+            return
+        self.seen += 1
+        if self.seen == self.occurrence:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hook(name: str) -> Any:
+    def hook(self: KillAtHook, trainer: Any, *args: Any, **kwargs: Any) -> None:
+        self._called(name, trainer)
+
+    hook.__name__ = name
+    return hook
+
+
+for _name in fit_hooks():
+    setattr(KillAtHook, _name, _hook(_name))

@@ -115,23 +115,26 @@ def run(*overrides: str, config_dir: str | os.PathLike[str] | None = None) -> Me
 def _job(cfg: DictConfig, log: _RunLogHandler) -> Metrics | _Failed:
     """The CLI's single run (``train._main`` without its exit codes); failures are returned, so that
     Hydra doesn't print its 'Error executing job' line."""
-    from experiments.train import _discard_or_mark_failed, train
+    from experiments.record import run_job
+    from experiments.train import train
 
     run_dir = Path(cfg.paths.output_dir)
     log.open(run_dir)
-    try:
+
+    def job(record: Any) -> dict[str, Any]:
         if str(cfg.trainer.get("strategy")) == "ddp" and "LOCAL_RANK" not in os.environ:
             # Lightning would start the other ranks by rerunning this process's command line.
             raise UserError(
                 "run() trains in this process; trainer.strategy=ddp starts its other processes from a "
                 "command line: use python -m experiments.train with the same overrides"
             )
-        metrics = train(cfg)
-    except Exception as err:
-        _discard_or_mark_failed(run_dir, err, resuming=bool(cfg.get("resume")))
+        return train(cfg, record)
+
+    try:
+        metrics = run_job(cfg, job, cli=False)
+    except Exception as err:  # noqa: BLE001 - recorded by run_job; returned for run() to raise as one line
         return _Failed(err)
-    if metrics["status"] == "failed":
-        return _Failed(UserError(f"{metrics['error']} (run directory {run_dir})"))
+    assert metrics is not None  # a single run: failures raise
     result = Metrics(metrics)
     result.run_dir = run_dir.resolve()
     return result

@@ -725,6 +725,18 @@ class ModelCheckpoint(LightningModelCheckpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if (
+            trainer.received_sigterm
+            and self.monitor is None
+            and self._every_n_train_steps == 0
+            and not trainer.is_last_batch
+            and not self._should_skip_saving_checkpoint(trainer)
+        ):
+            # SIGTERM (preemption): Lightning raises at the end of this batch; take last.ckpt here, at
+            # the point where its own step checkpoints are taken, so that the resume loses nothing.
+            # (At an epoch's last batch it is taken at the epoch's end: see _stops_after_this_epoch.)
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+            return
+        if (
             trainer.is_last_batch
             and self._every_n_train_steps > 0
             and trainer.global_step % self._every_n_train_steps == 0
@@ -814,7 +826,9 @@ class ModelCheckpoint(LightningModelCheckpoint):
 def _stops_after_this_epoch(trainer: L.Trainer) -> bool:
     """Whether fitting ends with the epoch that is ending (max_epochs, max_steps or a stop request)."""
     last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
-    return bool(trainer.should_stop or last_epoch or 0 <= trainer.max_steps <= trainer.global_step)
+    # SIGTERM: Lightning raises once this epoch has ended.
+    stopping = trainer.should_stop or trainer.received_sigterm
+    return bool(stopping or last_epoch or 0 <= trainer.max_steps <= trainer.global_step)
 
 
 def _own_tensors(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -839,6 +853,23 @@ def _own_tensors(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 # Other internals ------------------------------------------------------------------------------
+
+
+def is_lightning_sigterm(err: BaseException) -> bool:
+    """Whether ``err`` (or what it was raised from) is how Lightning ends a run on SIGTERM.
+
+    Its loops raise ``SIGTERMException``, a ``SystemExit`` with no code, which would otherwise
+    pass for a clean exit (code 0); it lives in ``lightning.pytorch.utilities.exceptions``.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        if isinstance(err, SIGTERMException):
+            return True
+        seen.append(err)
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return False
 
 
 def purge_tensorboard_after(logger: Any, step: int) -> None:

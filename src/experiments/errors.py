@@ -107,6 +107,12 @@ INTERRUPTED = (
 )
 
 
+TERMINATED = (
+    "interrupted (SIGTERM); continue a run with resume=latest (or resume=<run dir>), "
+    "an Optuna sweep by running the same command again"
+)
+
+
 def interrupted(err: BaseException) -> bool:
     """Whether ``err`` is Ctrl-C, or how Lightning ends a process after it (SystemExit from a
     KeyboardInterrupt)."""
@@ -170,10 +176,21 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
         os.environ["EXPERIMENTS_FULL_ERROR"] = "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     _quiet_library_chatter()
+    from experiments.record import Interrupted, is_sigterm, sigterm_raises
+
     try:
-        hydra_main()
+        with sigterm_raises():
+            hydra_main()
+    except Interrupted:
+        raise  # a run recorded its interruption and printed its line (how to resume it)
     except (KeyboardInterrupt, SystemExit) as err:
-        if not interrupted(err) or _wants_trace():
+        if _wants_trace():
+            raise
+        if is_sigterm(err):
+            # SIGTERM (preemption) outside a single run: a sweep, or before the run began.
+            print(f"error: {TERMINATED}", file=sys.stderr, flush=True)
+            sys.exit(143)
+        if not interrupted(err):
             raise
         # Ctrl-C, in this process or in a sweep's workers: one line, and the shell's code for SIGINT.
         print(f"error: {INTERRUPTED}", file=sys.stderr, flush=True)
@@ -194,7 +211,10 @@ def _quiet_library_chatter() -> None:
     """
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)  # once, however often called
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(_not_an_advert)
 
 
 def _not_an_advert(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+    # Lightning's "Received SIGTERM: 15" too: the run's own line says what happened and what to do.
+    text = str(record.msg)
+    return not (text.startswith("\N{ELECTRIC LIGHT BULB} Tip:") or "Received SIGTERM" in text)

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.callbacks import History, NonFiniteError
+from experiments.callbacks import History
 from experiments.checkpoints import check_resumable, checkpoint_to_resume, load_weights, read_checkpoint
 from experiments.config import (
     CONFIG_DIR,
@@ -35,9 +31,10 @@ from experiments.config import (
 from experiments.diagnosis import Diagnosis, diagnose_run
 from experiments.distributed import ddp_job
 from experiments.engine import purge_tensorboard_after, write_tensorboard_hparams
-from experiments.errors import UserError, describe, run_cli, user_errors_exit
+from experiments.errors import run_cli, user_errors_exit
+from experiments.record import FitTime, RunRecord, raise_if_terminated, run_job
 from experiments.runs import save_config, write_json
-from experiments.sweeps import TrialPruned, pruning_callbacks
+from experiments.sweeps import pruning_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +73,11 @@ def _log_hyperparameters(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str,
             logger.log_hyperparams(params)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit ``cfg`` and test its best checkpoint; returns what is written to ``metrics.json``."""
+def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
+    """Fit ``cfg`` and test its best checkpoint; returns what is written to ``metrics.json``.
+
+    ``record`` (from :func:`experiments.record.run_job`) is told when the run's checks have passed
+    and training starts, and sees the trainer's progress for its ending line."""
     run_dir = Path(cfg.paths.output_dir)
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -89,7 +89,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resumed = read_checkpoint(resume_from)
         check_resumable(resumed, resume_from)
         load_weights(task, resumed, resume_from, "the model of this config")
-    callbacks = build_callbacks(cfg) + pruning_callbacks(cfg.monitor)
+    # FitTime: fit seconds summed over every segment of a resumed run (kept in its checkpoints).
+    clock = FitTime()
+    if resume_from is not None and cfg.get("resume"):
+        clock.carry_over(run_dir / "metrics.json", int(resumed.get("global_step", -1)))
+    callbacks = build_callbacks(cfg) + pruning_callbacks(cfg.monitor) + [clock]
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         if resume_from is not None:
@@ -97,15 +101,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             # of the resumed run carry on without doubled points.
             purge_tensorboard_after(logger, int(resumed.get("global_step", 0)))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
+    if record is not None:
+        record.started(trainer)
     if trainer.is_global_zero:
         save_config(cfg, run_dir)
 
     with ddp_job(trainer):
-        started = time.perf_counter()
         # The full state (optimizer, loops, random state, loader position), read with
         # weights_only=True like every checkpoint: a checkpoint can never run code.
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        fit_seconds = time.perf_counter() - started
+        raise_if_terminated()  # SIGTERM after Lightning's last chance to raise it
+        fit_seconds = clock.seconds()
 
         checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
         best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
@@ -113,15 +119,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         diverged = _diverged(trainer.callback_metrics, cfg.monitor)
         # Before testing: loading the best checkpoint rewinds the History callback to that epoch.
         history = next((c for c in callbacks if isinstance(c, History)), None)
+        if not final_val and history is not None and history.rows:
+            # A resumed run that had nothing left to train validated nothing: its last epoch's row.
+            final_val = {k: float(v) for k, v in history.rows[-1].items() if k.startswith("val/")}
         diagnosis = _diagnose(history, datamodule) if history and not diverged else None
         tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
         test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+        raise_if_terminated()
 
     metrics: dict[str, Any] = {
         "status": "failed" if diverged else "completed",
         **({"error": f"diverged: {diverged} at epoch {trainer.current_epoch}; lower optimizer.lr"} if diverged else {}),
         "experiment": cfg.get("name"),
         "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
         "fit_seconds": round(fit_seconds, 3),
         "monitor": cfg.monitor,
         "best": float(checkpoint.best_model_score) if checkpoint and checkpoint.best_model_score is not None else None,
@@ -153,52 +164,17 @@ def _diagnose(history: History, datamodule: Any) -> Diagnosis | None:
     return diagnose_run(history.rows, datamodule)
 
 
-def _discard_or_mark_failed(run_dir: Path, err: BaseException, resuming: bool = False) -> None:
-    """Leave nothing that looks like a result: an untouched single run goes, anything else is marked."""
-    if resuming and isinstance(err, UserError) and not isinstance(err, NonFiniteError):
-        return  # a resume refused before it started leaves the run it named as it was
-    single_run = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
-    # Only Hydra's own files: the run never started, so there is nothing to keep. Never delete a
-    # directory that holds anything else (hydra.run.dir may point at a user's folder).
-    untouched = run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir())
-    if single_run and untouched:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    elif run_dir.is_dir():
-        reason = describe(err) or f"{type(err).__name__}: {err}"
-        write_json(run_dir / "metrics.json", {"status": "failed", "error": reason})
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @user_errors_exit
 def _main(cfg: DictConfig) -> float | None:
     """The objective of a sweep: the best monitored value, or None for a failed or pruned trial.
 
-    In a multirun a failing trial is recorded (``metrics.json`` status ``failed`` with the reason)
-    and the sweep goes on; a single run still exits non-zero.
+    How the job ends (completed, failed, pruned, interrupted by Ctrl-C or SIGTERM) is recorded by
+    :func:`experiments.record.run_job`: in a multirun a failing trial is recorded and the sweep goes
+    on; a single run exits non-zero.
     """
-    run_dir = Path(cfg.paths.output_dir)
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        metrics = train(cfg)
-    except TrialPruned as err:
-        write_json(run_dir / "metrics.json", {"status": "pruned", "error": str(err)})
-        print(f"pruned: {err} | {run_dir}")
-        return None
-    except Exception as err:
-        _discard_or_mark_failed(run_dir, err, resuming=bool(cfg.get("resume")))
-        if not multirun:
-            raise
-        reason = describe(err)
-        if reason is None:  # a bug, not a setting: keep its traceback in the run's log
-            log.exception("trial failed; the sweep goes on")
-        print(f"failed: {reason or f'{type(err).__name__}: {err}'} | {run_dir}")
-        return None
-    if metrics["status"] == "failed":
-        if not multirun:
-            raise UserError(f"{metrics['error']} (run directory {run_dir})")
-        print(f"failed: {metrics['error']} | {run_dir}")
-        return None
-    return metrics["best"]
+    metrics = run_job(cfg, lambda record: train(cfg, record))
+    return metrics["best"] if metrics is not None else None
 
 
 def main() -> None:
