@@ -174,5 +174,5 @@ def test_sigterm_to_a_multirun_stops_its_jobs_starts_no_other_and_exits_143(tmp_
     assert process.returncode == 143, err[-3000:]
     assert alive == []
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("error: terminated (SIGTERM)")
+    assert err.strip().splitlines()[-1].startswith("error: interrupted (SIGTERM); the jobs that were running stopped")
     assert not (sweep / "2").exists() and completed_results(tmp_path) == []

@@ -45,10 +45,10 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
-from weakref import proxy
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning as L
 import torch
@@ -330,7 +330,7 @@ class _FusedSteps(Callback):
         self.module = module
         self.training_step = module.training_step
         self.logs = _EpochLogs(module.log)
-        module.log = self.logs  # type: ignore[method-assign]
+        module.log = self.logs  # type: ignore[method-assign,assignment]
         module.training_step = self._training_step  # type: ignore[method-assign]
         # A chunk passes Lightning's batch transfer untouched; its batches go through it one by one.
         self._before_transfer = module._on_before_batch_transfer
@@ -387,7 +387,7 @@ class _FusedSteps(Callback):
             if isinstance(c, LightningModelCheckpoint) and (c._every_n_train_steps > 0 or c._train_time_interval)
         ]
         self.hooks = {
-            name: [getattr(c, name) for c in trainer.callbacks if is_overridden(name, c, Callback)]
+            name: [getattr(c, name) for c in trainer.callbacks if is_overridden(name, c, Callback)]  # type: ignore[attr-defined]
             + ([getattr(pl_module, name)] if is_overridden(name, pl_module, L.LightningModule) else [])
             for name in _STEP_HOOKS
         }
@@ -482,6 +482,7 @@ class _FusedSteps(Callback):
     def _step(self, batch: Any, batch_idx: int) -> None:
         """One optimizer step, in the order of Lightning's automatic optimisation."""
         trainer, module, optimizer, hooks = self.trainer, self.module, self.optimizer, self.hooks
+        assert optimizer is not None  # fused steps need exactly one optimizer (see _can_fuse)
         output = self._call_training_step(batch, batch_idx)
         loss = output["loss"] if isinstance(output, dict) else output
         if loss is None:  # the module skipped this batch, as Lightning allows
@@ -658,13 +659,13 @@ class Trainer(L.Trainer):
         with _ctrl_c_at_batch_ends():
             fused = self._fused
             if not self._can_fuse(model, datamodule, bool(args) or "train_dataloaders" in kwargs):
-                return super().fit(model, *args, datamodule=datamodule, **kwargs)
+                return super().fit(model, *args, datamodule=datamodule, **kwargs)  # type: ignore[misc]
             limit_train_batches = self.limit_train_batches
             # Counted in batches by the chunked loader, not in chunks by Lightning.
             self.limit_train_batches = 1.0
             fused.install(model, datamodule, limit_train_batches if limit_train_batches is not None else 1.0)
             try:
-                return super().fit(model, *args, datamodule=datamodule, **kwargs)
+                return super().fit(model, *args, datamodule=datamodule, **kwargs)  # type: ignore[misc]
             finally:
                 fused.uninstall()
                 self.limit_train_batches = limit_train_batches

@@ -38,8 +38,8 @@ def describe(err: BaseException) -> str | None:
         return str(err)
     if isinstance(err, InstantiationException):
         inner = err.__cause__ or err.__context__
-        key = re.search(r"full_key: (\S+)", str(err))
-        where = f"{key.group(1)}: " if key else ""
+        full_key = re.search(r"full_key: (\S+)", str(err))
+        where = f"{full_key.group(1)}: " if full_key else ""
         if isinstance(inner, (ValueError, TypeError, UserError, MisconfigurationException)):
             return f"{where}{_first_line(inner)}"
         if isinstance(inner, ImportError) or "Error locating target" in str(err):
@@ -66,20 +66,20 @@ def describe(err: BaseException) -> str | None:
             "and is writable (for the run directory: hydra.run.dir=<writable folder>)"
         )
     if isinstance(err, MissingConfigException) and err.options is not None:
-        match = re.search(r"Could not find '([^']+)/([^'/]+)'", str(err))
-        if match:
-            group, name = match.groups()
+        missing = re.search(r"Could not find '([^']+)/([^'/]+)'", str(err))
+        if missing:
+            group, name = missing.groups()
             return (
                 f"unknown {group} {name!r}{suggest(name, err.options)}; "
                 f"choose one of: {', '.join(sorted(err.options))}"
             )
     if isinstance(err, ConfigCompositionException):
-        match = re.search(r"Could not override '([^']+)'", str(err))
-        if match and "not in struct" in str(err.__cause__ or ""):
-            key = match.group(1)
+        override = re.search(r"Could not override '([^']+)'", str(err))
+        if override and "not in struct" in str(err.__cause__ or ""):
+            unknown: str = override.group(1)
             # A new top-level key is read by nothing (and refused); a new option of a node may be.
-            new = f", or add a new key with +{key}=..." if "." in key else ""
-            return f"unknown key {key!r}{_suggest_key(err, key)}; check the spelling{new}"
+            new = f", or add a new key with +{unknown}=..." if "." in unknown else ""
+            return f"unknown key {unknown!r}{_suggest_key(err, unknown)}; check the spelling{new}"
         match = re.search(r"Multiple values for ([\w/]+)\. To override a value use 'override \1: (\S+)'", str(err))
         if match:
             group, option = match.groups()

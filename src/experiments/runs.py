@@ -64,37 +64,6 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
     write_atomic(run_dir / "config.yaml", lambda h: h.write(OmegaConf.to_yaml(cfg, resolve=True)))
 
 
-def run_dir_of(ckpt_path: Path) -> Path:
-    """A checkpoint lives in ``<run>/checkpoints/``."""
-    return ckpt_path.resolve().parent.parent
-
-
-def load_run_config(ckpt_path: str | Path, trust: Sequence[str] = ()) -> tuple[Path, DictConfig]:
-    """The checkpoint's path and the config of the run that wrote it, with clear errors if absent.
-
-    ``trust`` names packages of the user's own (``my_parts``) whose classes the config may build
-    besides this project's and the libraries' (see :func:`check_targets`)."""
-    ckpt = Path(ckpt_path).expanduser()
-    if not ckpt.is_file():
-        raise UserError(
-            f"checkpoint not found: {ckpt}; pass ckpt_path=<run dir>/checkpoints/best.ckpt of a finished run"
-        )
-    config = run_dir_of(ckpt) / "config.yaml"
-    if not config.is_file():
-        raise UserError(
-            f"no config.yaml in {config.parent} for checkpoint {ckpt}; "
-            "keep the checkpoint in the checkpoints/ folder of its run directory"
-        )
-    try:
-        run_cfg = OmegaConf.load(config)
-    except Exception as err:  # noqa: BLE001 - YAML and OmegaConf errors alike: the file is damaged
-        raise UserError(f"cannot read {config}: {' '.join(str(err).split())[:200]}") from None
-    if not isinstance(run_cfg, DictConfig):
-        raise UserError(f"{config} does not hold a run's config (a mapping of keys)")
-    check_targets(run_cfg, str(config), trust)
-    return ckpt, run_cfg
-
-
 def check_targets(cfg: DictConfig, source: str, trust: Sequence[str] = ()) -> None:
     """Refuse a config that would build anything but this project's and the libraries' known classes.
 
@@ -121,9 +90,10 @@ def _targets(node: Any, key: str) -> list[tuple[str, Any]]:
     if isinstance(node, DictConfig):
         for name in node.keys():
             child = node._get_node(name)  # the raw node: an interpolation is neither resolved nor run
-            full = f"{key}.{name}" if key else str(name)
+            label = str(name)
+            full = f"{key}.{label}" if key else label
             if name == "_target_":
-                value = child._value() if child is not None else None  # type: ignore[union-attr]
+                value = child._value() if child is not None else None
                 found.append((full, value))
             else:
                 found.extend(_targets(child, full))

@@ -136,7 +136,7 @@ class ParallelLauncher(Launcher):
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         if signal.SIGTERM in received:
-            print("error: terminated (SIGTERM); the jobs that were running stopped and no other started; "
+            print("error: interrupted (SIGTERM); the jobs that were running stopped and no other started; "
                   "continue one with resume=<job dir>", file=sys.stderr, flush=True)
             raise SystemExit(128 + signal.SIGTERM)
         if received or any(r is INTERRUPTED for r in results):
