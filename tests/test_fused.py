@@ -113,3 +113,26 @@ def test_a_task_that_steps_its_own_way_trains_unfused_and_says_so(
     assert OwnStepTask.steps_taken == 16  # every step through its own optimizer_step
     lines = [r.getMessage() for r in caplog.records if r.name == "experiments.engine"]
     assert lines == ["steps_per_execution: OwnStepTask overrides optimizer_step; one optimizer step per Lightning step"]
+
+
+def test_epoch_sums_add_up_as_lightnings_one_at_a_time_sums_bit_for_bit() -> None:
+    # The engine keeps a step's logged value and sums an epoch's values at its end (or when a
+    # checkpoint needs them); the result must be Lightning's running ``total + value * size``,
+    # in the same floating-point type, wherever a checkpoint cuts the epoch.
+    import random
+
+    from experiments.engine import _add_up
+
+    random.seed(0)
+    for _ in range(100):
+        dtype = random.choice([torch.float32, torch.float64])
+        values = [torch.randn((), dtype=dtype) * 10 ** random.uniform(-6, 6) for _ in range(random.randint(1, 500))]
+        sizes = [random.choice([32, 17, 1, 1000]) for _ in values]
+        total, count = torch.tensor(0.0), torch.tensor(0)
+        for value, size in zip(values, sizes):
+            total, count = total + value * size, count + size
+        cut = random.randint(0, len(values))
+        first = _add_up([torch.tensor(0.0), 0, values[:cut], sizes[:cut]])
+        summed, counted = _add_up([*first, values[cut:], sizes[cut:]])
+        assert summed.dtype == total.dtype and summed.item() == total.item() and counted == int(count)
+        assert (summed / torch.tensor(counted)).item() == (total / count).item()

@@ -51,6 +51,7 @@ from typing import Any
 from weakref import proxy
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
@@ -238,18 +239,22 @@ class _EpochLogs:
     """``self.log`` of a training step, summed as Lightning's ResultCollection sums it.
 
     Lightning adds ``value * batch_size`` to a float tensor and ``batch_size`` to an integer tensor
-    on every call, and divides once at the end of the epoch. Doing those very operations here,
-    and handing Lightning the quotient once per epoch with ``batch_size=1`` (x * 1 / 1 == x),
-    gives bit-identical epoch values at a fraction of the cost. Calls this does not fast-path
-    (``on_step`` and ``on_epoch`` together, other reductions, non-tensors, metric objects) go
-    straight to Lightning.
+    on every call, and divides once at the end of the epoch. Here a step only keeps its value and
+    batch size; the same products and the same sums, one after another in the same floating-point
+    type, are computed when the epoch ends (or a checkpoint needs them) in two tensor operations
+    and one NumPy accumulation, and Lightning gets the quotient once per epoch with
+    ``batch_size=1`` (x * 1 / 1 == x). Epoch values are bit-identical, and a step spends a few
+    microseconds instead of the six tensor operations (a tenth of a small model's step) that
+    Lightning's sums cost. Calls this does not fast-path (``on_step`` and ``on_epoch`` together,
+    other reductions, non-tensors, metric objects) go straight to Lightning.
     """
 
     def __init__(self, real_log: Any) -> None:
         self.real_log = real_log
         self.active = False
         self.batch_size = 1
-        self.sums: dict[str, list[Any]] = {}  # name -> [value sum, count, flush kwargs]
+        # name -> [sum so far, count so far, values since, batch sizes since, flush kwargs]
+        self.sums: dict[str, list[Any]] = {}
         self.last_step: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     def __call__(self, name: str, value: Any, prog_bar: bool = False, logger: bool | None = None,
@@ -280,16 +285,15 @@ class _EpochLogs:
         if on_step:
             self.last_step[name] = (value.detach(), options)
             return
-        size = batch_size if batch_size is not None else self.batch_size
         value = value.detach()
         if value.dtype not in (torch.float32, torch.float64):
             value = value.to(torch.get_default_dtype())
         entry = self.sums.get(name)
         if entry is None:
             entry = self.sums[name] = [torch.tensor(0.0, dtype=torch.get_default_dtype(), device=value.device),
-                                       torch.tensor(0, device=value.device), options]
-        entry[0] = entry[0] + value * size
-        entry[1] = entry[1] + size
+                                       0, [], [], options]
+        entry[2].append(value.reshape(()) if value.ndim else value)
+        entry[3].append(batch_size if batch_size is not None else self.batch_size)
 
     def flush_steps(self) -> None:
         """The last on_step value of each name, once per chunk (Keras: once per execution)."""
@@ -299,14 +303,37 @@ class _EpochLogs:
 
     def flush_epoch(self) -> None:
         sums, self.sums = self.sums, {}
-        for name, (total, count, options) in sums.items():
-            self.real_log(name, total / count, on_step=False, on_epoch=True, batch_size=1, **options)
+        for name, entry in sums.items():
+            total, count = _add_up(entry)
+            count_tensor = torch.tensor(count, device=total.device)
+            self.real_log(name, total / count_tensor, on_step=False, on_epoch=True, batch_size=1, **entry[4])
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: [t.cpu(), c.cpu(), dict(o)] for name, (t, c, o) in self.sums.items()}
+        state = {}
+        for name, entry in self.sums.items():
+            entry[0], entry[1] = _add_up(entry)
+            entry[2], entry[3] = [], []
+            state[name] = [entry[0].cpu(), torch.tensor(entry[1]), dict(entry[4])]
+        return state
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        self.sums = {name: [t.to(device), c.to(device), dict(o)] for name, (t, c, o) in state.items()}
+        self.sums = {name: [t.to(device), int(c), [], [], dict(o)] for name, (t, c, o) in state.items()}
+
+
+def _add_up(entry: list[Any]) -> tuple[torch.Tensor, int]:
+    """The sum and count of an :class:`_EpochLogs` entry: ``total = total + value * size`` for each
+    value in turn, in the floating-point type that torch's promotion gives, as Lightning does it."""
+    total, count, values, sizes = entry[0], entry[1], entry[2], entry[3]
+    if not values:
+        return total, count
+    stacked = torch.stack(values)
+    products = (stacked * torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)).cpu().numpy()
+    dtype = torch.promote_types(total.dtype, stacked.dtype)
+    numpy_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    series = np.concatenate([total.detach().cpu().numpy().reshape(1), products]).astype(numpy_dtype)
+    # A running sum is sequential by nature: each partial sum rounds as torch's own add would.
+    running = np.add.accumulate(series)
+    return torch.tensor(running[-1], dtype=dtype, device=total.device), count + sum(sizes)
 
 
 class _FusedSteps(Callback):
