@@ -63,9 +63,11 @@ def test_one_callback_per_file_added_to_the_defaults(tmp_path: Path) -> None:
 
 
 def test_plus_callbacks_says_how_to_add_one(tmp_path: Path) -> None:
-    done = run_cli("train", "+callbacks=early_stopping", f"hydra.run.dir={tmp_path}/run", cwd=REPO)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (
+    from reliability_helpers import call_cli  # run_cli around the Hydra main, as the console script
+
+    code, _, err = call_cli("train", "+callbacks=early_stopping", f"hydra.run.dir={tmp_path}/run")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
         "error: +callbacks=early_stopping adds a second callbacks option, and callbacks already has one; "
         "list them instead, e.g. callbacks=[default,early_stopping]"
     )
@@ -150,7 +152,11 @@ class Halves(L.LightningDataModule):
 '''
 
 
-def test_a_plain_datamodule_with_dataloaders_runs_end_to_end(tmp_path: Path) -> None:
+def test_a_plain_datamodule_with_dataloaders_runs_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from reliability_helpers import call_cli
+
     (tmp_path / "plain_data.py").write_text(PLAIN_DATA)
     (tmp_path / "conf" / "data").mkdir(parents=True)
     (tmp_path / "conf" / "data" / "halves.yaml").write_text("_target_: plain_data.Halves\nbatch_size: 16\n")
@@ -165,14 +171,21 @@ def test_a_plain_datamodule_with_dataloaders_runs_end_to_end(tmp_path: Path) -> 
     assert metrics["diagnosis"]["verdict"] in ("fine", "overfitting", "underfitting")  # read through the loader
     ckpt = run / "checkpoints" / "best.ckpt"
     # A run's config is data: a package of one's own is built only when trusted by name.
-    refused = run_cli("predict", f"ckpt_path={ckpt}", cwd=tmp_path)
-    assert refused.returncode == 2 and "trust=[plain_data]" in refused.stderr
-    done = run_cli("predict", f"ckpt_path={ckpt}", "trust=[plain_data]", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = (run / "predictions.csv").read_text().splitlines()
-    assert rows[0].startswith("input_0,input_1,target,") and len(rows) == 1 + 100
-    done = run_cli("evaluate", f"ckpt_path={ckpt}", "trust=[plain_data]", cwd=tmp_path)
-    assert done.returncode == 0 and f"test/acc={metrics['test']['test/acc']:.4f}" in done.stdout
+    # (evaluate and predict in this process as their console scripts run them, from the same folder:
+    # the trained run above is the command line's, and finds plain_data there as python -m does)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        code, _, err = call_cli("predict", f"ckpt_path={ckpt}")
+        assert code == 2 and "trust=[plain_data]" in err
+        code, _, err = call_cli("predict", f"ckpt_path={ckpt}", "trust=[plain_data]")
+        assert code == 0, err[-2000:]
+        rows = (run / "predictions.csv").read_text().splitlines()
+        assert rows[0].startswith("input_0,input_1,target,") and len(rows) == 1 + 100
+        code, out, err = call_cli("evaluate", f"ckpt_path={ckpt}", "trust=[plain_data]")
+        assert code == 0 and f"test/acc={metrics['test']['test/acc']:.4f}" in out, err[-2000:]
+    finally:
+        sys.modules.pop("plain_data", None)
 
 
 def test_the_data_contract_is_checked_when_the_module_is_built(tmp_path: Path) -> None:
