@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from experiments.summarize import main as summarize_main
 
 from conftest import REPO, run_cli
+from reliability_helpers import call_cli
 
 QUIET = ["callbacks.history.verbose=false", "logger=none"]
 
@@ -100,9 +101,10 @@ def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(tmp_path: Path) -> N
     assert "lower optimizer.lr" in rows["1e+38"]["error"]
     assert [r["status"] for r in _rows(sweep)] == ["completed", "failed", "failed"]
     # A single run that fails still exits non-zero, with the reason on one line.
-    single = run_cli("train", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38", "trainer.max_epochs=3",
-                     *QUIET, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
-    assert single.returncode == 2 and single.stderr.strip().splitlines()[-1].startswith("error: loss became nan at step ")
+    # (in this process, exactly as the console script runs it: run_cli around the Hydra main)
+    code, _, err = call_cli("train", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38", "trainer.max_epochs=3",
+                            *QUIET, f"hydra.run.dir={tmp_path / 'single'}")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: loss became nan at step ")
 
 
 def _tpe_command(sweep: Path, *extra: str) -> list[str]:
@@ -274,9 +276,10 @@ def test_summarize_names_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
 
 def test_optuna_sweeper_without_a_search_space_says_so_and_writes_nothing(tmp_path: Path) -> None:
     sweep = tmp_path / "nothing"
-    result = run_cli("train", "-m", "experiment=xor", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: the optuna sweeper has nothing to search")
+    # In this process, exactly as the console script runs it (run_cli around the Hydra main).
+    code, _, err = call_cli("train", "-m", "experiment=xor", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep}")
+    assert code == 2
+    assert err.startswith("error: the optuna sweeper has nothing to search")
     assert not sweep.exists()
 
 
