@@ -105,3 +105,15 @@ def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}")
     assert code == 0, err
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def mnist_mlp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The primer's MNIST recipe (``experiment=mnist_mlp``, 5 epochs) trained once in this process,
+    and its run folder: its accuracy (test_mnist) and its verdict (test_diagnosis) are both read
+    from this one run, which neither test changes."""
+    from experiments.train import train
+
+    run_dir = tmp_path_factory.mktemp("mnist_mlp") / "run"
+    cfg = compose_config("train", ["experiment=mnist_mlp", "logger=none", "callbacks.history.verbose=false"], run_dir)
+    return train(cfg), run_dir
