@@ -114,7 +114,9 @@ def _tpe_command(sweep: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_trial_twice(tmp_path: Path) -> None:
+def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_trial_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sweep = tmp_path / "tpe"
     # 12 trials, 2 worker processes (conf/hparams_search/xor_tpe.yaml); heartbeats every second, so
     # that the killed trials go stale 8 s after the kill (a live worker on a loaded machine can
@@ -169,8 +171,11 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
         assert (sweep / name).stat().st_size > 5000 and f"({name})" in md
     assert {r["run"] for r in rows} == {str(t.number) for t in finished}
     # Finished: the same command again has nothing left to run.
-    third = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert third.returncode == 0 and len(_study(sweep, "xor_tpe").trials) == len(trials)
+    # (in this process, as the console script runs it: run_cli around the Hydra main)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = call_cli("train", *command[3:])
+    assert code == 0, err[-3000:]
+    assert len(_study(sweep, "xor_tpe").trials) == len(trials)
 
 
 def test_median_pruner_stops_an_absurd_learning_rate_early(tmp_path: Path) -> None:
