@@ -79,9 +79,13 @@ class StartedCli:
             [sys.executable, "-m", f"experiments.{module}", *args],
             cwd=cwd, env=_cli_env(), stdout=self.out, stderr=self.err, text=True,
         )
+        self.result: subprocess.CompletedProcess[str] | None = None
 
     def wait(self, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """What ``run_cli`` would have returned; the process is killed if it outlives ``timeout``."""
+        """What ``run_cli`` would have returned; the process is killed if it outlives ``timeout``.
+        Waiting again gives the same result."""
+        if self.result is not None:
+            return self.result
         try:
             self.process.wait(timeout=timeout)
         finally:
@@ -90,10 +94,10 @@ class StartedCli:
                 self.process.wait()
         self.out.seek(0)
         self.err.seek(0)
-        result = subprocess.CompletedProcess(self.process.args, self.process.returncode, self.out.read(), self.err.read())
+        self.result = subprocess.CompletedProcess(self.process.args, self.process.returncode, self.out.read(), self.err.read())
         self.out.close()
         self.err.close()
-        return result
+        return self.result
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,31 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import StartedCli, run_cli
 from reliability_helpers import call_cli
 
 
 @pytest.fixture(scope="module")
-def xor_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, StartedCli]]:
+    """The ten-seed multirun of test_default_xor_recipe_solves_the_truth_table_for_every_seed, started
+    before the module's single run so that the two share the machine's cores; waited for by that test."""
+    workdir = tmp_path_factory.mktemp("seeds")
+    # As users check it: one multirun over ten seeds (its jobs in parallel workers, one per core).
+    started = StartedCli("train", "-m", "experiment=xor", "seed=range(10)", "logger=none",
+                         "callbacks.history.verbose=false", f"hydra.sweep.dir={workdir / 'seeds'}", cwd=workdir)
+    yield workdir / "seeds", started
+    started.wait()  # (at once when its test ran; otherwise not left behind)
+
+
+@pytest.fixture(scope="module")
+def xor_cli(
+    tmp_path_factory: pytest.TempPathFactory, seeds: tuple[Path, StartedCli]
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """One finished `experiment=xor` run, made through the command line, and what it printed."""
     workdir = tmp_path_factory.mktemp("xor")
     result = run_cli("train", "experiment=xor", f"hydra.run.dir={workdir / 'run'}", cwd=workdir)
@@ -91,11 +106,9 @@ def test_predict_prints_and_saves_the_truth_table(xor_run: Path, tmp_path: Path)
         assert [int(r["prediction"]) for r in csv.DictReader(handle)] == [0, 1]
 
 
-def test_default_xor_recipe_solves_the_truth_table_for_every_seed(tmp_path: Path) -> None:
-    # As users check it: one multirun over ten seeds (its jobs in parallel workers, one per core).
-    sweep = tmp_path / "seeds"
-    result = run_cli("train", "-m", "experiment=xor", "seed=range(10)", "logger=none",
-                     "callbacks.history.verbose=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+def test_default_xor_recipe_solves_the_truth_table_for_every_seed(seeds: tuple[Path, StartedCli]) -> None:
+    sweep, started = seeds
+    result = started.wait()
     assert result.returncode == 0, result.stderr[-3000:]
     with open(sweep / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
