@@ -4,13 +4,15 @@ models composed with window wrappers, any DataModule with a spec, registered tas
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
 from experiments.config import build, check_config
 
-from conftest import REPO, compose_config, run_cli
+from conftest import REPO, StartedCli, compose_config
 
 
 def test_the_plain_defaults_are_the_primer_recipe_and_any_group_swaps_alone(tmp_path: Path) -> None:
@@ -25,13 +27,47 @@ def test_the_plain_defaults_are_the_primer_recipe_and_any_group_swaps_alone(tmp_
     assert type(task.model).__name__ == "LSTM" and task.model.output_shape == datamodule.spec.output_shape
 
 
-def test_data_sine_model_lstm_trains_end_to_end_from_the_command_line(tmp_path: Path) -> None:
-    done = run_cli(
-        "train", "data=sine", "model=lstm", "data.num_rows=400", "data.input_length=24", "data.horizon=8",
-        "model.hidden_size=8", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path}/run", cwd=REPO,
-    )
+@pytest.fixture(scope="module")
+def command_line_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, StartedCli]]]:
+    """This module's three runs from the command line, each in its own folder, started together
+    (independent processes, the machine's cores) and each waited for by its own test: data=sine
+    model=lstm from the checkout, a new model (my_models/gru.py) and a plain DataModule
+    (plain_data.py), each found by ``python -m`` in the working folder, with its YAML through --config-dir."""
+    root = tmp_path_factory.mktemp("command_line")
+    sine, gru, plain = root / "sine", root / "gru", root / "plain"
+    (gru / "my_models").mkdir(parents=True)
+    (gru / "my_models" / "gru.py").write_text(GRU_MODULE)
+    (gru / "conf" / "model").mkdir(parents=True)
+    (gru / "conf" / "model" / "gru.yaml").write_text("_target_: my_models.gru.GRU\nhidden_size: 32\n")
+    (plain / "conf" / "data").mkdir(parents=True)
+    (plain / "plain_data.py").write_text(PLAIN_DATA)
+    (plain / "conf" / "data" / "halves.yaml").write_text("_target_: plain_data.Halves\nbatch_size: 16\n")
+    runs = {
+        "sine": (sine, StartedCli(
+            "train", "data=sine", "model=lstm", "data.num_rows=400", "data.input_length=24", "data.horizon=8",
+            "model.hidden_size=8", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={sine}/run", cwd=REPO,
+        )),
+        # sine_lstm's window settings (channel independence, segments of 8 steps) wrap the GRU too.
+        "gru": (gru, StartedCli(
+            "train", "--config-dir", str(gru / "conf"), "experiment=sine_lstm", "model=gru", "model.hidden_size=8",
+            "data.num_rows=400", "data.input_length=24", "data.horizon=8", "trainer.max_epochs=1", "logger=none",
+            f"hydra.run.dir={gru}/run", cwd=gru,  # python -m finds my_models in the working folder
+        )),
+        "plain": (plain, StartedCli(
+            "train", "--config-dir", str(plain / "conf"), "data=halves", "model.hidden=[8]", "optimizer.lr=0.05",
+            "trainer.max_epochs=5", "logger=none", f"hydra.run.dir={plain}/run", cwd=plain,
+        )),
+    }
+    yield runs
+    for _, started in runs.values():
+        started.wait()
+
+
+def test_data_sine_model_lstm_trains_end_to_end_from_the_command_line(command_line_runs) -> None:
+    folder, started = command_line_runs["sine"]
+    done = started.wait()
     assert done.returncode == 0, done.stderr[-2000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((folder / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["experiment"] == "sine_lstm"
     assert metrics["monitor"] == "val/loss" and "test/mse" in metrics["test"]
 
@@ -98,17 +134,9 @@ class GRU(nn.Module):
 '''
 
 
-def test_a_new_model_is_one_python_file_and_one_yaml_file(tmp_path: Path) -> None:
-    (tmp_path / "my_models").mkdir()
-    (tmp_path / "my_models" / "gru.py").write_text(GRU_MODULE)
-    (tmp_path / "conf" / "model").mkdir(parents=True)
-    (tmp_path / "conf" / "model" / "gru.yaml").write_text("_target_: my_models.gru.GRU\nhidden_size: 32\n")
-    # sine_lstm's window settings (channel independence, segments of 8 steps) wrap the GRU too.
-    done = run_cli(
-        "train", "--config-dir", str(tmp_path / "conf"), "experiment=sine_lstm", "model=gru", "model.hidden_size=8",
-        "data.num_rows=400", "data.input_length=24", "data.horizon=8", "trainer.max_epochs=1", "logger=none",
-        f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,  # python -m finds my_models in the working folder
-    )
+def test_a_new_model_is_one_python_file_and_one_yaml_file(command_line_runs) -> None:
+    tmp_path, started = command_line_runs["gru"]  # my_models/gru.py and conf/model/gru.yaml, run from there
+    done = started.wait()
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and "test/mse" in metrics["test"]
@@ -152,19 +180,14 @@ class Halves(L.LightningDataModule):
 '''
 
 
-def test_a_plain_datamodule_with_dataloaders_runs_end_to_end(tmp_path: Path, monkeypatch) -> None:
+def test_a_plain_datamodule_with_dataloaders_runs_end_to_end(command_line_runs, monkeypatch) -> None:
     import sys
 
     from reliability_helpers import call_cli
 
-    (tmp_path / "plain_data.py").write_text(PLAIN_DATA)
-    (tmp_path / "conf" / "data").mkdir(parents=True)
-    (tmp_path / "conf" / "data" / "halves.yaml").write_text("_target_: plain_data.Halves\nbatch_size: 16\n")
+    tmp_path, started = command_line_runs["plain"]  # plain_data.py and conf/data/halves.yaml, run from there
     run = tmp_path / "run"
-    done = run_cli(
-        "train", "--config-dir", str(tmp_path / "conf"), "data=halves", "model.hidden=[8]", "optimizer.lr=0.05",
-        "trainer.max_epochs=5", "logger=none", f"hydra.run.dir={run}", cwd=tmp_path,
-    )
+    done = started.wait()
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["test"]["test/acc"] >= 0.9
