@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf
 
 from experiments.summarize import main as summarize_main
 
-from conftest import REPO, run_cli
+from conftest import REPO, StartedCli, run_cli
 from reliability_helpers import call_cli
 
 QUIET = ["callbacks.history.verbose=false", "logger=none"]
@@ -32,12 +33,47 @@ def _study(sweep: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'optuna.db'}")
 
 
-def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tensorboard_root(tmp_path: Path) -> None:
-    sweep = tmp_path / "grid"
-    result = run_cli(
-        "train", "-m", "experiment=xor", "seed=0,1", "trainer.max_epochs=5",
-        "callbacks.history.verbose=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )
+PRUNER_EPOCHS = 12
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, StartedCli]]]:
+    """Three independent multiruns from the command line, each in its own folder, started together
+    (the machine's cores; the Optuna one runs its trials one at a time) and each waited for and
+    checked by its own test: a grid over seeds, a sweep with a raising and a diverging trial, and
+    a pruned Optuna study."""
+    root = tmp_path_factory.mktemp("sweeps")
+    grid, failures, pruning = root / "grid", root / "failures", root / "pruning"
+    pruning.mkdir()
+    # The study exists before the sweep (as a resumed one would): two sane trials, then lr=1000.
+    study = optuna.create_study(study_name="prune", storage=f"sqlite:///{pruning / 'optuna.db'}")
+    for lr in ("0.05", "0.05", "1000"):
+        study.enqueue_trial({"optimizer.lr": lr})
+    runs = {
+        "grid": (grid, StartedCli(
+            "train", "-m", "experiment=xor", "seed=0,1", "trainer.max_epochs=5",
+            "callbacks.history.verbose=false", f"hydra.sweep.dir={grid}", cwd=root,
+        )),
+        # lr=-1 raises when the optimizer is built; lr=1e38 overflows float32 to NaN within two epochs.
+        "failures": (failures, StartedCli(
+            "train", "-m", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38,-1,0.5", "trainer.max_epochs=6",
+            *QUIET, f"hydra.sweep.dir={failures}", cwd=root,
+        )),
+        "pruning": (pruning, StartedCli(
+            "train", "-m", "experiment=xor", "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune",
+            "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=2",
+            "optimizer.lr=choice(0.05,1000)", f"trainer.max_epochs={PRUNER_EPOCHS}", *QUIET, f"hydra.sweep.dir={pruning}",
+            cwd=root,
+        )),
+    }
+    yield runs
+    for _, started in runs.values():
+        started.wait()
+
+
+def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tensorboard_root(sweeps) -> None:
+    sweep, started = sweeps["grid"]
+    result = started.wait()
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _rows(sweep)
     assert [r["status"] for r in rows] == ["completed", "completed"]
@@ -83,13 +119,9 @@ def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tenso
     assert sorted(seeds.values()) == [0, 1] and len(seeds) == 2
 
 
-def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(tmp_path: Path) -> None:
-    sweep = tmp_path / "failures"
-    # lr=-1 raises when the optimizer is built; lr=1e38 overflows float32 to NaN within two epochs.
-    result = run_cli(
-        "train", "-m", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38,-1,0.5", "trainer.max_epochs=6",
-        *QUIET, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )
+def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(sweeps, tmp_path: Path) -> None:
+    sweep, started = sweeps["failures"]  # optimizer.lr=1e38,-1,0.5 (see the fixture)
+    result = started.wait()
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {r["overrides"].split("optimizer.lr=")[1].split()[0]: r for r in _rows(sweep)}
     assert rows["0.5"]["status"] == "completed" and float(rows["0.5"]["best val/loss"]) < 1
@@ -105,6 +137,22 @@ def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(tmp_path: Path) -> N
     code, _, err = call_cli("train", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38", "trainer.max_epochs=3",
                             *QUIET, f"hydra.run.dir={tmp_path / 'single'}")
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: loss became nan at step ")
+
+
+def test_median_pruner_stops_an_absurd_learning_rate_early(sweeps) -> None:
+    # Waited for before the TPE test below, whose kill timing wants no other sweep of ours running.
+    sweep, started = sweeps["pruning"]  # a study made before the sweep: lr 0.05, 0.05, then 1000
+    epochs = PRUNER_EPOCHS
+    result = started.wait()
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [t.state.name for t in _study(sweep, "prune").trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
+    pruned = json.loads((sweep / "2" / "metrics.json").read_text())
+    assert (sweep / "2" / "learning_curves.png").is_file()
+    assert pruned["status"] == "pruned" and pruned["error"].startswith("pruned at epoch 3:")
+    with open(sweep / "2" / "history.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3 < epochs
+    assert [r["status"] for r in _rows(sweep)] == ["completed", "completed", "pruned"]
 
 
 def _tpe_command(sweep: Path, *extra: str) -> list[str]:
@@ -176,31 +224,6 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
     code, _, err = call_cli("train", *command[3:])
     assert code == 0, err[-3000:]
     assert len(_study(sweep, "xor_tpe").trials) == len(trials)
-
-
-def test_median_pruner_stops_an_absurd_learning_rate_early(tmp_path: Path) -> None:
-    sweep = tmp_path / "pruning"
-    sweep.mkdir()
-    # The study exists before the sweep (as a resumed one would): two sane trials, then lr=1000.
-    study = optuna.create_study(study_name="prune", storage=f"sqlite:///{sweep / 'optuna.db'}")
-    for lr in ("0.05", "0.05", "1000"):
-        study.enqueue_trial({"optimizer.lr": lr})
-    epochs = 12
-    result = run_cli(
-        "train", "-m", "experiment=xor", "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune",
-        "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=2",
-        "optimizer.lr=choice(0.05,1000)", f"trainer.max_epochs={epochs}", *QUIET, f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    states = [t.state.name for t in _study(sweep, "prune").trials]
-    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
-    pruned = json.loads((sweep / "2" / "metrics.json").read_text())
-    assert (sweep / "2" / "learning_curves.png").is_file()
-    assert pruned["status"] == "pruned" and pruned["error"].startswith("pruned at epoch 3:")
-    with open(sweep / "2" / "history.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 3 < epochs
-    assert [r["status"] for r in _rows(sweep)] == ["completed", "completed", "pruned"]
 
 
 def test_slurm_launcher_config_says_what_it_would_submit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
