@@ -100,6 +100,12 @@ class StartedCli:
         return self.result
 
 
+def selected(request: pytest.FixtureRequest, test_name: str) -> bool:
+    """Whether this session runs the test ``test_name`` of the requesting module (a run that a fixture
+    starts early for that test is not started when it was deselected)."""
+    return any(item.module is request.module and item.originalname == test_name for item in request.session.items)
+
+
 @pytest.fixture(scope="module")
 def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished two-epoch XOR run (one per test module), trained through the command line."""

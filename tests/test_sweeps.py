@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from experiments.summarize import main as summarize_main
 
-from conftest import REPO, StartedCli, run_cli
+from conftest import REPO, StartedCli, run_cli, selected
 from reliability_helpers import call_cli
 
 QUIET = ["callbacks.history.verbose=false", "logger=none"]
@@ -37,7 +37,9 @@ PRUNER_EPOCHS = 12
 
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, StartedCli]]]:
+def sweeps(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[Path, StartedCli]]]:
     """Three independent multiruns from the command line, each in its own folder, started together
     (the machine's cores; the Optuna one runs its trials one at a time) and each waited for and
     checked by its own test: a grid over seeds, a sweep with a raising and a diverging trial, and
@@ -49,22 +51,24 @@ def sweeps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple
     study = optuna.create_study(study_name="prune", storage=f"sqlite:///{pruning / 'optuna.db'}")
     for lr in ("0.05", "0.05", "1000"):
         study.enqueue_trial({"optimizer.lr": lr})
-    runs = {
-        "grid": (grid, StartedCli(
-            "train", "-m", "experiment=xor", "seed=0,1", "trainer.max_epochs=5",
-            "callbacks.history.verbose=false", f"hydra.sweep.dir={grid}", cwd=root,
-        )),
+    commands = {
+        "grid": ("test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tensorboard_root", grid, [
+            "seed=0,1", "trainer.max_epochs=5", "callbacks.history.verbose=false",
+        ]),
         # lr=-1 raises when the optimizer is built; lr=1e38 overflows float32 to NaN within two epochs.
-        "failures": (failures, StartedCli(
-            "train", "-m", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38,-1,0.5", "trainer.max_epochs=6",
-            *QUIET, f"hydra.sweep.dir={failures}", cwd=root,
-        )),
-        "pruning": (pruning, StartedCli(
-            "train", "-m", "experiment=xor", "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune",
-            "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=2",
-            "optimizer.lr=choice(0.05,1000)", f"trainer.max_epochs={PRUNER_EPOCHS}", *QUIET, f"hydra.sweep.dir={pruning}",
-            cwd=root,
-        )),
+        "failures": ("test_sweep_goes_on_past_a_raising_and_a_diverging_trial", failures, [
+            "optimizer=sgd", "optimizer.lr=1e38,-1,0.5", "trainer.max_epochs=6", *QUIET,
+        ]),
+        "pruning": ("test_median_pruner_stops_an_absurd_learning_rate_early", pruning, [
+            "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=2",
+            "optimizer.lr=choice(0.05,1000)", f"trainer.max_epochs={PRUNER_EPOCHS}", *QUIET,
+        ]),
+    }
+    runs = {  # each started only when its test runs
+        name: (sweep, StartedCli("train", "-m", "experiment=xor", *args, f"hydra.sweep.dir={sweep}", cwd=root))
+        for name, (test, sweep, args) in commands.items()
+        if selected(request, test)
     }
     yield runs
     for _, started in runs.values():
