@@ -12,7 +12,7 @@ import torch
 
 from experiments.config import build, check_config
 
-from conftest import REPO, StartedCli, compose_config
+from conftest import REPO, StartedCli, compose_config, selected
 
 
 def test_the_plain_defaults_are_the_primer_recipe_and_any_group_swaps_alone(tmp_path: Path) -> None:
@@ -28,7 +28,9 @@ def test_the_plain_defaults_are_the_primer_recipe_and_any_group_swaps_alone(tmp_
 
 
 @pytest.fixture(scope="module")
-def command_line_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, StartedCli]]]:
+def command_line_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[Path, StartedCli]]]:
     """This module's three runs from the command line, each in its own folder, started together
     (independent processes, the machine's cores) and each waited for by its own test: data=sine
     model=lstm from the checkout, a new model (my_models/gru.py) and a plain DataModule
@@ -42,21 +44,26 @@ def command_line_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
     (plain / "conf" / "data").mkdir(parents=True)
     (plain / "plain_data.py").write_text(PLAIN_DATA)
     (plain / "conf" / "data" / "halves.yaml").write_text("_target_: plain_data.Halves\nbatch_size: 16\n")
-    runs = {
-        "sine": (sine, StartedCli(
-            "train", "data=sine", "model=lstm", "data.num_rows=400", "data.input_length=24", "data.horizon=8",
-            "model.hidden_size=8", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={sine}/run", cwd=REPO,
-        )),
-        # sine_lstm's window settings (channel independence, segments of 8 steps) wrap the GRU too.
-        "gru": (gru, StartedCli(
-            "train", "--config-dir", str(gru / "conf"), "experiment=sine_lstm", "model=gru", "model.hidden_size=8",
+    commands = {
+        "sine": ("test_data_sine_model_lstm_trains_end_to_end_from_the_command_line", sine, REPO, [
+            "data=sine", "model=lstm", "data.num_rows=400", "data.input_length=24", "data.horizon=8",
+            "model.hidden_size=8", "trainer.max_epochs=1", "logger=none",
+        ]),
+        # sine_lstm's window settings (channel independence, segments of 8 steps) wrap the GRU too;
+        # python -m finds my_models in the working folder.
+        "gru": ("test_a_new_model_is_one_python_file_and_one_yaml_file", gru, gru, [
+            "--config-dir", str(gru / "conf"), "experiment=sine_lstm", "model=gru", "model.hidden_size=8",
             "data.num_rows=400", "data.input_length=24", "data.horizon=8", "trainer.max_epochs=1", "logger=none",
-            f"hydra.run.dir={gru}/run", cwd=gru,  # python -m finds my_models in the working folder
-        )),
-        "plain": (plain, StartedCli(
-            "train", "--config-dir", str(plain / "conf"), "data=halves", "model.hidden=[8]", "optimizer.lr=0.05",
-            "trainer.max_epochs=5", "logger=none", f"hydra.run.dir={plain}/run", cwd=plain,
-        )),
+        ]),
+        "plain": ("test_a_plain_datamodule_with_dataloaders_runs_end_to_end", plain, plain, [
+            "--config-dir", str(plain / "conf"), "data=halves", "model.hidden=[8]", "optimizer.lr=0.05",
+            "trainer.max_epochs=5", "logger=none",
+        ]),
+    }
+    runs = {  # each started only when its test runs
+        name: (folder, StartedCli("train", *args, f"hydra.run.dir={folder}/run", cwd=cwd))
+        for name, (test, folder, cwd, args) in commands.items()
+        if selected(request, test)
     }
     yield runs
     for _, started in runs.values():
