@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,20 +49,61 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
-def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m experiments.<module> args...`` in ``cwd`` as a user would."""
+def _cli_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     # This checkout's sources first, whatever the cwd (a relative PYTHONPATH=src would not hold there).
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m experiments.<module> args...`` in ``cwd`` as a user would."""
     return subprocess.run(
         [sys.executable, "-m", f"experiments.{module}", *args],
         cwd=cwd,
-        env=env,
+        env=_cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+class StartedCli:
+    """``run_cli`` started without waiting, so that a test can do other work meanwhile (another
+    core). Its output goes to files: no full pipe holds it up while the test is busy."""
+
+    def __init__(self, module: str, *args: str, cwd: Path) -> None:
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"experiments.{module}", *args],
+            cwd=cwd, env=_cli_env(), stdout=self.out, stderr=self.err, text=True,
+        )
+        self.result: subprocess.CompletedProcess[str] | None = None
+
+    def wait(self, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """What ``run_cli`` would have returned; the process is killed if it outlives ``timeout``.
+        Waiting again gives the same result."""
+        if self.result is not None:
+            return self.result
+        try:
+            self.process.wait(timeout=timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        self.out.seek(0)
+        self.err.seek(0)
+        self.result = subprocess.CompletedProcess(self.process.args, self.process.returncode, self.out.read(), self.err.read())
+        self.out.close()
+        self.err.close()
+        return self.result
+
+
+def selected(request: pytest.FixtureRequest, test_name: str) -> bool:
+    """Whether this session runs the test ``test_name`` of the requesting module (a run that a fixture
+    starts early for that test is not started when it was deselected)."""
+    return any(item.module is request.module and item.originalname == test_name for item in request.session.items)
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +115,15 @@ def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}")
     assert code == 0, err
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def mnist_mlp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The primer's MNIST recipe (``experiment=mnist_mlp``, 5 epochs) trained once in this process,
+    and its run folder: its accuracy (test_mnist) and its verdict (test_diagnosis) are both read
+    from this one run, which neither test changes."""
+    from experiments.train import train
+
+    run_dir = tmp_path_factory.mktemp("mnist_mlp") / "run"
+    cfg = compose_config("train", ["experiment=mnist_mlp", "logger=none", "callbacks.history.verbose=false"], run_dir)
+    return train(cfg), run_dir

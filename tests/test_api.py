@@ -16,7 +16,8 @@ import experiments
 from experiments import load_run, run
 from experiments.errors import UserError
 
-from conftest import run_cli
+from conftest import StartedCli
+from reliability_helpers import call_cli
 
 
 def _run_folder(root: Path) -> Path:
@@ -36,17 +37,20 @@ def test_run_matches_the_cli_and_load_run_matches_predict(
     cli_root, api_root = tmp_path / "cli", tmp_path / "api"
     cli_root.mkdir()
     api_root.mkdir()
-    cli = run_cli("train", "experiment=xor", "seed=3", cwd=cli_root)
+    # The command-line run in its own process while the API runs in this one (two cores, two runs).
+    started = StartedCli("train", "experiment=xor", "seed=3", cwd=cli_root)
+    try:
+        monkeypatch.chdir(api_root)
+        root_logger = logging.getLogger()
+        handlers, level = list(root_logger.handlers), root_logger.level
+        capfd.readouterr()
+        metrics = run("experiment=xor", "seed=3")
+        printed = capfd.readouterr()
+    finally:
+        cli = started.wait()
     assert cli.returncode == 0, cli.stderr
     cli_dir = _run_folder(cli_root)
     cli_metrics = json.loads((cli_dir / "metrics.json").read_text())
-
-    monkeypatch.chdir(api_root)
-    root_logger = logging.getLogger()
-    handlers, level = list(root_logger.handlers), root_logger.level
-    capfd.readouterr()
-    metrics = run("experiment=xor", "seed=3")
-    printed = capfd.readouterr()
 
     # The same test metrics as the CLI's, and the dict is the run's metrics.json.
     assert metrics["status"] == "completed"
@@ -69,8 +73,9 @@ def test_run_matches_the_cli_and_load_run_matches_predict(
     assert not GlobalHydra.instance().is_initialized()
 
     # load_run: config, model in eval mode, history; predictions equal predict's, bit for bit.
-    predict = run_cli("predict", f"ckpt_path={api_dir}/checkpoints/best.ckpt", cwd=api_root)
-    assert predict.returncode == 0, predict.stderr
+    # (predict as its console script runs it, in this process: run_cli around the Hydra main)
+    code, _, err = call_cli("predict", f"ckpt_path={api_dir}/checkpoints/best.ckpt")
+    assert code == 0, err
     with (api_dir / "predictions.csv").open() as handle:
         table = list(csv.DictReader(handle))
     loaded = load_run(api_dir)

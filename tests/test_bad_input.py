@@ -39,13 +39,13 @@ CASES = [
     ("negative-lr", "train", ["optimizer.lr=-1"], ["learning rate", "-1"], False),
     ("zero-batch-size", "train", ["data.batch_size=0"], ["batch_size must be a positive integer", "got 0"], False),
     ("negative-epochs", "train", ["trainer.max_epochs=-5"], ["max_epochs", "-5"], False),
-    ("zero-epochs", "train", ["trainer.max_epochs=0"], ["trainer.max_epochs=0 trains nothing", "positive"], True),
+    ("zero-epochs", "train", ["trainer.max_epochs=0"], ["trainer.max_epochs=0 trains nothing", "positive"], False),
     ("endless-epochs", "train", ["trainer.max_epochs=-1"], ["would train forever", "+trainer.max_steps=N"], False),
-    ("seed-too-large", "train", ["seed=99999999999"], ["seed=99999999999 is out of range", "0 to 4294967295"], True),
+    ("seed-too-large", "train", ["seed=99999999999"], ["seed=99999999999 is out of range", "0 to 4294967295"], False),
     ("seed-negative", "train", ["seed=-1"], ["seed=-1 is out of range"], False),
     ("dropout-out-of-range", "train", ["model.dropout=1.5"],
      ["model.dropout=1.5 is not valid for MLP", "dropout must be in [0, 1)", "fix model.dropout"], False),
-    ("unknown-added-key", "train", ["+foo=bar"], ["unknown key 'foo'", "+foo=bar adds a key that nothing reads"], True),
+    ("unknown-added-key", "train", ["+foo=bar"], ["unknown key 'foo'", "+foo=bar adds a key that nothing reads"], False),
     ("bad-precision", "train", ["trainer.precision=13"], ["trainer.precision=13", "bf16-mixed"], False),
     ("bad-monitor-mode", "train", ["monitor_mode=maximum"], ["`mode` can be min, max", "maximum"], False),
     ("negative-checkpoint-steps", "train", ["checkpoint_every_n_steps=-1"], ["every_n_train_steps=-1", ">= 0"], False),
@@ -81,10 +81,10 @@ CASES = [
     ("predict-missing-inputs", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/none.csv"], ["inputs file not found"], False),
     ("predict-wrong-columns", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/three.csv"], ["should hold 2 numbers"], True),
     ("predict-nan-row", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/nan.csv"],
-     ["data row 2 (line 3)", "not a finite number", "fix or drop that row"], True),
+     ["data row 2 (line 3)", "not a finite number", "fix or drop that row"], False),
     ("predict-infinite-row", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/inf.csv"], ["data row 1 (line 1)", "not a finite"], False),
     ("predict-binary-file", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/binary.csv"],
-     ["is not a CSV text file", "save it as CSV (UTF-8)"], True),
+     ["is not a CSV text file", "save it as CSV (UTF-8)"], False),
     ("predict-bad-batch-size", "predict", ["ckpt_path={ckpt}", "batch_size=0"], ["batch_size=0", "positive integer"], False),
     # damaged data files (found when the data module reads them, once the trainer has started:
     # on the command line Lightning's start-up lines come first, the error line is the last)
@@ -147,7 +147,10 @@ def _damaged_mnist(tmp: Path, name: str) -> Path:
 
 def test_catalogue_has_at_least_20_cases() -> None:
     assert len(CASES) >= 20
-    assert sum(case[4] for case in CASES) >= 6  # a good share through the real command line
+    # A good share through the real command line: one of each kind of mistake (a config group, a
+    # model that does not fit the data, a damaged checkpoint, resume, a predict input file, a run
+    # folder that cannot be written); the rest in this process, through the same run_cli.
+    assert sum(case[4] for case in CASES) >= 6
 
 
 @pytest.mark.parametrize(("module", "args", "expected", "cli"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

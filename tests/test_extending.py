@@ -4,13 +4,15 @@ models composed with window wrappers, any DataModule with a spec, registered tas
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
 from experiments.config import build, check_config
 
-from conftest import REPO, compose_config, run_cli
+from conftest import REPO, StartedCli, compose_config, selected
 
 
 def test_the_plain_defaults_are_the_primer_recipe_and_any_group_swaps_alone(tmp_path: Path) -> None:
@@ -25,13 +27,54 @@ def test_the_plain_defaults_are_the_primer_recipe_and_any_group_swaps_alone(tmp_
     assert type(task.model).__name__ == "LSTM" and task.model.output_shape == datamodule.spec.output_shape
 
 
-def test_data_sine_model_lstm_trains_end_to_end_from_the_command_line(tmp_path: Path) -> None:
-    done = run_cli(
-        "train", "data=sine", "model=lstm", "data.num_rows=400", "data.input_length=24", "data.horizon=8",
-        "model.hidden_size=8", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path}/run", cwd=REPO,
-    )
+@pytest.fixture(scope="module")
+def command_line_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[Path, StartedCli]]]:
+    """This module's three runs from the command line, each in its own folder, started together
+    (independent processes, the machine's cores) and each waited for by its own test: data=sine
+    model=lstm from the checkout, a new model (my_models/gru.py) and a plain DataModule
+    (plain_data.py), each found by ``python -m`` in the working folder, with its YAML through --config-dir."""
+    root = tmp_path_factory.mktemp("command_line")
+    sine, gru, plain = root / "sine", root / "gru", root / "plain"
+    (gru / "my_models").mkdir(parents=True)
+    (gru / "my_models" / "gru.py").write_text(GRU_MODULE)
+    (gru / "conf" / "model").mkdir(parents=True)
+    (gru / "conf" / "model" / "gru.yaml").write_text("_target_: my_models.gru.GRU\nhidden_size: 32\n")
+    (plain / "conf" / "data").mkdir(parents=True)
+    (plain / "plain_data.py").write_text(PLAIN_DATA)
+    (plain / "conf" / "data" / "halves.yaml").write_text("_target_: plain_data.Halves\nbatch_size: 16\n")
+    commands = {
+        "sine": ("test_data_sine_model_lstm_trains_end_to_end_from_the_command_line", sine, REPO, [
+            "data=sine", "model=lstm", "data.num_rows=400", "data.input_length=24", "data.horizon=8",
+            "model.hidden_size=8", "trainer.max_epochs=1", "logger=none",
+        ]),
+        # sine_lstm's window settings (channel independence, segments of 8 steps) wrap the GRU too;
+        # python -m finds my_models in the working folder.
+        "gru": ("test_a_new_model_is_one_python_file_and_one_yaml_file", gru, gru, [
+            "--config-dir", str(gru / "conf"), "experiment=sine_lstm", "model=gru", "model.hidden_size=8",
+            "data.num_rows=400", "data.input_length=24", "data.horizon=8", "trainer.max_epochs=1", "logger=none",
+        ]),
+        "plain": ("test_a_plain_datamodule_with_dataloaders_runs_end_to_end", plain, plain, [
+            "--config-dir", str(plain / "conf"), "data=halves", "model.hidden=[8]", "optimizer.lr=0.05",
+            "trainer.max_epochs=5", "logger=none",
+        ]),
+    }
+    runs = {  # each started only when its test runs
+        name: (folder, StartedCli("train", *args, f"hydra.run.dir={folder}/run", cwd=cwd))
+        for name, (test, folder, cwd, args) in commands.items()
+        if selected(request, test)
+    }
+    yield runs
+    for _, started in runs.values():
+        started.wait()
+
+
+def test_data_sine_model_lstm_trains_end_to_end_from_the_command_line(command_line_runs) -> None:
+    folder, started = command_line_runs["sine"]
+    done = started.wait()
     assert done.returncode == 0, done.stderr[-2000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics = json.loads((folder / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["experiment"] == "sine_lstm"
     assert metrics["monitor"] == "val/loss" and "test/mse" in metrics["test"]
 
@@ -63,9 +106,11 @@ def test_one_callback_per_file_added_to_the_defaults(tmp_path: Path) -> None:
 
 
 def test_plus_callbacks_says_how_to_add_one(tmp_path: Path) -> None:
-    done = run_cli("train", "+callbacks=early_stopping", f"hydra.run.dir={tmp_path}/run", cwd=REPO)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (
+    from reliability_helpers import call_cli  # run_cli around the Hydra main, as the console script
+
+    code, _, err = call_cli("train", "+callbacks=early_stopping", f"hydra.run.dir={tmp_path}/run")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
         "error: +callbacks=early_stopping adds a second callbacks option, and callbacks already has one; "
         "list them instead, e.g. callbacks=[default,early_stopping]"
     )
@@ -96,17 +141,9 @@ class GRU(nn.Module):
 '''
 
 
-def test_a_new_model_is_one_python_file_and_one_yaml_file(tmp_path: Path) -> None:
-    (tmp_path / "my_models").mkdir()
-    (tmp_path / "my_models" / "gru.py").write_text(GRU_MODULE)
-    (tmp_path / "conf" / "model").mkdir(parents=True)
-    (tmp_path / "conf" / "model" / "gru.yaml").write_text("_target_: my_models.gru.GRU\nhidden_size: 32\n")
-    # sine_lstm's window settings (channel independence, segments of 8 steps) wrap the GRU too.
-    done = run_cli(
-        "train", "--config-dir", str(tmp_path / "conf"), "experiment=sine_lstm", "model=gru", "model.hidden_size=8",
-        "data.num_rows=400", "data.input_length=24", "data.horizon=8", "trainer.max_epochs=1", "logger=none",
-        f"hydra.run.dir={tmp_path}/run", cwd=tmp_path,  # python -m finds my_models in the working folder
-    )
+def test_a_new_model_is_one_python_file_and_one_yaml_file(command_line_runs) -> None:
+    tmp_path, started = command_line_runs["gru"]  # my_models/gru.py and conf/model/gru.yaml, run from there
+    done = started.wait()
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and "test/mse" in metrics["test"]
@@ -150,29 +187,35 @@ class Halves(L.LightningDataModule):
 '''
 
 
-def test_a_plain_datamodule_with_dataloaders_runs_end_to_end(tmp_path: Path) -> None:
-    (tmp_path / "plain_data.py").write_text(PLAIN_DATA)
-    (tmp_path / "conf" / "data").mkdir(parents=True)
-    (tmp_path / "conf" / "data" / "halves.yaml").write_text("_target_: plain_data.Halves\nbatch_size: 16\n")
+def test_a_plain_datamodule_with_dataloaders_runs_end_to_end(command_line_runs, monkeypatch) -> None:
+    import sys
+
+    from reliability_helpers import call_cli
+
+    tmp_path, started = command_line_runs["plain"]  # plain_data.py and conf/data/halves.yaml, run from there
     run = tmp_path / "run"
-    done = run_cli(
-        "train", "--config-dir", str(tmp_path / "conf"), "data=halves", "model.hidden=[8]", "optimizer.lr=0.05",
-        "trainer.max_epochs=5", "logger=none", f"hydra.run.dir={run}", cwd=tmp_path,
-    )
+    done = started.wait()
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["test"]["test/acc"] >= 0.9
     assert metrics["diagnosis"]["verdict"] in ("fine", "overfitting", "underfitting")  # read through the loader
     ckpt = run / "checkpoints" / "best.ckpt"
     # A run's config is data: a package of one's own is built only when trusted by name.
-    refused = run_cli("predict", f"ckpt_path={ckpt}", cwd=tmp_path)
-    assert refused.returncode == 2 and "trust=[plain_data]" in refused.stderr
-    done = run_cli("predict", f"ckpt_path={ckpt}", "trust=[plain_data]", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = (run / "predictions.csv").read_text().splitlines()
-    assert rows[0].startswith("input_0,input_1,target,") and len(rows) == 1 + 100
-    done = run_cli("evaluate", f"ckpt_path={ckpt}", "trust=[plain_data]", cwd=tmp_path)
-    assert done.returncode == 0 and f"test/acc={metrics['test']['test/acc']:.4f}" in done.stdout
+    # (evaluate and predict in this process as their console scripts run them, from the same folder:
+    # the trained run above is the command line's, and finds plain_data there as python -m does)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        code, _, err = call_cli("predict", f"ckpt_path={ckpt}")
+        assert code == 2 and "trust=[plain_data]" in err
+        code, _, err = call_cli("predict", f"ckpt_path={ckpt}", "trust=[plain_data]")
+        assert code == 0, err[-2000:]
+        rows = (run / "predictions.csv").read_text().splitlines()
+        assert rows[0].startswith("input_0,input_1,target,") and len(rows) == 1 + 100
+        code, out, err = call_cli("evaluate", f"ckpt_path={ckpt}", "trust=[plain_data]")
+        assert code == 0 and f"test/acc={metrics['test']['test/acc']:.4f}" in out, err[-2000:]
+    finally:
+        sys.modules.pop("plain_data", None)
 
 
 def test_the_data_contract_is_checked_when_the_module_is_built(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from conftest import run_cli
+from reliability_helpers import call_cli
 
 # epoch, loss (that epoch's forward pass, before its update), w and b (after the update)
 PRIMER_TABLE = [
@@ -19,10 +19,11 @@ PRIMER_TABLE = [
 
 def test_neuron_prints_and_records_the_primer_table(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_cli("train", "experiment=neuron", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    # In this process, exactly as the console script runs it (run_cli around the Hydra main).
+    code, out, err = call_cli("train", "experiment=neuron", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
 
-    printed = [line.split() for line in result.stdout.splitlines()]
+    printed = [line.split() for line in out.splitlines()]
     header = printed.index(["epoch", "train/loss", "w", "b"])
     expected_lines = [[str(e), f"{loss:.4f}", f"{w:.4f}", f"{b:.4f}"] for e, loss, w, b in PRIMER_TABLE]
     assert printed[header + 1 : header + 6] == expected_lines

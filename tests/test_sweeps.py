@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -17,7 +18,8 @@ from omegaconf import OmegaConf
 
 from experiments.summarize import main as summarize_main
 
-from conftest import REPO, run_cli
+from conftest import REPO, StartedCli, run_cli, selected
+from reliability_helpers import call_cli
 
 QUIET = ["callbacks.history.verbose=false", "logger=none"]
 
@@ -31,12 +33,51 @@ def _study(sweep: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'optuna.db'}")
 
 
-def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tensorboard_root(tmp_path: Path) -> None:
-    sweep = tmp_path / "grid"
-    result = run_cli(
-        "train", "-m", "experiment=xor", "seed=0,1", "trainer.max_epochs=5",
-        "callbacks.history.verbose=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )
+PRUNER_EPOCHS = 12
+
+
+@pytest.fixture(scope="module")
+def sweeps(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[Path, StartedCli]]]:
+    """Three independent multiruns from the command line, each in its own folder, started together
+    (the machine's cores; the Optuna one runs its trials one at a time) and each waited for and
+    checked by its own test: a grid over seeds, a sweep with a raising and a diverging trial, and
+    a pruned Optuna study."""
+    root = tmp_path_factory.mktemp("sweeps")
+    grid, failures, pruning = root / "grid", root / "failures", root / "pruning"
+    pruning.mkdir()
+    # The study exists before the sweep (as a resumed one would): two sane trials, then lr=1000.
+    study = optuna.create_study(study_name="prune", storage=f"sqlite:///{pruning / 'optuna.db'}")
+    for lr in ("0.05", "0.05", "1000"):
+        study.enqueue_trial({"optimizer.lr": lr})
+    commands = {
+        "grid": ("test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tensorboard_root", grid, [
+            "seed=0,1", "trainer.max_epochs=5", "callbacks.history.verbose=false",
+        ]),
+        # lr=-1 raises when the optimizer is built; lr=1e38 overflows float32 to NaN within two epochs.
+        "failures": ("test_sweep_goes_on_past_a_raising_and_a_diverging_trial", failures, [
+            "optimizer=sgd", "optimizer.lr=1e38,-1,0.5", "trainer.max_epochs=6", *QUIET,
+        ]),
+        "pruning": ("test_median_pruner_stops_an_absurd_learning_rate_early", pruning, [
+            "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=2",
+            "optimizer.lr=choice(0.05,1000)", f"trainer.max_epochs={PRUNER_EPOCHS}", *QUIET,
+        ]),
+    }
+    runs = {  # each started only when its test runs
+        name: (sweep, StartedCli("train", "-m", "experiment=xor", *args, f"hydra.sweep.dir={sweep}", cwd=root))
+        for name, (test, sweep, args) in commands.items()
+        if selected(request, test)
+    }
+    yield runs
+    for _, started in runs.values():
+        started.wait()
+
+
+def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tensorboard_root(sweeps) -> None:
+    sweep, started = sweeps["grid"]
+    result = started.wait()
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _rows(sweep)
     assert [r["status"] for r in rows] == ["completed", "completed"]
@@ -82,13 +123,9 @@ def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tenso
     assert sorted(seeds.values()) == [0, 1] and len(seeds) == 2
 
 
-def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(tmp_path: Path) -> None:
-    sweep = tmp_path / "failures"
-    # lr=-1 raises when the optimizer is built; lr=1e38 overflows float32 to NaN within two epochs.
-    result = run_cli(
-        "train", "-m", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38,-1,0.5", "trainer.max_epochs=6",
-        *QUIET, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )
+def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(sweeps, tmp_path: Path) -> None:
+    sweep, started = sweeps["failures"]  # optimizer.lr=1e38,-1,0.5 (see the fixture)
+    result = started.wait()
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {r["overrides"].split("optimizer.lr=")[1].split()[0]: r for r in _rows(sweep)}
     assert rows["0.5"]["status"] == "completed" and float(rows["0.5"]["best val/loss"]) < 1
@@ -100,9 +137,26 @@ def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(tmp_path: Path) -> N
     assert "lower optimizer.lr" in rows["1e+38"]["error"]
     assert [r["status"] for r in _rows(sweep)] == ["completed", "failed", "failed"]
     # A single run that fails still exits non-zero, with the reason on one line.
-    single = run_cli("train", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38", "trainer.max_epochs=3",
-                     *QUIET, f"hydra.run.dir={tmp_path / 'single'}", cwd=tmp_path)
-    assert single.returncode == 2 and single.stderr.strip().splitlines()[-1].startswith("error: loss became nan at step ")
+    # (in this process, exactly as the console script runs it: run_cli around the Hydra main)
+    code, _, err = call_cli("train", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38", "trainer.max_epochs=3",
+                            *QUIET, f"hydra.run.dir={tmp_path / 'single'}")
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: loss became nan at step ")
+
+
+def test_median_pruner_stops_an_absurd_learning_rate_early(sweeps) -> None:
+    # Waited for before the TPE test below, whose kill timing wants no other sweep of ours running.
+    sweep, started = sweeps["pruning"]  # a study made before the sweep: lr 0.05, 0.05, then 1000
+    epochs = PRUNER_EPOCHS
+    result = started.wait()
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [t.state.name for t in _study(sweep, "prune").trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
+    pruned = json.loads((sweep / "2" / "metrics.json").read_text())
+    assert (sweep / "2" / "learning_curves.png").is_file()
+    assert pruned["status"] == "pruned" and pruned["error"].startswith("pruned at epoch 3:")
+    with open(sweep / "2" / "history.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3 < epochs
+    assert [r["status"] for r in _rows(sweep)] == ["completed", "completed", "pruned"]
 
 
 def _tpe_command(sweep: Path, *extra: str) -> list[str]:
@@ -112,7 +166,9 @@ def _tpe_command(sweep: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_trial_twice(tmp_path: Path) -> None:
+def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_trial_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sweep = tmp_path / "tpe"
     # 12 trials, 2 worker processes (conf/hparams_search/xor_tpe.yaml); heartbeats every second, so
     # that the killed trials go stale 8 s after the kill (a live worker on a loaded machine can
@@ -167,33 +223,11 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
         assert (sweep / name).stat().st_size > 5000 and f"({name})" in md
     assert {r["run"] for r in rows} == {str(t.number) for t in finished}
     # Finished: the same command again has nothing left to run.
-    third = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert third.returncode == 0 and len(_study(sweep, "xor_tpe").trials) == len(trials)
-
-
-def test_median_pruner_stops_an_absurd_learning_rate_early(tmp_path: Path) -> None:
-    sweep = tmp_path / "pruning"
-    sweep.mkdir()
-    # The study exists before the sweep (as a resumed one would): two sane trials, then lr=1000.
-    study = optuna.create_study(study_name="prune", storage=f"sqlite:///{sweep / 'optuna.db'}")
-    for lr in ("0.05", "0.05", "1000"):
-        study.enqueue_trial({"optimizer.lr": lr})
-    epochs = 12
-    result = run_cli(
-        "train", "-m", "experiment=xor", "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune",
-        "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=2",
-        "optimizer.lr=choice(0.05,1000)", f"trainer.max_epochs={epochs}", *QUIET, f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    states = [t.state.name for t in _study(sweep, "prune").trials]
-    assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
-    pruned = json.loads((sweep / "2" / "metrics.json").read_text())
-    assert (sweep / "2" / "learning_curves.png").is_file()
-    assert pruned["status"] == "pruned" and pruned["error"].startswith("pruned at epoch 3:")
-    with open(sweep / "2" / "history.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 3 < epochs
-    assert [r["status"] for r in _rows(sweep)] == ["completed", "completed", "pruned"]
+    # (in this process, as the console script runs it: run_cli around the Hydra main)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = call_cli("train", *command[3:])
+    assert code == 0, err[-3000:]
+    assert len(_study(sweep, "xor_tpe").trials) == len(trials)
 
 
 def test_slurm_launcher_config_says_what_it_would_submit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,9 +308,10 @@ def test_summarize_names_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
 
 def test_optuna_sweeper_without_a_search_space_says_so_and_writes_nothing(tmp_path: Path) -> None:
     sweep = tmp_path / "nothing"
-    result = run_cli("train", "-m", "experiment=xor", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: the optuna sweeper has nothing to search")
+    # In this process, exactly as the console script runs it (run_cli around the Hydra main).
+    code, _, err = call_cli("train", "-m", "experiment=xor", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep}")
+    assert code == 2
+    assert err.startswith("error: the optuna sweeper has nothing to search")
     assert not sweep.exists()
 
 

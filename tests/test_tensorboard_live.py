@@ -4,6 +4,8 @@ browser gets. The server is stopped by the test, which is bounded in time."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import run_cli
+from reliability_helpers import child_env
 
 N_TRIALS = 4
 
@@ -75,17 +78,28 @@ class TensorBoard:
 def test_live_tensorboard_serves_every_trials_curves_hparams_and_images(tmp_path: Path) -> None:
     outputs = tmp_path / "outputs"
     sweep = outputs / "sweep"
-    result = run_cli(
-        "train", "-m", "experiment=xor", "hparams_search=xor_tpe", f"hydra.sweeper.n_trials={N_TRIALS}",
-        "trainer.max_epochs=5", "callbacks.history.verbose=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # The sweep and the forecasting run at the same time (independent runs, one machine's cores).
+    # (its output to a file, so that a full pipe cannot hold it up while the forecasting run goes on)
+    with open(tmp_path / "sweep.log", "w") as log:
+        searching = subprocess.Popen(
+            [sys.executable, "-m", "experiments.train", "-m", "experiment=xor", "hparams_search=xor_tpe",
+             f"hydra.sweeper.n_trials={N_TRIALS}", "trainer.max_epochs=5", "callbacks.history.verbose=false",
+             f"hydra.sweep.dir={sweep}"],
+            cwd=tmp_path, env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        forecast = run_cli("train", "experiment=sine_lstm", "trainer.max_epochs=2", "callbacks.history.verbose=false",
+                           f"hydra.run.dir={outputs / 'forecast'}", cwd=tmp_path)
+        searching.wait(timeout=300)
+    finally:
+        if searching.poll() is None:
+            os.killpg(searching.pid, signal.SIGKILL)  # the sweep and its workers
+            searching.wait()
+    assert forecast.returncode == 0, forecast.stderr[-3000:]
+    assert searching.returncode == 0, (tmp_path / "sweep.log").read_text()[-3000:]
     # Optuna's pictures of the study (three parameters: all three).
     pictures = sorted(p.name for p in sweep.glob("optuna_*.png"))
     assert len(pictures) >= 2, pictures
-    forecast = run_cli("train", "experiment=sine_lstm", "trainer.max_epochs=2", "callbacks.history.verbose=false",
-                       f"hydra.run.dir={outputs / 'forecast'}", cwd=tmp_path)
-    assert forecast.returncode == 0, forecast.stderr[-3000:]
     trials = [f"sweep/{n}/tensorboard" for n in range(N_TRIALS)]
     metrics = {run: json.loads((outputs / Path(run).parent / "metrics.json").read_text()) for run in trials}
 

@@ -20,7 +20,8 @@ from experiments.tasks import ForecastingTask, task_for
 from experiments.tasks.forecasting import repeat_last
 from experiments.train import train
 
-from conftest import REPO, SHARED_DATA, run_cli
+from conftest import SHARED_DATA
+from reliability_helpers import call_cli
 
 ETT_DIR = SHARED_DATA / "ett"
 needs_ett = pytest.mark.skipif(not (ETT_DIR / "ETTh1.csv").is_file(), reason=f"no ETTh1.csv in {ETT_DIR}")
@@ -221,12 +222,13 @@ def test_etth1_short_run_tests_the_full_test_set(compose_train) -> None:
 
 
 def test_cli_without_the_ett_file_is_one_line(tmp_path: Path) -> None:
-    done = run_cli(
+    # In this process, exactly as the console script runs it (run_cli around the Hydra main).
+    code, _, err = call_cli(
         "train", "experiment=etth1_lstm", f"data.data_dir={tmp_path}/nothing", "data.download=false",
-        f"hydra.run.dir={tmp_path}/run", cwd=REPO,
+        f"hydra.run.dir={tmp_path}/run",
     )
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
         f"error: data: {tmp_path}/nothing/ETTh1.csv does not exist; put ETTh1.csv there (from "
         "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/ETTh1.csv) or set data.download=true"
     )

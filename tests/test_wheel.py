@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -50,6 +51,30 @@ class Tiny(nn.Module):
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _run_together(*runs: tuple[list[str], Path, dict[str, str]], timeout: float = 300) -> list[subprocess.CompletedProcess[str]]:
+    """``_run`` for independent commands, all at once (a machine's cores, not one after the other).
+    Their output goes to files, so that no full pipe holds one up while another is waited for."""
+    started = []
+    for argv, cwd, env in runs:
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        started.append((subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, text=True), out, err))
+    done = []
+    try:
+        for process, out, err in started:
+            process.wait(timeout=timeout)
+            out.seek(0)
+            err.seek(0)
+            done.append(subprocess.CompletedProcess(process.args, process.returncode, out.read(), err.read()))
+    finally:
+        for process, out, err in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            out.close()
+            err.close()
+    return done
 
 
 @pytest.fixture(scope="module")
@@ -96,32 +121,48 @@ def _metrics(folder: Path, name: str) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_the_installed_cli_trains_xor_from_an_empty_folder(installed: Path, tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
+@pytest.fixture(scope="module")
+def used(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+    """What a user does with the installed wheel, all at once (independent processes, in folders of
+    their own): where it finds its configs and data, experiment=xor from an empty folder, and a
+    model of the user's own through --config-dir, rightly spelt and misspelt (that one starts no run)."""
+    root = tmp_path_factory.mktemp("used")
+    empty = root / "empty"
     empty.mkdir()
-    env = _env(tmp_path)
+    folder = root / "project"
+    (folder / "my_conf" / "model").mkdir(parents=True)
+    (folder / "my_code").mkdir()
+    (folder / "my_code" / "tiny_model.py").write_text(TINY_MODEL)
+    (folder / "my_conf" / "model" / "tiny.yaml").write_text("_target_: tiny_model.Tiny\nhidden: [8]\nactivation: tanh\n")
+    plain, own = _env(root / "plain"), _env(root / "own", PYTHONPATH=str(folder / "my_code"))
     code = "import experiments.config as c; print(c.CONFIG_DIR); print(c.data_root())"
-    config_dir, data_root = _run([str(installed), "-c", code], empty, env).stdout.split()
+    tiny = [str(installed), "-m", "experiments.train", "--config-dir", "my_conf", "experiment=xor", "model=tiny"]
+    runs = {
+        "where": ([str(installed), "-c", code], empty, plain),
+        "xor": ([str(installed), "-m", "experiments.train", "experiment=xor"], empty, plain),
+        "tiny": (tiny, folder, own),
+        "typo": ([*tiny, "+model.hiden=4"], folder, own),
+    }
+    done = _run_together(*runs.values())
+    return {name: (run[1], result) for (name, run), result in zip(runs.items(), done, strict=True)}
+
+
+def test_the_installed_cli_trains_xor_from_an_empty_folder(installed: Path, used) -> None:
+    empty, where = used["where"]
+    config_dir, data_root = where.stdout.split()
     # The configs the wheel ships, and the user cache for data (MNIST is downloaded there when used).
     assert Path(config_dir).is_relative_to(installed.parents[1].resolve()) and Path(config_dir).name == "conf"
-    assert data_root == str(tmp_path / "cache" / "experiments")
+    assert data_root == str(empty.parent / "plain" / "cache" / "experiments")
 
-    result = _run([str(installed), "-m", "experiments.train", "experiment=xor"], empty, env)
+    _, result = used["xor"]
     assert result.returncode == 0, result.stderr
     metrics = _metrics(empty, "xor")
     assert metrics["status"] == "completed" and metrics["test"]["test/acc"] == 1.0
     assert sorted(p.name for p in empty.iterdir()) == ["outputs"]  # run folders under ./outputs, nothing else
 
 
-def test_the_installed_cli_trains_a_users_own_model_through_config_dir(installed: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "project"
-    (folder / "my_conf" / "model").mkdir(parents=True)
-    (folder / "my_code").mkdir()
-    (folder / "my_code" / "tiny_model.py").write_text(TINY_MODEL)
-    (folder / "my_conf" / "model" / "tiny.yaml").write_text("_target_: tiny_model.Tiny\nhidden: [8]\nactivation: tanh\n")
-    env = _env(tmp_path, PYTHONPATH=str(folder / "my_code"))
-
-    result = _run([str(installed), "-m", "experiments.train", "--config-dir", "my_conf", "experiment=xor", "model=tiny"], folder, env)
+def test_the_installed_cli_trains_a_users_own_model_through_config_dir(used) -> None:
+    folder, result = used["tiny"]
     assert result.returncode == 0, result.stderr
     metrics = _metrics(folder, "xor")
     assert metrics["status"] == "completed" and metrics["test"]["test/acc"] == 1.0
@@ -129,7 +170,7 @@ def test_the_installed_cli_trains_a_users_own_model_through_config_dir(installed
     assert "_target_: tiny_model.Tiny" in (run_dir / "config.yaml").read_text()
 
     # The user's model gets our checks: a misspelt option is one line and exit code 2.
-    typo = _run([str(installed), "-m", "experiments.train", "--config-dir", "my_conf", "experiment=xor", "model=tiny", "+model.hiden=4"], folder, env)
+    _, typo = used["typo"]
     assert typo.returncode == 2
     assert typo.stderr.strip() == (
         "error: model.hiden is not an option of tiny_model.Tiny (did you mean 'hidden'?); valid options: hidden, activation"
