@@ -140,7 +140,9 @@ def plain_trial(
             if run_work:
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(f"loss {loss.item()} at step {steps + 1}")
-                sums += torch.stack([loss.detach(), (logits.detach().argmax(1) == y_train[batch]).float().mean()]) * len(batch)
+                sums += torch.stack(
+                    [loss.detach(), (logits.detach().argmax(1) == y_train[batch]).float().mean()]
+                ) * len(batch)
             optimizer.zero_grad()
             backward(loss)
             optimizer.step()
@@ -148,9 +150,21 @@ def plain_trial(
         val_acc, val_loss = evaluate(x_val, y_val)
         if run_work:
             train_loss, train_acc = (sums / len(order)).tolist()
-            row = {"epoch": epoch + 1, "train/loss": train_loss, "train/acc": train_acc, "val/loss": val_loss, "val/acc": val_acc}
+            row = {
+                "epoch": epoch + 1,
+                "train/loss": train_loss,
+                "train/acc": train_acc,
+                "val/loss": val_loss,
+                "val/acc": val_acc,
+            }
             runner.log_dict(row, step=steps)
-            state = {"model": model, "optimizer": optimizer, "epoch": epoch, "step": steps, "rng": torch.get_rng_state()}
+            state = {
+                "model": model,
+                "optimizer": optimizer,
+                "epoch": epoch,
+                "step": steps,
+                "rng": torch.get_rng_state(),
+            }
             runner.save(run_dir / "last.ckpt", state)
             if val_acc > best:
                 best = val_acc
@@ -164,7 +178,12 @@ def plain_trial(
     fit_seconds = time.perf_counter() - started
     if run_work:
         shutil.rmtree(run_dir)
-    return {"fit_seconds": fit_seconds, "steps": steps, "test_acc": evaluate(x_test, y_test)[0], "rss_mib": peak_rss_mib()}
+    return {
+        "fit_seconds": fit_seconds,
+        "steps": steps,
+        "test_acc": evaluate(x_test, y_test)[0],
+        "rss_mib": peak_rss_mib(),
+    }
 
 
 def _compose(epochs: int, seed: int, overrides: list[str]) -> Any:
@@ -198,7 +217,12 @@ def framework_trial(epochs: int, seed: int, overrides: list[str]) -> dict[str, f
             cfg.paths.output_dir = run_dir
         metrics = train(cfg)
     steps = epochs * TRAIN_STEPS_PER_EPOCH
-    return {"fit_seconds": metrics["fit_seconds"], "steps": steps, "test_acc": metrics["test"]["test/acc"], "rss_mib": peak_rss_mib()}
+    return {
+        "fit_seconds": metrics["fit_seconds"],
+        "steps": steps,
+        "test_acc": metrics["test"]["test/acc"],
+        "rss_mib": peak_rss_mib(),
+    }
 
 
 def lightning_trial(epochs: int, seed: int, accelerator: str = "cpu") -> dict[str, float]:
@@ -211,8 +235,11 @@ def lightning_trial(epochs: int, seed: int, accelerator: str = "cpu") -> dict[st
     L.seed_everything(seed, verbose=False)
     datamodule, task = build(cfg)
     # Lightning's own Trainer, one optimizer step per Lightning step, with the run's settings.
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                if k not in ("_target_", "steps_per_execution", "num_threads")}
+    settings = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+        if k not in ("_target_", "steps_per_execution", "num_threads")
+    }
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # as experiments.engine.Trainer does
     with tempfile.TemporaryDirectory() as root_dir:
         settings["default_root_dir"] = root_dir
@@ -227,8 +254,19 @@ def lightning_trial(epochs: int, seed: int, accelerator: str = "cpu") -> dict[st
 
 
 def run_child(way: str, args: argparse.Namespace, own_threads: bool = False) -> dict[str, float]:
-    command = [sys.executable, __file__, "--child", way, "--epochs", str(args.epochs), "--seed", str(args.seed),
-               "--accelerator", args.accelerator, *args.overrides]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        way,
+        "--epochs",
+        str(args.epochs),
+        "--seed",
+        str(args.seed),
+        "--accelerator",
+        args.accelerator,
+        *args.overrides,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if own_threads:  # as a user runs it: the run chooses its threads (trainer.num_threads=auto)
         env.pop("OMP_NUM_THREADS", None)
@@ -245,22 +283,31 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--ways", default=",".join(WAYS), help="which ways to run, comma-separated (plain always runs)")
-    parser.add_argument("--under-load", action="store_true",
-                        help="time the framework as a user runs it (its own thread choice), idle and with one busy "
-                             "process on the machine, alternating")
+    parser.add_argument(
+        "--under-load",
+        action="store_true",
+        help="time the framework as a user runs it (its own thread choice), idle and with one busy "
+        "process on the machine, alternating",
+    )
     parser.add_argument("--child", choices=list(WAYS), help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the framework trial")
     args = parser.parse_args()
     if args.child:
         if args.child in ("plain", "fabric", "fabric_run"):
             result = plain_trial(
-                args.epochs, args.seed, args.accelerator, fabric=args.child != "plain", run_work=args.child == "fabric_run"
+                args.epochs,
+                args.seed,
+                args.accelerator,
+                fabric=args.child != "plain",
+                run_work=args.child == "fabric_run",
             )
         elif args.child == "lightning":
             result = lightning_trial(args.epochs, args.seed, args.accelerator)
         else:
             fusion = ["trainer.steps_per_execution=1"] if args.child == "unfused" else []
-            result = framework_trial(args.epochs, args.seed, _device_overrides(args.accelerator) + fusion + args.overrides)
+            result = framework_trial(
+                args.epochs, args.seed, _device_overrides(args.accelerator) + fusion + args.overrides
+            )
         print(json.dumps(result))
         return
 
@@ -276,24 +323,33 @@ def main() -> None:
         for way in ways if repeat % 2 == 0 else reversed(ways):
             result = run_child(way, args)
             results[way].append(result)
-            print(f"repeat {repeat + 1} {way:9s} fit {result['fit_seconds']:6.2f}s  test acc {result['test_acc']:.4f}", flush=True)
+            print(
+                f"repeat {repeat + 1} {way:9s} fit {result['fit_seconds']:6.2f}s  test acc {result['test_acc']:.4f}",
+                flush=True,
+            )
 
     def median(way: str, key: str) -> float:
         return statistics.median(r[key] for r in results[way])
 
-    print(f"\nMNIST primer recipe, {args.epochs} epochs, batch 32, median of {args.repeats} "
-          f"on {args.accelerator} (torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}, cpus: {os.cpu_count()})")
+    print(
+        f"\nMNIST primer recipe, {args.epochs} epochs, batch 32, median of {args.repeats} "
+        f"on {args.accelerator} (torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}, cpus: {os.cpu_count()})"
+    )
     print("| way | fit seconds | steps/s | peak RSS MiB | test accuracy |")
     print("| --- | --- | --- | --- | --- |")
     for way, label in ways.items():
         seconds = median(way, "fit_seconds")
-        print(f"| {label} | {seconds:.2f} | {results[way][0]['steps'] / seconds:.0f} | "
-              f"{median(way, 'rss_mib'):.0f} | {median(way, 'test_acc') * 100:.2f}% |")
+        print(
+            f"| {label} | {seconds:.2f} | {results[way][0]['steps'] / seconds:.0f} | "
+            f"{median(way, 'rss_mib'):.0f} | {median(way, 'test_acc') * 100:.2f}% |"
+        )
     print()
     for way in (w for w in ways if w != "plain"):
         ratios = [w["fit_seconds"] / p["fit_seconds"] for w, p in zip(results[way], results["plain"])]
-        print(f"ratio {way} / plain: {median(way, 'fit_seconds') / median('plain', 'fit_seconds'):.3f} "
-              f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)})")
+        print(
+            f"ratio {way} / plain: {median(way, 'fit_seconds') / median('plain', 'fit_seconds'):.3f} "
+            f"(per repeat: {', '.join(f'{r:.3f}' for r in ratios)})"
+        )
 
 
 def under_load(args: argparse.Namespace) -> None:
@@ -307,11 +363,16 @@ def under_load(args: argparse.Namespace) -> None:
         finally:
             busy.kill()
             busy.wait()
-        print(f"repeat {repeat + 1}: idle {idle[-1]:.2f}s, one busy process {loaded[-1]:.2f}s "
-              f"({loaded[-1] / idle[-1]:.2f}x)", flush=True)
-    print(f"\nunder load / idle: {statistics.median(loaded) / statistics.median(idle):.2f} "
-          f"(median fit {statistics.median(idle):.2f}s idle, {statistics.median(loaded):.2f}s loaded; "
-          f"cpus: {os.cpu_count()})")
+        print(
+            f"repeat {repeat + 1}: idle {idle[-1]:.2f}s, one busy process {loaded[-1]:.2f}s "
+            f"({loaded[-1] / idle[-1]:.2f}x)",
+            flush=True,
+        )
+    print(
+        f"\nunder load / idle: {statistics.median(loaded) / statistics.median(idle):.2f} "
+        f"(median fit {statistics.median(idle):.2f}s idle, {statistics.median(loaded):.2f}s loaded; "
+        f"cpus: {os.cpu_count()})"
+    )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,18 @@ def fit_seconds(args: list[str], run_dir: Path) -> float:
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
-    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args, f"hydra.run.dir={run_dir}"],
-                               stdin=slave, stdout=slave, stderr=slave, env=env, cwd=run_dir.parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", *args, f"hydra.run.dir={run_dir}"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        cwd=run_dir.parent,
+    )
     os.close(slave)
     while True:  # drain the terminal as a terminal emulator would
         ready, _, _ = select.select([master], [], [], 1.0)
@@ -69,10 +78,14 @@ def main() -> None:
             order = [("bar", []), ("no bar", ["trainer.enable_progress_bar=false"])]
             if i % 2:
                 order.reverse()
-            times = {name: fit_seconds(base + extra, Path(folder) / f"{i}-{name.replace(' ', '_')}") for name, extra in order}
+            times = {
+                name: fit_seconds(base + extra, Path(folder) / f"{i}-{name.replace(' ', '_')}") for name, extra in order
+            }
             ratios.append(times["bar"] / times["no bar"])
-            print(f"pair {i + 1}: with bar {times['bar']:.3f} s, without {times['no bar']:.3f} s, "
-                  f"ratio {ratios[-1]:.4f}", flush=True)
+            print(
+                f"pair {i + 1}: with bar {times['bar']:.3f} s, without {times['no bar']:.3f} s, ratio {ratios[-1]:.4f}",
+                flush=True,
+            )
     print(f"median ratio (with/without) over {options.repeats} pairs: {statistics.median(ratios):.4f}")
 
 

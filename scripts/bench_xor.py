@@ -30,7 +30,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-WAYS = {"plain": "plain PyTorch loop", "lightning": "bare Lightning Trainer, same task", "framework": "experiments.train"}
+WAYS = {
+    "plain": "plain PyTorch loop",
+    "lightning": "bare Lightning Trainer, same task",
+    "framework": "experiments.train",
+}
 
 
 def _compose(seed: int) -> Any:
@@ -86,8 +90,11 @@ def lightning_trial(seed: int) -> dict[str, float]:
     cfg = _compose(seed)
     L.seed_everything(seed, verbose=False)
     datamodule, task = build(cfg)
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
-                if k not in ("_target_", "steps_per_execution", "num_threads")}
+    settings = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()
+        if k not in ("_target_", "steps_per_execution", "num_threads")
+    }
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)  # as experiments.engine.Trainer does
     with tempfile.TemporaryDirectory() as root_dir:
         settings["default_root_dir"] = root_dir
@@ -114,8 +121,13 @@ def framework_trial(seed: int) -> dict[str, float]:
 
 def run_child(way: str, seed: int) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, __file__, "--child", way, "--seed", str(seed)],
-                          env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", way, "--seed", str(seed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         sys.exit(f"{way} trial failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -127,9 +139,20 @@ def sweep(root: Path, seeds: int) -> tuple[float, int, int]:
         env = {**os.environ, "PYTHONPATH": str(root / "src")}
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "experiments.train", "-m", "experiment=xor", f"seed=range({seeds})",
-             f"hydra.sweep.dir={workdir}/sweep"],
-            cwd=workdir, env=env, capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                "-m",
+                "experiments.train",
+                "-m",
+                "experiment=xor",
+                f"seed=range({seeds})",
+                f"hydra.sweep.dir={workdir}/sweep",
+            ],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         seconds = time.perf_counter() - started
         if done.returncode != 0:
@@ -161,20 +184,28 @@ def main() -> None:
         for way in ways if repeat % 2 == 0 else reversed(ways):
             result = run_child(way, args.seed)
             results[way].append(result)
-            print(f"repeat {repeat + 1} {way:9s} fit {result['fit_seconds']:6.3f}s  test acc {result['test_acc']:.2f}",
-                  flush=True)
+            print(
+                f"repeat {repeat + 1} {way:9s} fit {result['fit_seconds']:6.3f}s  test acc {result['test_acc']:.2f}",
+                flush=True,
+            )
     if ways:
-        print(f"\nexperiment=xor, 300 epochs, median of {args.repeats} "
-              f"(torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}, cpus: {os.cpu_count()})")
+        print(
+            f"\nexperiment=xor, 300 epochs, median of {args.repeats} "
+            f"(torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}, cpus: {os.cpu_count()})"
+        )
         print("| way | fit seconds | test accuracy |")
         print("| --- | --- | --- |")
         for way in ways:
-            print(f"| {WAYS[way]} | {statistics.median(r['fit_seconds'] for r in results[way]):.3f} | "
-                  f"{statistics.median(r['test_acc'] for r in results[way]):.2f} |")
+            print(
+                f"| {WAYS[way]} | {statistics.median(r['fit_seconds'] for r in results[way]):.3f} | "
+                f"{statistics.median(r['test_acc'] for r in results[way]):.2f} |"
+            )
         if "framework" in results and "lightning" in results:
             ratios = [f["fit_seconds"] / b["fit_seconds"] for f, b in zip(results["framework"], results["lightning"])]
-            print(f"\nratio framework / bare Trainer: {statistics.median(ratios):.2f} "
-                  f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)})")
+            print(
+                f"\nratio framework / bare Trainer: {statistics.median(ratios):.2f} "
+                f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
     if args.sweep:
         seconds, solved, count = sweep(args.root, args.seeds)
         print(f"\n{args.seeds}-seed multirun ({args.root}): {seconds:.1f} s wall, solved {solved} of {count}")

@@ -29,7 +29,13 @@ def main() -> None:
 
     rows = []
     for horizon in args.horizons:
-        command = [sys.executable, "-m", "experiments.train", f"experiment={args.experiment}", f"data.horizon={horizon}"]
+        command = [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            f"experiment={args.experiment}",
+            f"data.horizon={horizon}",
+        ]
         if args.data_dir:
             command += [f"data.data_dir={args.data_dir}", "data.download=false"]
         command += args.overrides

@@ -77,7 +77,11 @@ class StartedCli:
         self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"experiments.{module}", *args],
-            cwd=cwd, env=_cli_env(), stdout=self.out, stderr=self.err, text=True,
+            cwd=cwd,
+            env=_cli_env(),
+            stdout=self.out,
+            stderr=self.err,
+            text=True,
         )
         self.result: subprocess.CompletedProcess[str] | None = None
 
@@ -94,7 +98,9 @@ class StartedCli:
                 self.process.wait()
         self.out.seek(0)
         self.err.seek(0)
-        self.result = subprocess.CompletedProcess(self.process.args, self.process.returncode, self.out.read(), self.err.read())
+        self.result = subprocess.CompletedProcess(
+            self.process.args, self.process.returncode, self.out.read(), self.err.read()
+        )
         self.out.close()
         self.err.close()
         return self.result
@@ -112,7 +118,9 @@ def xor_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from reliability_helpers import call_cli
 
     run_dir = tmp_path_factory.mktemp("xor") / "run"
-    code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}")
+    code, _, err = call_cli(
+        "train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}"
+    )
     assert code == 0, err
     return run_dir
 

@@ -45,8 +45,9 @@ class BlobsDataModule(InMemoryDataModule):
 
     @property
     def spec(self) -> DataSpec:
-        return DataSpec(input_shape=(self.features,), output_shape=(self.classes,), task="classification",
-                        num_classes=self.classes)
+        return DataSpec(
+            input_shape=(self.features,), output_shape=(self.classes,), task="classification", num_classes=self.classes
+        )
 
     def setup(self, stage: str | None = None) -> None:
         generator = torch.Generator().manual_seed(self.data_seed)
@@ -74,7 +75,9 @@ class KillAt(Callback):
         self.hook, self.step, self.epoch = hook, step, epoch
 
     def _maybe_kill(self, trainer: L.Trainer, hook: str) -> None:
-        reached = (0 <= self.step <= trainer.global_step) if hook == "train_batch_end" else trainer.global_step == self.step
+        reached = (
+            (0 <= self.step <= trainer.global_step) if hook == "train_batch_end" else trainer.global_step == self.step
+        )
         if hook == self.hook and (reached or trainer.current_epoch == self.epoch):
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -105,7 +108,11 @@ def start(module: str, *args: str, cwd: Path) -> subprocess.Popen[str]:
     """Start ``python -m experiments.<module> args...`` without waiting for it."""
     return subprocess.Popen(
         [sys.executable, "-m", f"experiments.{module}", *args],
-        cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,  # its own process group, so that a test can end it with its children
     )
 
@@ -165,7 +172,6 @@ def completed_results(root: Path) -> list[Path]:
     return found
 
 
-
 class OwnStepTask(ClassificationTask):
     """A user's task that steps its own way (it overrides optimizer_step), so it can't be fused."""
 
@@ -206,7 +212,9 @@ def fit_hooks() -> list[str]:
     """Every hook of Lightning's Callback that a fit can call (from the class itself, so that a hook a
     later Lightning adds is covered too): all but those of test, predict, the sanity check and errors."""
     skip = ("test", "predict", "sanity", "exception")
-    names = [n for n, v in vars(Callback).items() if callable(v) and (n.startswith("on_") or n in ("setup", "teardown"))]
+    names = [
+        n for n, v in vars(Callback).items() if callable(v) and (n.startswith("on_") or n in ("setup", "teardown"))
+    ]
     return [n for n in names if not any(word in n for word in skip)]
 
 

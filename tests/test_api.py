@@ -89,7 +89,10 @@ def test_run_matches_the_cli_and_load_run_matches_predict(
     assert outputs["prediction"].tolist() == [int(r["prediction"]) for r in table] == [0, 1, 1, 0]
     assert outputs["probability"].tolist() == [float(r["probability"]) for r in table]
     # The same model from its checkpoint file, and the last checkpoint on request.
-    assert load_run(api_dir / "checkpoints" / "best.ckpt").predict()["probability"].tolist() == outputs["probability"].tolist()
+    assert (
+        load_run(api_dir / "checkpoints" / "best.ckpt").predict()["probability"].tolist()
+        == outputs["probability"].tolist()
+    )
     assert load_run(api_dir, which="last").checkpoint.name == "last.ckpt"
     x = torch.tensor([[1.0, 0.0]])
     assert loaded.predict(x)["prediction"].tolist() == [1]
@@ -116,7 +119,9 @@ def test_run_mistakes_are_the_clis_one_line_and_leave_no_run(
         load_run(tmp_path)
     printed = capfd.readouterr()
     assert "Error executing job" not in printed.err and "Traceback" not in printed.err
-    assert not (tmp_path / "outputs" / "xor" / "runs").exists() or not any((tmp_path / "outputs" / "xor" / "runs").iterdir())
+    assert not (tmp_path / "outputs" / "xor" / "runs").exists() or not any(
+        (tmp_path / "outputs" / "xor" / "runs").iterdir()
+    )
 
 
 def test_two_runs_of_one_process_get_two_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

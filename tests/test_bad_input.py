@@ -43,62 +43,188 @@ CASES = [
     ("endless-epochs", "train", ["trainer.max_epochs=-1"], ["would train forever", "+trainer.max_steps=N"], False),
     ("seed-too-large", "train", ["seed=99999999999"], ["seed=99999999999 is out of range", "0 to 4294967295"], False),
     ("seed-negative", "train", ["seed=-1"], ["seed=-1 is out of range"], False),
-    ("dropout-out-of-range", "train", ["model.dropout=1.5"],
-     ["model.dropout=1.5 is not valid for MLP", "dropout must be in [0, 1)", "fix model.dropout"], False),
-    ("unknown-added-key", "train", ["+foo=bar"], ["unknown key 'foo'", "+foo=bar adds a key that nothing reads"], False),
+    (
+        "dropout-out-of-range",
+        "train",
+        ["model.dropout=1.5"],
+        ["model.dropout=1.5 is not valid for MLP", "dropout must be in [0, 1)", "fix model.dropout"],
+        False,
+    ),
+    (
+        "unknown-added-key",
+        "train",
+        ["+foo=bar"],
+        ["unknown key 'foo'", "+foo=bar adds a key that nothing reads"],
+        False,
+    ),
     ("bad-precision", "train", ["trainer.precision=13"], ["trainer.precision=13", "bf16-mixed"], False),
     ("bad-monitor-mode", "train", ["monitor_mode=maximum"], ["`mode` can be min, max", "maximum"], False),
     ("negative-checkpoint-steps", "train", ["checkpoint_every_n_steps=-1"], ["every_n_train_steps=-1", ">= 0"], False),
     ("gpu-without-gpu", "train", ["trainer=gpu"], ["gpu", "found"], False),
     # a monitored metric that no task logs is found after the first validation, and the run that
     # started is marked failed
-    ("misspelt-monitor", "train", ["monitor=val/accc", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"],
-     ["val/accc", "monitored"], False),
+    (
+        "misspelt-monitor",
+        "train",
+        ["monitor=val/accc", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"],
+        ["val/accc", "monitored"],
+        False,
+    ),
     ("zero-horizon", "train", ["experiment=sine_lstm", "data.horizon=0"], ["horizon", "must be positive"], False),
-    ("window-longer-than-series", "train", ["experiment=sine_lstm", "data.input_length=5000"],
-     ["fewer than input_length + horizon", "shorter input_length"], False),
+    (
+        "window-longer-than-series",
+        "train",
+        ["experiment=sine_lstm", "data.input_length=5000"],
+        ["fewer than input_length + horizon", "shorter input_length"],
+        False,
+    ),
     # model and data that cannot fit
-    ("cnn-on-xor", "train", ["model=cnn", "~model.hidden"], ["model CNN does not fit data XORDataModule", "model=mlp"], True),
+    (
+        "cnn-on-xor",
+        "train",
+        ["model=cnn", "~model.hidden"],
+        ["model CNN does not fit data XORDataModule", "model=mlp"],
+        True,
+    ),
     # missing, corrupt and incompatible checkpoints
-    ("evaluate-missing-ckpt", "evaluate", ["ckpt_path={tmp}/nothing.ckpt"], ["checkpoint not found", "ckpt_path="], False),
-    ("evaluate-corrupt-ckpt", "evaluate", ["ckpt_path={tmp}/run/checkpoints/corrupt.ckpt"],
-     ["cannot read checkpoint", "corrupt"], True),
-    ("evaluate-not-lightning", "evaluate", ["ckpt_path={tmp}/run/checkpoints/plain.ckpt"], ["not a Lightning checkpoint"], False),
-    ("evaluate-ckpt-without-config", "evaluate", ["ckpt_path={tmp}/old.ckpt"],
-     ["carries no config", "config=<run dir>/config.yaml"], False),
-    ("evaluate-incompatible", "evaluate", ["ckpt_path={tmp}/run/checkpoints/best.ckpt"], ["does not fit the model"], False),
+    (
+        "evaluate-missing-ckpt",
+        "evaluate",
+        ["ckpt_path={tmp}/nothing.ckpt"],
+        ["checkpoint not found", "ckpt_path="],
+        False,
+    ),
+    (
+        "evaluate-corrupt-ckpt",
+        "evaluate",
+        ["ckpt_path={tmp}/run/checkpoints/corrupt.ckpt"],
+        ["cannot read checkpoint", "corrupt"],
+        True,
+    ),
+    (
+        "evaluate-not-lightning",
+        "evaluate",
+        ["ckpt_path={tmp}/run/checkpoints/plain.ckpt"],
+        ["not a Lightning checkpoint"],
+        False,
+    ),
+    (
+        "evaluate-ckpt-without-config",
+        "evaluate",
+        ["ckpt_path={tmp}/old.ckpt"],
+        ["carries no config", "config=<run dir>/config.yaml"],
+        False,
+    ),
+    (
+        "evaluate-incompatible",
+        "evaluate",
+        ["ckpt_path={tmp}/run/checkpoints/best.ckpt"],
+        ["does not fit the model"],
+        False,
+    ),
     ("resume-missing-ckpt", "train", ["ckpt_path={tmp}/nothing.ckpt"], ["checkpoint not found"], False),
-    ("resume-corrupt-ckpt", "train", ["ckpt_path={tmp}/run/checkpoints/corrupt.ckpt"], ["cannot read checkpoint"], False),
-    ("resume-incompatible", "train", ["resume={run}", "model.hidden=[16]"], ["does not fit the model of this config"], False),
+    (
+        "resume-corrupt-ckpt",
+        "train",
+        ["ckpt_path={tmp}/run/checkpoints/corrupt.ckpt"],
+        ["cannot read checkpoint"],
+        False,
+    ),
+    (
+        "resume-incompatible",
+        "train",
+        ["resume={run}", "model.hidden=[16]"],
+        ["does not fit the model of this config"],
+        False,
+    ),
     ("resume-nothing", "train", ["resume=latest"], ["resume=latest: no run", "without resume="], True),
     ("resume-not-a-run", "train", ["resume={tmp}"], ["no checkpoints/last.ckpt in that directory"], False),
     ("resume-and-ckpt-path", "train", ["resume={run}", "ckpt_path={ckpt}"], ["not both"], False),
-    ("resume-weights-only-ckpt", "train", ["ckpt_path={tmp}/weights_only.ckpt"],
-     ["holds weights but no training state", "optimizer_states, loops missing"], False),
-    ("resume-lightning-1.5-ckpt", "train", ["ckpt_path={tmp}/lightning_1_5.ckpt"],
-     ["written by Lightning 1.5.10, before 1.6", "evaluate and predict can use its weights"], False),
+    (
+        "resume-weights-only-ckpt",
+        "train",
+        ["ckpt_path={tmp}/weights_only.ckpt"],
+        ["holds weights but no training state", "optimizer_states, loops missing"],
+        False,
+    ),
+    (
+        "resume-lightning-1.5-ckpt",
+        "train",
+        ["ckpt_path={tmp}/lightning_1_5.ckpt"],
+        ["written by Lightning 1.5.10, before 1.6", "evaluate and predict can use its weights"],
+        False,
+    ),
     # bad input files
-    ("predict-missing-inputs", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/none.csv"], ["inputs file not found"], False),
-    ("predict-wrong-columns", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/three.csv"], ["should hold 2 numbers"], True),
-    ("predict-nan-row", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/nan.csv"],
-     ["data row 2 (line 3)", "not a finite number", "fix or drop that row"], False),
-    ("predict-infinite-row", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/inf.csv"], ["data row 1 (line 1)", "not a finite"], False),
-    ("predict-binary-file", "predict", ["ckpt_path={ckpt}", "inputs={tmp}/binary.csv"],
-     ["is not a CSV text file", "save it as CSV (UTF-8)"], False),
-    ("predict-bad-batch-size", "predict", ["ckpt_path={ckpt}", "batch_size=0"], ["batch_size=0", "positive integer"], False),
+    (
+        "predict-missing-inputs",
+        "predict",
+        ["ckpt_path={ckpt}", "inputs={tmp}/none.csv"],
+        ["inputs file not found"],
+        False,
+    ),
+    (
+        "predict-wrong-columns",
+        "predict",
+        ["ckpt_path={ckpt}", "inputs={tmp}/three.csv"],
+        ["should hold 2 numbers"],
+        True,
+    ),
+    (
+        "predict-nan-row",
+        "predict",
+        ["ckpt_path={ckpt}", "inputs={tmp}/nan.csv"],
+        ["data row 2 (line 3)", "not a finite number", "fix or drop that row"],
+        False,
+    ),
+    (
+        "predict-infinite-row",
+        "predict",
+        ["ckpt_path={ckpt}", "inputs={tmp}/inf.csv"],
+        ["data row 1 (line 1)", "not a finite"],
+        False,
+    ),
+    (
+        "predict-binary-file",
+        "predict",
+        ["ckpt_path={ckpt}", "inputs={tmp}/binary.csv"],
+        ["is not a CSV text file", "save it as CSV (UTF-8)"],
+        False,
+    ),
+    (
+        "predict-bad-batch-size",
+        "predict",
+        ["ckpt_path={ckpt}", "batch_size=0"],
+        ["batch_size=0", "positive integer"],
+        False,
+    ),
     # damaged data files (found when the data module reads them, once the trainer has started:
     # on the command line Lightning's start-up lines come first, the error line is the last)
     ("mnist-missing-file", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_missing}"], ["is missing"], False),
-    ("mnist-truncated-gzip", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_truncated}"],
-     ["corrupt or truncated"], False),
+    (
+        "mnist-truncated-gzip",
+        "train",
+        ["experiment=mnist_mlp", "data.data_dir={mnist_truncated}"],
+        ["corrupt or truncated"],
+        False,
+    ),
     ("mnist-wrong-magic", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_magic}"], ["magic number"], False),
-    ("mnist-label-200", "train", ["experiment=mnist_mlp", "data.data_dir={mnist_label200}"],
-     ["train-labels-idx1-ubyte.gz holds label 200 at item 5", "replace it"], False),
+    (
+        "mnist-label-200",
+        "train",
+        ["experiment=mnist_mlp", "data.data_dir={mnist_label200}"],
+        ["train-labels-idx1-ubyte.gz holds label 200 at item 5", "replace it"],
+        False,
+    ),
     # an output directory that cannot be written
     ("unwritable-run-dir", "train", ["hydra.run.dir={tmp}/file/run"], ["cannot use", "hydra.run.dir="], True),
-    ("unwritable-predictions", "predict", ["ckpt_path={ckpt}", "output={tmp}/file/p.csv"], ["cannot write", "output="], False),
+    (
+        "unwritable-predictions",
+        "predict",
+        ["ckpt_path={ckpt}", "output={tmp}/file/p.csv"],
+        ["cannot write", "output="],
+        False,
+    ),
 ]
-
 
 
 def _prepare(tmp: Path, xor_run: Path) -> None:
@@ -119,11 +245,17 @@ def _prepare(tmp: Path, xor_run: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "plain.ckpt")
     last = torch.load(xor_run / "checkpoints" / "last.ckpt", weights_only=True)
     # ModelCheckpoint(save_weights_only=True) keeps these four
-    torch.save({k: last[k] for k in ("epoch", "global_step", "pytorch-lightning_version", "state_dict")},
-               tmp / "weights_only.ckpt")
+    torch.save(
+        {k: last[k] for k in ("epoch", "global_step", "pytorch-lightning_version", "state_dict")},
+        tmp / "weights_only.ckpt",
+    )
     # Lightning 1.5: loops of another layout, callbacks keyed by class name
-    old = {**last, "pytorch-lightning_version": "1.5.10", "loops": {"fit_loop": {"state_dict": {}}},
-           "callbacks": {"ModelCheckpoint": {"best_model_score": None}}}
+    old = {
+        **last,
+        "pytorch-lightning_version": "1.5.10",
+        "loops": {"fit_loop": {"state_dict": {}}},
+        "callbacks": {"ModelCheckpoint": {"best_model_score": None}},
+    }
     torch.save(old, tmp / "lightning_1_5.ckpt")
 
 
@@ -132,8 +264,9 @@ DAMAGE = {
     "mnist_truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
     "mnist_magic": lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + gzip.decompress(p.read_bytes())[4:])),
     # item 5 of the training labels (after the 8-byte header) says 200
-    "mnist_label200": lambda p: p.write_bytes(gzip.compress((lambda raw: raw[:13] + bytes([200]) + raw[14:])(
-        gzip.decompress(p.read_bytes())))),
+    "mnist_label200": lambda p: p.write_bytes(
+        gzip.compress((lambda raw: raw[:13] + bytes([200]) + raw[14:])(gzip.decompress(p.read_bytes())))
+    ),
 }
 
 
@@ -155,7 +288,12 @@ def test_catalogue_has_at_least_20_cases() -> None:
 
 @pytest.mark.parametrize(("module", "args", "expected", "cli"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_in_one_line(
-    module: str, args: list[str], expected: list[str], cli: bool, xor_run: Path, tmp_path: Path,
+    module: str,
+    args: list[str],
+    expected: list[str],
+    cli: bool,
+    xor_run: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _prepare(tmp_path, xor_run)

@@ -35,6 +35,8 @@ def test_missing_checkpoint_is_one_clear_line(module: str, tmp_path: Path) -> No
     result = run_cli(module, f"ckpt_path={tmp_path / 'missing.ckpt'}", cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"error: checkpoint not found: {tmp_path / 'missing.ckpt'}; "
-                     "pass ckpt_path=<run dir>/checkpoints/best.ckpt of a finished run"]
+    assert lines == [
+        f"error: checkpoint not found: {tmp_path / 'missing.ckpt'}; "
+        "pass ckpt_path=<run dir>/checkpoints/best.ckpt of a finished run"
+    ]
     assert list(tmp_path.iterdir()) == []

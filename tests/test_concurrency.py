@@ -43,5 +43,12 @@ def test_runs_and_sweeps_started_together_never_share_files(tmp_path: Path) -> N
         assert sorted(p.name for p in (job / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert sorted(seeds) == [1, 2, 3, 4, 5, 6]  # every run and trial wrote its own config
     for sweep in sweeps:
-        assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "best.yaml", "multirun.yaml", "objective.png",
-                                                    "summary.csv", "summary.md"]
+        assert sorted(p.name for p in sweep.iterdir()) == [
+            "0",
+            "1",
+            "best.yaml",
+            "multirun.yaml",
+            "objective.png",
+            "summary.csv",
+            "summary.md",
+        ]

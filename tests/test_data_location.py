@@ -25,7 +25,9 @@ def test_a_clone_reads_its_own_conf_and_shipped_mnist_offline(tmp_path: Path, mo
 def test_experiments_data_and_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EXPERIMENTS_DATA", str(tmp_path / "shared"))
     assert config.data_root() == tmp_path / "shared"
-    assert compose_config("train", ["experiment=mnist_mlp"], tmp_path).data.data_dir == str(tmp_path / "shared" / "mnist")
+    assert compose_config("train", ["experiment=mnist_mlp"], tmp_path).data.data_dir == str(
+        tmp_path / "shared" / "mnist"
+    )
     # As installed from the wheel: the user cache, and MNIST fetched into it when missing.
     monkeypatch.delenv("EXPERIMENTS_DATA")
     monkeypatch.setattr(config, "IN_CLONE", False)

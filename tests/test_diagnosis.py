@@ -18,8 +18,13 @@ from experiments.train import train
 from conftest import registered
 
 # 300 training and 300 validation images: seconds per epoch, and small enough to memorise.
-SLICE = ["experiment=mnist_mlp", "data.train_limit=600", "data.val_size=300", "logger=none",
-         "callbacks.history.verbose=false"]
+SLICE = [
+    "experiment=mnist_mlp",
+    "data.train_limit=600",
+    "data.val_size=300",
+    "logger=none",
+    "callbacks.history.verbose=false",
+]
 
 
 def _run(compose_train: Callable[..., DictConfig], *overrides: str) -> dict:
@@ -85,15 +90,22 @@ def test_trivial_loss_is_label_entropy_or_target_variance() -> None:
 
 
 # Every registered model with a dropout option (conf/model/*.yaml): the remedies name model.dropout.
-@pytest.mark.parametrize("model", [m for m in registered("model") if "dropout" in (Path(CONFIG_DIR) / "model" / f"{m}.yaml").read_text()])
+@pytest.mark.parametrize(
+    "model", [m for m in registered("model") if "dropout" in (Path(CONFIG_DIR) / "model" / f"{m}.yaml").read_text()]
+)
 def test_every_model_takes_the_regularisation_knobs_from_config(compose_train, model: str) -> None:
     from lightning.pytorch.callbacks import EarlyStopping
 
     from experiments.config import build, instantiate_group
 
     cfg = compose_train(
-        "data=mnist", f"model={model}", "model.dropout=0.3", "optimizer=adamw",
-        "optimizer.weight_decay=0.05", "callbacks=[default,early_stopping]", "data.augment=true",
+        "data=mnist",
+        f"model={model}",
+        "model.dropout=0.3",
+        "optimizer=adamw",
+        "optimizer.weight_decay=0.05",
+        "callbacks=[default,early_stopping]",
+        "data.augment=true",
     )
     datamodule, task = build(cfg)
     assert datamodule.augment is True

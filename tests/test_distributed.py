@@ -82,15 +82,23 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path, monkeypatch: pytest
 
 @pytest.mark.slow
 def test_multirun_with_ddp_gives_each_job_one_directory(tmp_path: Path) -> None:
-    result = run("train", "-m", *BLOBS, "trainer.max_epochs=1", "trainer=ddp_cpu", "data.batch_size=16", "seed=0,1",
-                 cwd=tmp_path)
+    result = run(
+        "train", "-m", *BLOBS, "trainer.max_epochs=1", "trainer=ddp_cpu", "data.batch_size=16", "seed=0,1", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (result.stdout + result.stderr).count("MEMBER: 2/2") == 2  # each job ran two ranks
     # Every rank ended cleanly: one that aborts at exit gets Lightning to kill the sweep mid-job.
     assert "terminate called" not in result.stderr and "terminated with code" not in result.stderr
     (sweep,) = (tmp_path / "outputs" / "blobs" / "multiruns").iterdir()
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "best.yaml", "multirun.yaml", "objective.png",
-                                                      "summary.csv", "summary.md"]
+    assert sorted(p.name for p in sweep.iterdir()) == [
+        "0",
+        "1",
+        "best.yaml",
+        "multirun.yaml",
+        "objective.png",
+        "summary.csv",
+        "summary.md",
+    ]
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "completed"
         assert f"seed: {job}" in (sweep / job / "config.yaml").read_text()
@@ -100,7 +108,9 @@ def test_multirun_with_ddp_gives_each_job_one_directory(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "outputs" / "blobs").iterdir()] == ["multiruns"]
 
 
-@pytest.mark.parametrize(("n", "world_size", "batch_size"), [(4, 3, 4), (10, 4, 3), (2785, 8, 256), (7, 7, 1), (5, 2, 1000)])
+@pytest.mark.parametrize(
+    ("n", "world_size", "batch_size"), [(4, 3, 4), (10, 4, 3), (2785, 8, 256), (7, 7, 1), (5, 2, 1000)]
+)
 def test_evaluation_shards_hold_every_sample_exactly_once(n: int, world_size: int, batch_size: int) -> None:
     data = torch.arange(n)
     seen = [
@@ -111,8 +121,10 @@ def test_evaluation_shards_hold_every_sample_exactly_once(n: int, world_size: in
     ]
     assert sorted(seen) == list(range(n))
     # Training shards stay equal: the same number of steps on every rank.
-    lengths = {len(InMemoryLoader(data, batch_size=batch_size, shuffle=True, rank=r, world_size=world_size))
-               for r in range(world_size)}
+    lengths = {
+        len(InMemoryLoader(data, batch_size=batch_size, shuffle=True, rank=r, world_size=world_size))
+        for r in range(world_size)
+    }
     assert len(lengths) == 1
 
 
@@ -127,8 +139,16 @@ def test_an_evaluation_split_smaller_than_the_processes_is_refused() -> None:
 def test_three_process_test_metrics_equal_evaluate(tmp_path: Path) -> None:
     """XOR's 4 samples on 3 ranks: each is scored once (2 + 1 + 1), and the mean is over all 4."""
     run_dir = tmp_path / "run"
-    trained = run("train", "experiment=xor", "trainer=ddp_cpu", "trainer.devices=3", "trainer.max_epochs=30",
-                  "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    trained = run(
+        "train",
+        "experiment=xor",
+        "trainer=ddp_cpu",
+        "trainer.devices=3",
+        "trainer.max_epochs=30",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "MEMBER: 3/3" in trained.stdout + trained.stderr
     tested = json.loads((run_dir / "metrics.json").read_text())["test"]

@@ -45,20 +45,54 @@ def command_line_runs(
     (plain / "plain_data.py").write_text(PLAIN_DATA)
     (plain / "conf" / "data" / "halves.yaml").write_text("_target_: plain_data.Halves\nbatch_size: 16\n")
     commands = {
-        "sine": ("test_data_sine_model_lstm_trains_end_to_end_from_the_command_line", sine, REPO, [
-            "data=sine", "model=lstm", "data.num_rows=400", "data.input_length=24", "data.horizon=8",
-            "model.hidden_size=8", "trainer.max_epochs=1", "logger=none",
-        ]),
+        "sine": (
+            "test_data_sine_model_lstm_trains_end_to_end_from_the_command_line",
+            sine,
+            REPO,
+            [
+                "data=sine",
+                "model=lstm",
+                "data.num_rows=400",
+                "data.input_length=24",
+                "data.horizon=8",
+                "model.hidden_size=8",
+                "trainer.max_epochs=1",
+                "logger=none",
+            ],
+        ),
         # sine_lstm's window settings (channel independence, segments of 8 steps) wrap the GRU too;
         # python -m finds my_models in the working folder.
-        "gru": ("test_a_new_model_is_one_python_file_and_one_yaml_file", gru, gru, [
-            "--config-dir", str(gru / "conf"), "experiment=sine_lstm", "model=gru", "model.hidden_size=8",
-            "data.num_rows=400", "data.input_length=24", "data.horizon=8", "trainer.max_epochs=1", "logger=none",
-        ]),
-        "plain": ("test_a_plain_datamodule_with_dataloaders_runs_end_to_end", plain, plain, [
-            "--config-dir", str(plain / "conf"), "data=halves", "model.hidden=[8]", "optimizer.lr=0.05",
-            "trainer.max_epochs=5", "logger=none",
-        ]),
+        "gru": (
+            "test_a_new_model_is_one_python_file_and_one_yaml_file",
+            gru,
+            gru,
+            [
+                "--config-dir",
+                str(gru / "conf"),
+                "experiment=sine_lstm",
+                "model=gru",
+                "model.hidden_size=8",
+                "data.num_rows=400",
+                "data.input_length=24",
+                "data.horizon=8",
+                "trainer.max_epochs=1",
+                "logger=none",
+            ],
+        ),
+        "plain": (
+            "test_a_plain_datamodule_with_dataloaders_runs_end_to_end",
+            plain,
+            plain,
+            [
+                "--config-dir",
+                str(plain / "conf"),
+                "data=halves",
+                "model.hidden=[8]",
+                "optimizer.lr=0.05",
+                "trainer.max_epochs=5",
+                "logger=none",
+            ],
+        ),
     }
     runs = {  # each started only when its test runs
         name: (folder, StartedCli("train", *args, f"hydra.run.dir={folder}/run", cwd=cwd))
@@ -94,13 +128,25 @@ def test_one_callback_per_file_added_to_the_defaults(tmp_path: Path) -> None:
             assert file.read_text().startswith(f"# @package callbacks.{file.stem}\n"), file.name
     plain = build_callbacks(compose_config("train", [], tmp_path))
     assert [type(c) for c in plain] == [
-        ProgressBar, ModelCheckpoint, History, ModelCheckpoint, ResumeState, ConfusionMatrix, ForecastFigure, FiniteGuard
+        ProgressBar,
+        ModelCheckpoint,
+        History,
+        ModelCheckpoint,
+        ResumeState,
+        ConfusionMatrix,
+        ForecastFigure,
+        FiniteGuard,
     ]
-    added = build_callbacks(compose_config("train", ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=2"], tmp_path))
+    added = build_callbacks(
+        compose_config("train", ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=2"], tmp_path)
+    )
     assert [type(c) for c in added] == [type(c) for c in plain] + [EarlyStopping]
     assert added[-1].patience == 2 and added[-1].monitor == "val/acc"
     # The old spelling would drop every checkpoint without a word: refused in one line.
-    with pytest.raises(UserError, match=r"^callbacks=early_stopping would replace the default callbacks .*callbacks=\[default,early_stopping\]"):
+    with pytest.raises(
+        UserError,
+        match=r"^callbacks=early_stopping would replace the default callbacks .*callbacks=\[default,early_stopping\]",
+    ):
         check_config(compose_config("train", ["callbacks=early_stopping"], tmp_path))
     check_config(compose_config("train", ["callbacks=[early_stopping]"], tmp_path))  # said on purpose
 
@@ -229,13 +275,14 @@ def test_the_data_contract_is_checked_when_the_module_is_built(tmp_path: Path) -
     class NoLoaders(L.LightningDataModule):
         spec = DataSpec(input_shape=(2,), output_shape=(1,), task="regression")
 
-    with pytest.raises(UserError, match=r"^data x.NoLoaders does not define train_dataloader, val_dataloader, test_dataloader"):
+    with pytest.raises(
+        UserError, match=r"^data x.NoLoaders does not define train_dataloader, val_dataloader, test_dataloader"
+    ):
         check_datamodule(NoLoaders(), "x.NoLoaders")
     with pytest.raises(UserError, match=r"^data x.Bare has no spec"):
         check_datamodule(L.LightningDataModule(), "x.Bare")
     with pytest.raises(UserError, match=r"not a LightningDataModule"):
         check_datamodule(object(), "x.Thing")
-
 
 
 MEDIAN_KIND = '''
@@ -298,8 +345,15 @@ def test_a_new_task_kind_is_one_file_and_one_registration(tmp_path: Path, monkey
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     try:
-        metrics = run("data=skewed", "model=linear", "optimizer.lr=0.05", "trainer.max_epochs=40", "logger=none",
-                      "callbacks.history.verbose=false", config_dir=tmp_path / "conf")
+        metrics = run(
+            "data=skewed",
+            "model=linear",
+            "optimizer.lr=0.05",
+            "trainer.max_epochs=40",
+            "logger=none",
+            "callbacks.history.verbose=false",
+            config_dir=tmp_path / "conf",
+        )
         assert "median" in task_kinds() and metrics["status"] == "completed"
         assert metrics["test"]["test/mae"] < 0.5 and set(metrics["val"]) >= {"val/loss", "val/mae"}
         assert metrics["diagnosis"]["trivial_loss"] > 0.5  # the kind's own baseline

@@ -87,9 +87,15 @@ def test_step_checkpoint_lands_on_the_exact_step_inside_a_chunk(
     compose_train: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
     # Steps 5 and 10 fall inside chunks of 4 (batches 4..7 of epoch 1, 0..3 of epoch 2).
-    _train(compose_train, tmp_path / "run", "trainer.steps_per_execution=4", "checkpoint_every_n_steps=5",
-           "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_epochs=0",
-           "callbacks.last_checkpoint.save_on_train_epoch_end=false")
+    _train(
+        compose_train,
+        tmp_path / "run",
+        "trainer.steps_per_execution=4",
+        "checkpoint_every_n_steps=5",
+        "trainer.max_epochs=2",
+        "callbacks.last_checkpoint.every_n_epochs=0",
+        "callbacks.last_checkpoint.save_on_train_epoch_end=false",
+    )
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 15
 
@@ -107,8 +113,9 @@ def test_a_task_that_steps_its_own_way_trains_unfused_and_says_so(
 
     OwnStepTask.steps_taken = 0
     with caplog.at_level("WARNING", logger="experiments.engine"):
-        metrics = _train(compose_train, tmp_path / "run", "+task._target_=reliability_helpers.OwnStepTask",
-                         "trainer.max_epochs=2")
+        metrics = _train(
+            compose_train, tmp_path / "run", "+task._target_=reliability_helpers.OwnStepTask", "trainer.max_epochs=2"
+        )
     assert metrics["status"] == "completed"
     assert OwnStepTask.steps_taken == 16  # every step through its own optimizer_step
     lines = [r.getMessage() for r in caplog.records if r.name == "experiments.engine"]

@@ -52,8 +52,9 @@ def test_gpu_run_from_the_command_line(tmp_path: Path) -> None:
 
 @needs_two_gpus
 def test_ddp_over_two_gpus(tmp_path: Path) -> None:
-    result = run("train", "experiment=xor", "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path}/run",
-                 cwd=tmp_path)
+    result = run(
+        "train", "experiment=xor", "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "MEMBER: 2/2" in result.stdout + result.stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"

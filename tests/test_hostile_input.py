@@ -34,10 +34,18 @@ def test_a_read_only_run_folder_is_one_line(xor_run: Path, tmp_path: Path) -> No
     folder = tmp_path / "run"
     shutil.copytree(xor_run, folder)
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    command = [sys.executable, "-m", "experiments.train", "experiment=xor", "trainer.max_epochs=2", "logger=none",
-               f"hydra.run.dir={folder}"]
-    result = subprocess.run(_read_only_command(folder, command), cwd=tmp_path, env=child_env(),
-                            capture_output=True, text=True, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "experiment=xor",
+        "trainer.max_epochs=2",
+        "logger=none",
+        f"hydra.run.dir={folder}",
+    ]
+    result = subprocess.run(
+        _read_only_command(folder, command), cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(lines) == 1, result.stderr
@@ -57,8 +65,10 @@ def test_a_name_that_is_not_one_folder_is_refused(name: str, tmp_path: Path) -> 
         os.chdir(tmp_path)
     lines = err.strip().splitlines()
     assert code == 2
-    assert lines == [f"error: name={name!r} must be one folder name: no '/', '\\' or '..' "
-                     "(runs go to outputs/<name>/); pass name=my_experiment"]
+    assert lines == [
+        f"error: name={name!r} must be one folder name: no '/', '\\' or '..' "
+        "(runs go to outputs/<name>/); pass name=my_experiment"
+    ]
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["a", "a/b"]
 
 
@@ -130,8 +140,17 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(sweep: str, tmp_path: P
 
 def test_a_multirun_worker_killed_from_outside_is_one_line_naming_the_lost_jobs(tmp_path: Path) -> None:
     sweep = tmp_path / "grid"
-    process = start("train", "-m", "experiment=xor", "seed=0,1", "hydra.launcher.n_jobs=2", "logger=none",
-                    "trainer.max_epochs=100000", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    process = start(
+        "train",
+        "-m",
+        "experiment=xor",
+        "seed=0,1",
+        "hydra.launcher.n_jobs=2",
+        "logger=none",
+        "trainer.max_epochs=100000",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (sweep / "1" / "config.yaml").exists() and time.monotonic() < deadline and process.poll() is None:
@@ -156,8 +175,17 @@ def test_a_multirun_worker_killed_from_outside_is_one_line_naming_the_lost_jobs(
 def test_sigterm_to_a_multirun_stops_its_jobs_starts_no_other_and_exits_143(tmp_path: Path) -> None:
     # What SLURM or Kubernetes send before preemption, to the command: its workers must not run on.
     sweep = tmp_path / "grid"
-    process = start("train", "-m", "experiment=xor", "seed=0,1,2,3", "hydra.launcher.n_jobs=2", "logger=none",
-                    "trainer.max_epochs=100000", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    process = start(
+        "train",
+        "-m",
+        "experiment=xor",
+        "seed=0,1,2,3",
+        "hydra.launcher.n_jobs=2",
+        "logger=none",
+        "trainer.max_epochs=100000",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (sweep / "1" / "config.yaml").exists() and time.monotonic() < deadline and process.poll() is None:

@@ -44,14 +44,29 @@ MODELS = {
     # 64 samples in batches of 8: 8 steps an epoch; dropout and shuffling make the random state and
     # the loader position matter. Validation: 4 batches of 8.
     "mlp": [
-        "experiment=xor", "name=blobs", "data._target_=reliability_helpers.BlobsDataModule", "+data.n_train=64",
-        "+data.n_val=32", "+data.n_test=32", "data.batch_size=8", "+data.eval_batch_size=8", "model.hidden=[16]",
-        "model.dropout=0.2", "trainer.max_epochs=16",
+        "experiment=xor",
+        "name=blobs",
+        "data._target_=reliability_helpers.BlobsDataModule",
+        "+data.n_train=64",
+        "+data.n_val=32",
+        "+data.n_test=32",
+        "data.batch_size=8",
+        "+data.eval_batch_size=8",
+        "model.hidden=[16]",
+        "model.dropout=0.2",
+        "trainer.max_epochs=16",
     ],
     # experiment=sine_lstm shrunk: 16 steps in, 4 out, patches of 4; 8 steps an epoch, validation 3 batches.
     "lstm": [
-        "experiment=sine_lstm", "data.num_rows=420", "data.input_length=16", "data.horizon=4", "data.batch_size=32",
-        "data.eval_batch_size=16", "window.patch_len=4", "model.hidden_size=8", "trainer.max_epochs=16",
+        "experiment=sine_lstm",
+        "data.num_rows=420",
+        "data.input_length=16",
+        "data.horizon=4",
+        "data.batch_size=32",
+        "data.eval_batch_size=16",
+        "window.patch_len=4",
+        "model.hidden_size=8",
+        "trainer.max_epochs=16",
     ],
 }
 # Hooks called once per fit: killed at their first call. The end of the fit comes last (it is
@@ -89,8 +104,11 @@ def _segment(cfg: DictConfig, kill: tuple[str, int] | None) -> tuple[int, int]:
 
             if kill is not None:
                 with open_dict(cfg):
-                    cfg.callbacks.kill = {"_target_": "reliability_helpers.KillAtHook", "hook": kill[0],
-                                          "occurrence": kill[1]}
+                    cfg.callbacks.kill = {
+                        "_target_": "reliability_helpers.KillAtHook",
+                        "hook": kill[0],
+                        "occurrence": kill[1],
+                    }
             run_job(cfg, lambda record: train(cfg, record), cli=False)
             code = 0
         except BaseException:  # noqa: BLE001 - reported, and the parent sees the exit code

@@ -58,7 +58,11 @@ def test_split_is_seeded_disjoint_and_complete() -> None:
     assert not torch.equal(first.val_set[0], other.val_set[0])
     raw = read_idx(MNIST_DIR / MNIST_FILES["train_images"], IMAGES_MAGIC, (28, 28))[:1000]
     as_rows = {bytes(row) for row in (raw.reshape(1000, -1))}
-    split_rows = [bytes((x * 255).round().to(torch.uint8).reshape(-1)) for split in (first.train_set, first.val_set) for x in split[0]]
+    split_rows = [
+        bytes((x * 255).round().to(torch.uint8).reshape(-1))
+        for split in (first.train_set, first.val_set)
+        for x in split[0]
+    ]
     assert len(first.train_set[0]) == 900 and len(first.val_set[0]) == 100
     assert set(split_rows) == as_rows and len(split_rows) == 1000
 
@@ -69,7 +73,10 @@ def test_split_is_seeded_disjoint_and_complete() -> None:
         (lambda p: p.unlink(), "is missing"),
         (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "corrupt or truncated"),
         (lambda p: p.write_bytes(b"not a gzip file at all"), "corrupt or truncated"),
-        (lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + gzip.decompress(p.read_bytes())[4:])), "magic number"),
+        (
+            lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + gzip.decompress(p.read_bytes())[4:])),
+            "magic number",
+        ),
         (lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:-10])), "data bytes"),
     ],
     ids=["missing", "truncated-gzip", "not-gzip", "wrong-magic", "short-data"],
@@ -112,7 +119,9 @@ def test_loader_yields_every_sample_once_per_epoch_in_a_seeded_order() -> None:
 def test_loader_shards_are_disjoint_and_equally_long_under_ddp(world_size: int) -> None:
     data = torch.arange(1000)
     shards = [
-        torch.cat([b for (b,) in InMemoryLoader(data, batch_size=16, shuffle=True, seed=1, rank=r, world_size=world_size)])
+        torch.cat(
+            [b for (b,) in InMemoryLoader(data, batch_size=16, shuffle=True, seed=1, rank=r, world_size=world_size)]
+        )
         for r in range(world_size)
     ]
     lengths = {len(InMemoryLoader(data, batch_size=16, rank=r, world_size=world_size)) for r in range(world_size)}
@@ -137,7 +146,17 @@ SLICE = ["data.train_limit=3000", "data.val_size=500", "logger=none", "callbacks
     ("experiment", "extra", "floor"),
     [
         ("mnist_mlp", ["trainer.max_epochs=2"], 0.80),
-        ("mnist_cnn", ["trainer.max_epochs=2", "data.batch_size=64", "data.augment=true", "model.channels=[8,16]", "model.dense_size=32"], 0.80),
+        (
+            "mnist_cnn",
+            [
+                "trainer.max_epochs=2",
+                "data.batch_size=64",
+                "data.augment=true",
+                "model.channels=[8,16]",
+                "model.dense_size=32",
+            ],
+            0.80,
+        ),
         ("mnist_lstm", ["trainer.max_epochs=2", "data.batch_size=32", "model.hidden_size=64"], 0.50),
     ],
 )
@@ -203,12 +222,20 @@ def test_fashion_mnist_is_one_yaml_file_and_trains_end_to_end(compose_train, tmp
     for split, count in (("train", 80), ("t10k", 20)):
         labels = torch.arange(count) % 10
         # Each class a brighter picture than the last: learnable in a few steps.
-        images = (labels.reshape(-1, 1, 1) * 25 + torch.randint(0, 10, (count, 28, 28), generator=generator))
+        images = labels.reshape(-1, 1, 1) * 25 + torch.randint(0, 10, (count, 28, 28), generator=generator)
         _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
         _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
-    cfg = compose_train("data=fashion_mnist", f"data.data_dir={folder}", "data.val_size=20", "data.batch_size=20",
-                        "model.hidden=[16]", "optimizer.lr=0.01", "trainer.max_epochs=3", "logger=none",
-                        "callbacks.history.verbose=false")
+    cfg = compose_train(
+        "data=fashion_mnist",
+        f"data.data_dir={folder}",
+        "data.val_size=20",
+        "data.batch_size=20",
+        "model.hidden=[16]",
+        "optimizer.lr=0.01",
+        "trainer.max_epochs=3",
+        "logger=none",
+        "callbacks.history.verbose=false",
+    )
     assert cfg.name == "fashion_mnist_mlp" and (cfg.data.mean, cfg.data.std) == (0.2860, 0.3530)
     assert cfg.data.classes[0] == "T-shirt/top" and cfg.monitor == "val/acc"  # the rest is mnist.yaml's
     assert sorted(p.name for p in folder.iterdir()) == sorted(MNIST_FILES.values())

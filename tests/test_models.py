@@ -21,9 +21,7 @@ DATA = registered("data")
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize(
-    ("input_shape", "output_shape"), [((1, 28, 28), (10,)), ((24, 3), (6, 3)), ((16, 1), (1,))]
-)
+@pytest.mark.parametrize(("input_shape", "output_shape"), [((1, 28, 28), (10,)), ((24, 3), (6, 3)), ((16, 1), (1,))])
 def test_models_map_input_shape_to_output_shape(name: str, input_shape, output_shape) -> None:
     model = instantiate(OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{name}.yaml"), input_shape, output_shape)
     out = model(torch.randn(5, *input_shape))
@@ -41,8 +39,18 @@ def test_linear_starts_at_zero_like_the_primer() -> None:
 def test_mlp_layers_follow_the_options() -> None:
     model = MLP((2,), (1,), hidden=[4, 3], activation="tanh", dropout=0.1, batch_norm=True)
     kinds = [type(m).__name__ for m in model.net]
-    assert kinds == ["Flatten", "Linear", "BatchNorm1d", "Tanh", "Dropout",
-                     "Linear", "BatchNorm1d", "Tanh", "Dropout", "Linear"]
+    assert kinds == [
+        "Flatten",
+        "Linear",
+        "BatchNorm1d",
+        "Tanh",
+        "Dropout",
+        "Linear",
+        "BatchNorm1d",
+        "Tanh",
+        "Dropout",
+        "Linear",
+    ]
 
 
 @pytest.mark.parametrize(

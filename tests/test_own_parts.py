@@ -38,7 +38,9 @@ def _compose(*overrides: str, config_dir: Path = MY_CONF, output_dir: Path | Non
     """Compose as the CLI does with hydra.searchpath, the other standard way to add a config folder."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"hydra.searchpath=[file://{config_dir}]", *overrides], return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=[f"hydra.searchpath=[file://{config_dir}]", *overrides], return_hydra_config=True
+        )
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir or Path.cwd() / "run")
@@ -56,7 +58,9 @@ def test_own_data_model_task_and_callback_train_through_the_api(own_parts: Path)
     assert type(loaded.model).__name__ == "GatedMLP" and type(loaded.task).__name__ == "FocalTask"
     assert loaded.task.gamma == 2.0
     assert loaded.config.data._target_ == "my_parts.data.CirclesDataModule"
-    assert (loaded.predict()["prediction"] == loaded.datamodule.test_set[1]).float().mean().item() == metrics["test"]["test/acc"]
+    assert (loaded.predict()["prediction"] == loaded.datamodule.test_set[1]).float().mean().item() == metrics["test"][
+        "test/acc"
+    ]
 
 
 def test_own_model_on_our_experiment_through_the_cli(own_parts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,17 +78,35 @@ def test_own_model_on_our_experiment_through_the_cli(own_parts: Path, monkeypatc
     ("overrides", "message"),
     [
         (["model.hiden=[8]"], r"^unknown key 'model.hiden' \(did you mean 'model.hidden'\?\)"),
-        (["+model.hiden=[8]"], r"^model.hiden is not an option of my_parts.models.GatedMLP \(did you mean 'hidden'\?\); valid options: hidden, activation$"),
-        (["model.activation=sigmoid"], r"^model.activation='sigmoid' has the wrong type: expected 'tanh' or 'relu' or 'gelu'$"),
+        (
+            ["+model.hiden=[8]"],
+            r"^model.hiden is not an option of my_parts.models.GatedMLP \(did you mean 'hidden'\?\); valid options: hidden, activation$",
+        ),
+        (
+            ["model.activation=sigmoid"],
+            r"^model.activation='sigmoid' has the wrong type: expected 'tanh' or 'relu' or 'gelu'$",
+        ),
         (["model.hidden=[0]"], r"^model.hidden=\[0\] is not valid for GatedMLP: hidden must list positive layer sizes"),
         (["data.factor=2"], r"^data: factor must be between 0 and 1, got 2"),
         (["data.n=many"], r"^data.n='many' has the wrong type: expected int$"),
-        (["task=focal", "+task.gama=1"], r"^task.gama is not an option of my_parts.tasks.FocalTask \(did you mean 'gamma'\?\); valid options: gamma$"),
+        (
+            ["task=focal", "+task.gama=1"],
+            r"^task.gama is not an option of my_parts.tasks.FocalTask \(did you mean 'gamma'\?\); valid options: gamma$",
+        ),
         (["task=focal", "task.gamma=-1"], r"^task my_parts.tasks.FocalTask: gamma must be >= 0, got -1$"),
         (["task=focul"], r"^unknown task 'focul' \(did you mean 'focal'\?\); choose one of: auto, focal$"),
-        (["callbacks=stop_at_target", "callbacks.stop_at_target.targt=1"], r"^unknown key 'callbacks.stop_at_target.targt'"),
-        (["callbacks=stop_at_target", "callbacks.stop_at_target.target=high"], r"^callbacks.stop_at_target.target='high' has the wrong type: expected float$"),
-        (["model._target_=my_parts.models.Nope"], r"^model._target_: cannot import 'my_parts.models.Nope'; check the name, and that its package is installed or on PYTHONPATH$"),
+        (
+            ["callbacks=stop_at_target", "callbacks.stop_at_target.targt=1"],
+            r"^unknown key 'callbacks.stop_at_target.targt'",
+        ),
+        (
+            ["callbacks=stop_at_target", "callbacks.stop_at_target.target=high"],
+            r"^callbacks.stop_at_target.target='high' has the wrong type: expected float$",
+        ),
+        (
+            ["model._target_=my_parts.models.Nope"],
+            r"^model._target_: cannot import 'my_parts.models.Nope'; check the name, and that its package is installed or on PYTHONPATH$",
+        ),
     ],
 )
 def test_own_parts_get_every_check_in_one_line(own_parts: Path, overrides: list[str], message: str) -> None:

@@ -31,8 +31,10 @@ def _server_url() -> str:
     url = os.environ.get("EXPERIMENTS_TEST_POSTGRES")
     if url:
         return url
-    reason = ("no PostgreSQL server: set EXPERIMENTS_TEST_POSTGRES=postgresql://user@127.0.0.1:port/db "
-              "(`source .ci/postgres.sh` starts one, as .ci/run does)")
+    reason = (
+        "no PostgreSQL server: set EXPERIMENTS_TEST_POSTGRES=postgresql://user@127.0.0.1:port/db "
+        "(`source .ci/postgres.sh` starts one, as .ci/run does)"
+    )
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason}; CI must run these tests")
     pytest.skip(reason)
@@ -46,8 +48,14 @@ def database() -> Iterator[str]:
 
     server = make_url(_server_url())
     name = f"sweep_{uuid.uuid4().hex[:12]}"
-    admin = psycopg.connect(host=server.host, port=server.port, user=server.username,
-                            password=server.password, dbname=server.database, autocommit=True)
+    admin = psycopg.connect(
+        host=server.host,
+        port=server.port,
+        user=server.username,
+        password=server.password,
+        dbname=server.database,
+        autocommit=True,
+    )
     with admin.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE {name}")
     try:
@@ -67,14 +75,25 @@ def _env() -> dict[str, str]:
 
 def _sweep(sweep: Path, url: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "experiments.train", "-m", "experiment=xor", "hparams_search=xor_tpe",
-        "hydra.sweeper.study_name=shared", f"hydra.sweeper.storage={url}", "hydra.sweeper.n_jobs=1",
-        *QUIET, f"hydra.sweep.dir={sweep}", *extra,
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "-m",
+        "experiment=xor",
+        "hparams_search=xor_tpe",
+        "hydra.sweeper.study_name=shared",
+        f"hydra.sweeper.storage={url}",
+        "hydra.sweeper.n_jobs=1",
+        *QUIET,
+        f"hydra.sweep.dir={sweep}",
+        *extra,
     ]
 
 
 def _retry() -> type:
-    return getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    return (
+        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    )
 
 
 @pytest.mark.slow  # two sweeps of 6 trials, one killed: about a minute
@@ -83,15 +102,32 @@ def test_two_machines_share_one_study_and_a_killed_workers_trial_is_retried_by_t
 ) -> None:
     n_trials, heartbeat, grace = 6, 1, 4
     # Trials of a few seconds (no pruning), so that one can be killed in the middle.
-    extra = [f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.heartbeat_interval={heartbeat}",
-             f"hydra.sweeper.grace_period={grace}", "hydra.sweeper.pruner.n_startup_trials=100",
-             "trainer.max_epochs=40"]
+    extra = [
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"hydra.sweeper.heartbeat_interval={heartbeat}",
+        f"hydra.sweeper.grace_period={grace}",
+        "hydra.sweeper.pruner.n_startup_trials=100",
+        "trainer.max_epochs=40",
+    ]
     machine_a, machine_b = tmp_path / "a", tmp_path / "b"
     # Both start at once on an empty database: both create its schema and the study.
-    a = subprocess.Popen(_sweep(machine_a, database, *extra), cwd=tmp_path, env=_env(), start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    b = subprocess.Popen(_sweep(machine_b, database, *extra), cwd=tmp_path, env=_env(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    a = subprocess.Popen(
+        _sweep(machine_a, database, *extra),
+        cwd=tmp_path,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    b = subprocess.Popen(
+        _sweep(machine_b, database, *extra),
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         killed_at = None
@@ -135,8 +171,9 @@ def test_two_machines_share_one_study_and_a_killed_workers_trial_is_retried_by_t
 
     # Machine a, back: the same command has nothing left to run, and drops its half-run trial.
     assert (machine_a / str(killed.number)).is_dir()
-    again_a = subprocess.run(_sweep(machine_a, database, *extra), cwd=tmp_path, env=_env(),
-                             capture_output=True, text=True, timeout=120)
+    again_a = subprocess.run(
+        _sweep(machine_a, database, *extra), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert again_a.returncode == 0, again_a.stderr[-3000:]
     assert len(optuna.load_study(study_name="shared", storage=database).trials) == len(study.trials)
     assert not (machine_a / str(killed.number)).exists()
@@ -145,8 +182,15 @@ def test_two_machines_share_one_study_and_a_killed_workers_trial_is_retried_by_t
 def _open_study_at_once(url: str, barrier: Any, results: Any) -> None:
     from hydra_plugins.experiments_sweeper.optuna_sweeper import OptunaSweeper
 
-    sweeper = OptunaSweeper("new_study", url, "min", 4, 1, {"_target_": "optuna.samplers.RandomSampler"},
-                            {"_target_": "optuna.pruners.NopPruner"})
+    sweeper = OptunaSweeper(
+        "new_study",
+        url,
+        "min",
+        4,
+        1,
+        {"_target_": "optuna.samplers.RandomSampler"},
+        {"_target_": "optuna.pruners.NopPruner"},
+    )
     try:
         barrier.wait(timeout=60)
         study = sweeper._open_study(sweeper._storage(url))
@@ -156,8 +200,9 @@ def _open_study_at_once(url: str, barrier: Any, results: Any) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_sweeps_creating_the_same_new_study_at_once_all_get_it(backend: str, tmp_path: Path,
-                                                               request: pytest.FixtureRequest) -> None:
+def test_sweeps_creating_the_same_new_study_at_once_all_get_it(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}" if backend == "sqlite" else request.getfixturevalue("database")
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(4), context.Queue()

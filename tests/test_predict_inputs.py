@@ -17,7 +17,9 @@ from reliability_helpers import call_cli
 @pytest.fixture(scope="module")
 def xor_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("xor") / "run"
-    code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}")
+    code, _, err = call_cli(
+        "train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"hydra.run.dir={run_dir}"
+    )
     assert code == 0, err
     return run_dir / "checkpoints" / "best.ckpt"
 
@@ -41,7 +43,12 @@ def test_a_byte_order_mark_shifts_no_row(header: str, xor_ckpt: Path, tmp_path: 
     got = _predict(xor_ckpt, excel, tmp_path / "p2.csv")
     assert len(got) == 4
     assert got == expected
-    assert [(r["input_0"], r["input_1"]) for r in got] == [("0.0", "0.0"), ("0.0", "1.0"), ("1.0", "0.0"), ("1.0", "1.0")]
+    assert [(r["input_0"], r["input_1"]) for r in got] == [
+        ("0.0", "0.0"),
+        ("0.0", "1.0"),
+        ("1.0", "0.0"),
+        ("1.0", "1.0"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -50,12 +57,17 @@ def test_a_byte_order_mark_shifts_no_row(header: str, xor_ckpt: Path, tmp_path: 
         (b"a,b\n0,1\n1,NaN\n", "data row 2 (line 3) holds a value that is not a finite number: ['1', 'NaN']"),
         (b"0,1\n1,1\n-inf,0\n", "data row 3 (line 3) holds a value that is not a finite"),
         (b"0,1\n" * 70000 + b"1,infinity\n", "data row 70001 (line 70001)"),  # in the second block
-        (b"\xff\xfea\x00,\x00b\x00\n\x00", "is not a CSV text file (it holds byte 0xff"),  # UTF-16, Excel's "Unicode text"
+        (
+            b"\xff\xfea\x00,\x00b\x00\n\x00",
+            "is not a CSV text file (it holds byte 0xff",
+        ),  # UTF-16, Excel's "Unicode text"
         (b"0,1\n\x89PNG\r\n\x1a\n\x00\x00", "is not a CSV text file"),
     ],
     ids=["nan", "-inf", "inf-late", "utf-16", "binary"],
 )
-def test_bad_values_and_files_are_refused_in_one_line(content: bytes, words: str, xor_ckpt: Path, tmp_path: Path) -> None:
+def test_bad_values_and_files_are_refused_in_one_line(
+    content: bytes, words: str, xor_ckpt: Path, tmp_path: Path
+) -> None:
     inputs = tmp_path / "inputs.csv"
     inputs.write_bytes(content)
     code, out, err = call_cli("predict", f"ckpt_path={xor_ckpt}", f"inputs={inputs}", f"output={tmp_path}/p.csv")
@@ -83,8 +95,9 @@ def test_long_jobs_report_their_progress(xor_ckpt: Path, tmp_path: Path, monkeyp
     monkeypatch.setattr(predict_module, "BLOCK_ROWS", 100)
     inputs = tmp_path / "inputs.csv"
     inputs.write_text("a,b\n" + "0,1\n" * 250)
-    code, out, err = call_cli("predict", f"ckpt_path={xor_ckpt}", f"inputs={inputs}", f"output={tmp_path}/p.csv",
-                              "batch_size=100")
+    code, out, err = call_cli(
+        "predict", f"ckpt_path={xor_ckpt}", f"inputs={inputs}", f"output={tmp_path}/p.csv", "batch_size=100"
+    )
     assert code == 0, err
     assert "reading inputs.csv: rows: 200" in out
     assert "predicting: rows: 100 of 250 (40%)" in out and "predicting: rows: 250 of 250 (100%)" in out
@@ -112,7 +125,9 @@ def test_three_million_rows_take_seconds_not_minutes(xor_ckpt: Path, tmp_path: P
     lines = np.array([b"0,0\n", b"0,1\n", b"1,0\n", b"1,1\n"], dtype="S4")
     inputs.write_bytes(b"a,b\n" + lines[values[:, 0] * 2 + values[:, 1]].tobytes())
     started = time.perf_counter()
-    code, out, err = call_cli("predict", f"ckpt_path={xor_ckpt}", f"inputs={inputs}", f"output={tmp_path}/p.csv", "show=0")
+    code, out, err = call_cli(
+        "predict", f"ckpt_path={xor_ckpt}", f"inputs={inputs}", f"output={tmp_path}/p.csv", "show=0"
+    )
     seconds = time.perf_counter() - started
     assert code == 0, err
     assert "3000000 predictions" in out

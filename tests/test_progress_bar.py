@@ -34,8 +34,15 @@ def _train_in_a_terminal(args: list[str], cwd: Path, timeout: float = 240) -> li
     """Run ``python -m experiments.train args`` on a 120x40 pseudo-terminal; its output, in timed pieces."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=cwd, env=_env(),
-                               stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", *args],
+        cwd=cwd,
+        env=_env(),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
     os.close(slave)
     pieces: list[tuple[float, bytes]] = []
     deadline = time.monotonic() + timeout
@@ -82,9 +89,21 @@ def test_a_terminal_shows_a_moving_bar_within_two_seconds_and_a_pipe_shows_none(
     assert re.search(r"\n1 \d\.\d{4} \d\.\d{4} \d\.\d{4} \d\.\d{4}\r?\n", text)
 
     # Into a pipe (the same callbacks whatever the model; 30 XOR epochs would show any bar)
-    piped = subprocess.run([sys.executable, "-m", "experiments.train", "experiment=xor", "trainer.max_epochs=30",
-                            f"hydra.run.dir={tmp_path / 'pipe'}"],
-                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240)
+    piped = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.train",
+            "experiment=xor",
+            "trainer.max_epochs=30",
+            f"hydra.run.dir={tmp_path / 'pipe'}",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert piped.returncode == 0, piped.stderr[-3000:]
     out = piped.stdout + piped.stderr
     assert "%|" not in out and "batch/s" not in out and "\r" not in out

@@ -93,8 +93,13 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     # One neuron in float32 with a learning rate 10^4 times too large: the loss overflows at step 6.
     run_dir = tmp_path / "run"
     result = run(
-        "train", "experiment=neuron", "trainer.precision=32-true", "optimizer.lr=1000",
-        "trainer.max_epochs=30", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        "train",
+        "experiment=neuron",
+        "trainer.precision=32-true",
+        "optimizer.lr=1000",
+        "trainer.max_epochs=30",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     error = result.stderr.strip().splitlines()[-1]
@@ -110,8 +115,14 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     # Written at every epoch, it is the state just before the step that failed.
     every_epoch = tmp_path / "every_epoch"
     result = run(
-        "train", "experiment=neuron", "trainer.precision=32-true", "optimizer.lr=1000", "trainer.max_epochs=30",
-        "callbacks.last_checkpoint.min_write_interval=0", f"hydra.run.dir={every_epoch}", cwd=tmp_path,
+        "train",
+        "experiment=neuron",
+        "trainer.precision=32-true",
+        "optimizer.lr=1000",
+        "trainer.max_epochs=30",
+        "callbacks.last_checkpoint.min_write_interval=0",
+        f"hydra.run.dir={every_epoch}",
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     last = torch.load(every_epoch / "checkpoints" / "last.ckpt", weights_only=True)

@@ -18,8 +18,9 @@ def test_modules_train_with_a_plain_lightning_trainer(tmp_path: Path) -> None:
     data = XORDataModule()
     model = MLP(data.spec.input_shape, data.spec.output_shape, hidden=[8], activation="tanh")
     task = ClassificationTask(model, num_classes=2, optimizer=partial(torch.optim.Adam, lr=0.05))
-    trainer = L.Trainer(max_epochs=300, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=300, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     trainer.fit(task, datamodule=data)
     [metrics] = trainer.test(task, datamodule=data, verbose=False)
     assert metrics["test/acc"] == 1.0

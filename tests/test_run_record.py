@@ -30,8 +30,14 @@ def _metrics(run_dir: Path) -> dict:
 def test_sigterm_during_fit_exits_143_and_a_second_writer_is_refused(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # Trains far longer than the test lasts: only SIGTERM ends it.
-    first = start("train", *XOR, "checkpoint_every_n_steps=25", "trainer.max_epochs=100000",
-                  f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    first = start(
+        "train",
+        *XOR,
+        "checkpoint_every_n_steps=25",
+        "trainer.max_epochs=100000",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (run_dir / "checkpoints" / "last.ckpt").is_file():
@@ -45,8 +51,9 @@ def test_sigterm_during_fit_exits_143_and_a_second_writer_is_refused(tmp_path: P
             assert code == 2
             lines = err.strip().splitlines()
             assert len(lines) == 1, err
-            assert lines[0].startswith(f"error: {run_dir} is being written by process {first.pid} on "
-                                       f"{socket.gethostname()} since 20"), lines[0]
+            assert lines[0].startswith(
+                f"error: {run_dir} is being written by process {first.pid} on {socket.gethostname()} since 20"
+            ), lines[0]
         assert _files(run_dir) == before
         assert not (run_dir / "metrics.json").exists()
         os.kill(first.pid, signal.SIGTERM)
@@ -59,8 +66,10 @@ def test_sigterm_during_fit_exits_143_and_a_second_writer_is_refused(tmp_path: P
     said = [line for line in err.splitlines() if "SIGTERM" in line or "resume=" in line]
     assert len(said) == 1 and said == err.strip().splitlines()[-1:], err[-2000:]
     assert said[0].startswith("error: interrupted (SIGTERM) at step ")
-    assert said[0].endswith(f"continue with: python -m experiments.train {' '.join(XOR)} checkpoint_every_n_steps=25 "
-                            f"trainer.max_epochs=100000 resume={run_dir}")
+    assert said[0].endswith(
+        f"continue with: python -m experiments.train {' '.join(XOR)} checkpoint_every_n_steps=25 "
+        f"trainer.max_epochs=100000 resume={run_dir}"
+    )
     metrics = _metrics(run_dir)
     assert metrics["status"] == "interrupted" and metrics["signal"] == "SIGTERM"
     assert metrics["error"] == said[0].removeprefix("error: ")
@@ -70,8 +79,9 @@ def test_sigterm_outside_fit_is_recorded_the_same_way(tmp_path: Path) -> None:
     term = "+callbacks.term._target_=reliability_helpers.TermAt"
     for hook in ("init", "test_start"):
         run_dir = tmp_path / hook
-        code, _, err = call_cli("train", *XOR, "trainer.max_epochs=2", term, f"+callbacks.term.hook={hook}",
-                                f"hydra.run.dir={run_dir}")
+        code, _, err = call_cli(
+            "train", *XOR, "trainer.max_epochs=2", term, f"+callbacks.term.hook={hook}", f"hydra.run.dir={run_dir}"
+        )
         assert code == 143, err[-2000:]
         line = err.strip().splitlines()[-1]
         assert [ln for ln in err.splitlines() if "SIGTERM" in ln] == [line]
@@ -80,7 +90,9 @@ def test_sigterm_outside_fit_is_recorded_the_same_way(tmp_path: Path) -> None:
         if hook == "init":  # set up, nothing trained
             assert line == "error: interrupted (SIGTERM) before any checkpoint was written; run the same command again"
         else:  # trained, testing: resume tests it again
-            assert line.startswith("error: interrupted (SIGTERM) at step 2 (epoch 3); checkpoints/last.ckpt holds step 2")
+            assert line.startswith(
+                "error: interrupted (SIGTERM) at step 2 (epoch 3); checkpoints/last.ckpt holds step 2"
+            )
             assert line.endswith(f" resume={run_dir}")
 
 
@@ -91,13 +103,23 @@ def test_sigterm_mid_epoch_takes_last_ckpt_at_that_batch_end(tmp_path: Path) -> 
 
     run_dir = tmp_path / "run"
     code, _, err = call_cli(
-        "train", *XOR, "name=blobs", "data._target_=reliability_helpers.BlobsDataModule", "data.batch_size=32",
-        "trainer.steps_per_execution=3", "trainer.max_epochs=3", "+callbacks.term._target_=reliability_helpers.TermAt",
-        "+callbacks.term.hook=train_batch_end", "+callbacks.term.step=4", f"hydra.run.dir={run_dir}",
+        "train",
+        *XOR,
+        "name=blobs",
+        "data._target_=reliability_helpers.BlobsDataModule",
+        "data.batch_size=32",
+        "trainer.steps_per_execution=3",
+        "trainer.max_epochs=3",
+        "+callbacks.term._target_=reliability_helpers.TermAt",
+        "+callbacks.term.hook=train_batch_end",
+        "+callbacks.term.step=4",
+        f"hydra.run.dir={run_dir}",
     )
     assert code == 143, err[-2000:]
     line = err.strip().splitlines()[-1]
-    assert line.startswith("error: interrupted (SIGTERM) at step 6 (epoch 1); checkpoints/last.ckpt holds step 6; "), line
+    assert line.startswith("error: interrupted (SIGTERM) at step 6 (epoch 1); checkpoints/last.ckpt holds step 6; "), (
+        line
+    )
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
     assert _metrics(run_dir)["step"] == 6
 

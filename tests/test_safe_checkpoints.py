@@ -30,7 +30,6 @@ def _craft(path: Path, marker: Path, like: Path) -> None:
     torch.save(checkpoint, path)
 
 
-
 @pytest.fixture
 def malicious(xor_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A copy of the run whose best.ckpt and last.ckpt carry the payload, and the marker's path."""

@@ -27,7 +27,6 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-
 def _crafted_run(xor_run: Path, folder: Path, key: str, node: object) -> Path:
     """A copy of the run whose best checkpoint carries a config that sets ``key`` (dotted) to ``node``."""
     shutil.copytree(xor_run, folder)
@@ -49,13 +48,25 @@ def _payloads(tmp_path: Path) -> dict[str, tuple[str, dict[str, object], Path, s
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me\n")
     return {
-        "torch.load": ("model.activation", {"_target_": "torch.load", "f": str(pickle_file), "weights_only": False},
-                       marker, ""),
-        "builtins.open": ("data", {"_target_": "builtins.open", "file": str(precious), "mode": "w"},
-                          precious, "keep me\n"),
+        "torch.load": (
+            "model.activation",
+            {"_target_": "torch.load", "f": str(pickle_file), "weights_only": False},
+            marker,
+            "",
+        ),
+        "builtins.open": (
+            "data",
+            {"_target_": "builtins.open", "file": str(precious), "mode": "w"},
+            precious,
+            "keep me\n",
+        ),
         "os.system": ("optimizer", {"_target_": "os.system", "command": f"touch {marker}"}, marker, ""),
-        "a project function": ("trainer.profiler", {"_target_": "experiments.runs.write_json",
-                                                   "path": str(precious), "data": {}}, precious, "keep me\n"),
+        "a project function": (
+            "trainer.profiler",
+            {"_target_": "experiments.runs.write_json", "path": str(precious), "data": {}},
+            precious,
+            "keep me\n",
+        ),
     }
 
 
@@ -77,7 +88,9 @@ def test_the_payloads_do_run_when_instantiated(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("payload", ["torch.load", "builtins.open", "os.system", "a project function"])
 @pytest.mark.parametrize("module", ["evaluate", "predict"])
-def test_a_run_config_that_names_other_code_is_refused(payload: str, module: str, xor_run: Path, tmp_path: Path) -> None:
+def test_a_run_config_that_names_other_code_is_refused(
+    payload: str, module: str, xor_run: Path, tmp_path: Path
+) -> None:
     key, node, touched, content = _payloads(tmp_path)[payload]
     run_dir = _crafted_run(xor_run, tmp_path / "shared-run", key, node)
     code, out, err = call_cli(module, f"ckpt_path={run_dir}/checkpoints/best.ckpt")
@@ -90,7 +103,9 @@ def test_a_run_config_that_names_other_code_is_refused(payload: str, module: str
 
 
 def test_a_target_is_checked_at_any_depth_and_in_lists(xor_run: Path, tmp_path: Path) -> None:
-    run_dir = _crafted_run(xor_run, tmp_path / "run", "model.hidden", [8, {"_target_": "subprocess.run", "args": ["true"]}])
+    run_dir = _crafted_run(
+        xor_run, tmp_path / "run", "model.hidden", [8, {"_target_": "subprocess.run", "args": ["true"]}]
+    )
     with pytest.raises(Exception, match=r"model\.hidden\[1\]\._target_ = 'subprocess.run' is not allowed"):
         checkpoint_config(run_dir / "checkpoints" / "best.ckpt")
 
@@ -112,7 +127,9 @@ def test_a_class_of_the_users_own_package_is_built_only_when_trusted(tmp_path: P
         check_targets(cfg, "config.yaml")
     check_targets(cfg, "config.yaml", trust=["collections"])
     with pytest.raises(UserError):  # a trusted package lets its classes through, not functions
-        check_targets(OmegaConf.create({"x": {"_target_": "collections.namedtuple"}}), "config.yaml", trust=["collections"])
+        check_targets(
+            OmegaConf.create({"x": {"_target_": "collections.namedtuple"}}), "config.yaml", trust=["collections"]
+        )
 
 
 def test_a_checkpoint_carries_its_config_and_works_moved_anywhere(xor_run: Path, tmp_path: Path) -> None:

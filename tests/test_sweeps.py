@@ -52,18 +52,40 @@ def sweeps(
     for lr in ("0.05", "0.05", "1000"):
         study.enqueue_trial({"optimizer.lr": lr})
     commands = {
-        "grid": ("test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tensorboard_root", grid, [
-            "seed=0,1", "trainer.max_epochs=5", "callbacks.history.verbose=false",
-        ]),
+        "grid": (
+            "test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tensorboard_root",
+            grid,
+            [
+                "seed=0,1",
+                "trainer.max_epochs=5",
+                "callbacks.history.verbose=false",
+            ],
+        ),
         # lr=-1 raises when the optimizer is built; lr=1e38 overflows float32 to NaN within two epochs.
-        "failures": ("test_sweep_goes_on_past_a_raising_and_a_diverging_trial", failures, [
-            "optimizer=sgd", "optimizer.lr=1e38,-1,0.5", "trainer.max_epochs=6", *QUIET,
-        ]),
-        "pruning": ("test_median_pruner_stops_an_absurd_learning_rate_early", pruning, [
-            "hydra/sweeper=optuna", "hydra.sweeper.study_name=prune", "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=2",
-            "optimizer.lr=choice(0.05,1000)", f"trainer.max_epochs={PRUNER_EPOCHS}", *QUIET,
-        ]),
+        "failures": (
+            "test_sweep_goes_on_past_a_raising_and_a_diverging_trial",
+            failures,
+            [
+                "optimizer=sgd",
+                "optimizer.lr=1e38,-1,0.5",
+                "trainer.max_epochs=6",
+                *QUIET,
+            ],
+        ),
+        "pruning": (
+            "test_median_pruner_stops_an_absurd_learning_rate_early",
+            pruning,
+            [
+                "hydra/sweeper=optuna",
+                "hydra.sweeper.study_name=prune",
+                "hydra.sweeper.n_trials=3",
+                "hydra.sweeper.pruner.n_startup_trials=2",
+                "hydra.sweeper.pruner.n_warmup_steps=2",
+                "optimizer.lr=choice(0.05,1000)",
+                f"trainer.max_epochs={PRUNER_EPOCHS}",
+                *QUIET,
+            ],
+        ),
     }
     runs = {  # each started only when its test runs
         name: (sweep, StartedCli("train", "-m", "experiment=xor", *args, f"hydra.sweep.dir={sweep}", cwd=root))
@@ -83,12 +105,15 @@ def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tenso
     assert [r["status"] for r in rows] == ["completed", "completed"]
     best = [float(r["best val/loss"]) for r in rows]
     assert best == sorted(best)
-    assert {r["overrides"] for r in rows} == {f"experiment=xor seed={s} trainer.max_epochs=5 "
-                                               "callbacks.history.verbose=False" for s in (0, 1)}
+    assert {r["overrides"] for r in rows} == {
+        f"experiment=xor seed={s} trainer.max_epochs=5 callbacks.history.verbose=False" for s in (0, 1)
+    }
     assert all(r["epochs"] == "5" and float(r["seconds"]) > 0 for r in rows)
     # Both trials ran at once, in two forked workers of one thread each (the parallel launcher).
     for job in ("0", "1"):
-        assert OmegaConf.load(sweep / job / ".hydra" / "hydra.yaml").hydra.launcher.n_jobs == min(2, len(os.sched_getaffinity(0)))
+        assert OmegaConf.load(sweep / job / ".hydra" / "hydra.yaml").hydra.launcher.n_jobs == min(
+            2, len(os.sched_getaffinity(0))
+        )
         assert OmegaConf.load(sweep / job / "config.yaml").trainer.num_threads == 1
     md = (sweep / "summary.md").read_text()
     mean = sum(best) / 2
@@ -138,8 +163,15 @@ def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(sweeps, tmp_path: Pa
     assert [r["status"] for r in _rows(sweep)] == ["completed", "failed", "failed"]
     # A single run that fails still exits non-zero, with the reason on one line.
     # (in this process, exactly as the console script runs it: run_cli around the Hydra main)
-    code, _, err = call_cli("train", "experiment=xor", "optimizer=sgd", "optimizer.lr=1e38", "trainer.max_epochs=3",
-                            *QUIET, f"hydra.run.dir={tmp_path / 'single'}")
+    code, _, err = call_cli(
+        "train",
+        "experiment=xor",
+        "optimizer=sgd",
+        "optimizer.lr=1e38",
+        "trainer.max_epochs=3",
+        *QUIET,
+        f"hydra.run.dir={tmp_path / 'single'}",
+    )
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: loss became nan at step ")
 
 
@@ -161,8 +193,16 @@ def test_median_pruner_stops_an_absurd_learning_rate_early(sweeps) -> None:
 
 def _tpe_command(sweep: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "experiments.train", "-m", "experiment=xor", "hparams_search=xor_tpe",
-        "trainer.max_epochs=5", *QUIET, f"hydra.sweep.dir={sweep}", *extra,
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "-m",
+        "experiment=xor",
+        "hparams_search=xor_tpe",
+        "trainer.max_epochs=5",
+        *QUIET,
+        f"hydra.sweep.dir={sweep}",
+        *extra,
     ]
 
 
@@ -174,10 +214,14 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
     # that the killed trials go stale 8 s after the kill (a live worker on a loaded machine can
     # miss a few seconds of heartbeats).
     command = _tpe_command(sweep, "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p),
+    }
     env.pop("HYDRA_FULL_ERROR", None)
-    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        command, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     done_before: dict[str, str] = {}
     try:
@@ -204,7 +248,9 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
     assert len(finished) == 12
     # Optuna's heartbeat failed the killed trials (and only they), and its retry callback ran
     # each one's parameters again as a new trial.
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    retry = (
+        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    )
     assert sorted(t.number for t in trials if t.state.name == "FAIL") == sorted(interrupted)
     retries = {retry.retried_trial_number(t): t for t in finished if retry.retried_trial_number(t) is not None}
     assert sorted(retries) == sorted(interrupted)
@@ -240,8 +286,13 @@ def test_slurm_launcher_config_says_what_it_would_submit(tmp_path: Path, monkeyp
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=["experiment=xor", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                       "hydra.launcher.timeout_min=90", f"hydra.sweep.dir={tmp_path}"],
+            overrides=[
+                "experiment=xor",
+                "hydra/launcher=slurm",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.timeout_min=90",
+                f"hydra.sweep.dir={tmp_path}",
+            ],
             return_hydra_config=True,
         )
     launcher = cfg.hydra.launcher
@@ -266,18 +317,33 @@ def test_slurm_launcher_config_says_what_it_would_submit(tmp_path: Path, monkeyp
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     params.pop("max_num_timeout")
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    script = _make_sbatch_string(command="python -m experiments.train", folder=str(tmp_path), **executor._executor.parameters)
-    for line in ("--partition=gpu", "--nodes=1", "--gpus-per-node=1", "--time=90", "--cpus-per-task=8",
-                 "--mem=32GB", "--ntasks-per-node=1", "--job-name=train"):
+    script = _make_sbatch_string(
+        command="python -m experiments.train", folder=str(tmp_path), **executor._executor.parameters
+    )
+    for line in (
+        "--partition=gpu",
+        "--nodes=1",
+        "--gpus-per-node=1",
+        "--time=90",
+        "--cpus-per-task=8",
+        "--mem=32GB",
+        "--ntasks-per-node=1",
+        "--job-name=train",
+    ):
         assert f"#SBATCH {line}\n" in script, script
 
 
 @pytest.mark.parametrize(
     ("search", "sampler"),
-    [("xor_tpe", optuna.samplers.TPESampler), ("xor_random", optuna.samplers.RandomSampler),
-     ("mnist_tpe", optuna.samplers.TPESampler)],
+    [
+        ("xor_tpe", optuna.samplers.TPESampler),
+        ("xor_random", optuna.samplers.RandomSampler),
+        ("mnist_tpe", optuna.samplers.TPESampler),
+    ],
 )
-def test_search_configs_compose_into_a_sampler_a_stable_sweep_dir_and_a_search_space(search: str, sampler: type) -> None:
+def test_search_configs_compose_into_a_sampler_a_stable_sweep_dir_and_a_search_space(
+    search: str, sampler: type
+) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
@@ -287,8 +353,9 @@ def test_search_configs_compose_into_a_sampler_a_stable_sweep_dir_and_a_search_s
     experiment = "mnist_mlp" if search.startswith("mnist") else "xor"
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={experiment}", f"hparams_search={search}"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=[f"experiment={experiment}", f"hparams_search={search}"], return_hydra_config=True
+        )
     sweeper = cfg.hydra.sweeper
     assert isinstance(instantiate(sweeper.sampler), sampler)
     assert isinstance(instantiate(sweeper.pruner), optuna.pruners.MedianPruner)
@@ -300,7 +367,10 @@ def test_search_configs_compose_into_a_sampler_a_stable_sweep_dir_and_a_search_s
 def test_summarize_names_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
     result = run_cli("summarize", str(tmp_path / "nowhere"), cwd=tmp_path, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: sweep directory not found: {tmp_path / 'nowhere'}; pass the folder of a multirun"
+    assert (
+        result.stderr.strip()
+        == f"error: sweep directory not found: {tmp_path / 'nowhere'}; pass the folder of a multirun"
+    )
     empty = run_cli("summarize", str(tmp_path), cwd=tmp_path, timeout=60)
     assert empty.returncode == 2 and empty.stderr.startswith("error: no run directories in ")
     assert not (tmp_path / "summary.csv").exists()

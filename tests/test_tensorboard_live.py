@@ -35,9 +35,22 @@ class TensorBoard:
         binary = Path(sys.executable).with_name("tensorboard")
         command = [str(binary)] if binary.exists() else [sys.executable, "-m", "tensorboard.main"]
         self.process = subprocess.Popen(
-            [*command, "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(self.port),
-             "--reload_interval", "1", "--load_fast", "false"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                *command,
+                "--logdir",
+                str(logdir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--reload_interval",
+                "1",
+                "--load_fast",
+                "false",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def get(self, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -82,14 +95,33 @@ def test_live_tensorboard_serves_every_trials_curves_hparams_and_images(tmp_path
     # (its output to a file, so that a full pipe cannot hold it up while the forecasting run goes on)
     with open(tmp_path / "sweep.log", "w") as log:
         searching = subprocess.Popen(
-            [sys.executable, "-m", "experiments.train", "-m", "experiment=xor", "hparams_search=xor_tpe",
-             f"hydra.sweeper.n_trials={N_TRIALS}", "trainer.max_epochs=5", "callbacks.history.verbose=false",
-             f"hydra.sweep.dir={sweep}"],
-            cwd=tmp_path, env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "experiments.train",
+                "-m",
+                "experiment=xor",
+                "hparams_search=xor_tpe",
+                f"hydra.sweeper.n_trials={N_TRIALS}",
+                "trainer.max_epochs=5",
+                "callbacks.history.verbose=false",
+                f"hydra.sweep.dir={sweep}",
+            ],
+            cwd=tmp_path,
+            env=child_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
-        forecast = run_cli("train", "experiment=sine_lstm", "trainer.max_epochs=2", "callbacks.history.verbose=false",
-                           f"hydra.run.dir={outputs / 'forecast'}", cwd=tmp_path)
+        forecast = run_cli(
+            "train",
+            "experiment=sine_lstm",
+            "trainer.max_epochs=2",
+            "callbacks.history.verbose=false",
+            f"hydra.run.dir={outputs / 'forecast'}",
+            cwd=tmp_path,
+        )
         searching.wait(timeout=300)
     finally:
         if searching.poll() is None:
@@ -109,8 +141,14 @@ def test_live_tensorboard_serves_every_trials_curves_hparams_and_images(tmp_path
         assert runs
 
         # Scalars: every trial's train, val and test curves, val/loss one point per epoch.
-        tags = board.wait_for(lambda: (t := board.get("/data/plugin/scalars/tags")) and
-                              all("test/acc" in t.get(run, {}) for run in trials) and t, 30)
+        tags = board.wait_for(
+            lambda: (
+                (t := board.get("/data/plugin/scalars/tags"))
+                and all("test/acc" in t.get(run, {}) for run in trials)
+                and t
+            ),
+            30,
+        )
         for run in trials:
             assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"} <= set(tags[run])
             curve = board.get(f"/data/plugin/scalars/scalars?run={run}&tag=val/loss")
@@ -118,11 +156,21 @@ def test_live_tensorboard_serves_every_trials_curves_hparams_and_images(tmp_path
             assert all(0 < value < 10 for _, _, value in curve)
 
         # HPARAMS: one session per trial, its hyper-parameters and its real final metrics.
-        everything = {"experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
-                      "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]}
+        everything = {
+            "experimentName": "",
+            "startIndex": 0,
+            "sliceSize": 100,
+            "colParams": [],
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+        }
         groups = board.wait_for(
-            lambda: [g for g in board.get("/data/plugin/hparams/session_groups", everything)["sessionGroups"]
-                     if g["name"].startswith("sweep/")], 30)
+            lambda: [
+                g
+                for g in board.get("/data/plugin/hparams/session_groups", everything)["sessionGroups"]
+                if g["name"].startswith("sweep/")
+            ],
+            30,
+        )
         assert sorted(g["name"] for g in groups) == trials
         experiment = board.get("/data/plugin/hparams/experiment", {"experimentName": ""})
         assert {"optimizer.lr", "model.hidden", "model.activation"} <= {h["name"] for h in experiment["hparamInfos"]}

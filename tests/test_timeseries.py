@@ -70,7 +70,11 @@ def test_ett_split_rows_and_scaler_follow_the_reference_protocol() -> None:
     data = ett(input_length=length, horizon=horizon)
     raw = raw_ett().float()
     assert torch.allclose(data.scaler.mean, raw[:8640].double().mean(0).double(), atol=1e-4)
-    for split, start, end in ((data.train_set, 0, 8640), (data.val_set, 8640 - length, 11520), (data.test_set, 11520 - length, 14400)):
+    for split, start, end in (
+        (data.train_set, 0, 8640),
+        (data.val_set, 8640 - length, 11520),
+        (data.test_set, 11520 - length, 14400),
+    ):
         x, y = split
         assert len(x) == end - start - length - horizon + 1
         assert torch.allclose(data.inverse_transform(x[0]), raw[start : start + length], atol=1e-3)
@@ -108,8 +112,16 @@ def test_failed_download_leaves_nothing_and_says_where_to_put_it(tmp_path: Path,
     ("header", "row", "message"),
     [
         ("date,HUFL,HULL,MUFL,MULL,LUFL,OT", "2016-07-01 00:00:00,1,2,3,4,5,6", r"missing columns \['LULL'\]"),
-        ("date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT,X", "2016-07-01 00:00:00,1,2,3,4,5,6,7,8", r"unexpected columns \['X'\]"),
-        ("date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT", "2016-07-01 00:00:00,1,2,3,oops,5,6,7", r"line 3: 'oops' is not a number"),
+        (
+            "date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT,X",
+            "2016-07-01 00:00:00,1,2,3,4,5,6,7,8",
+            r"unexpected columns \['X'\]",
+        ),
+        (
+            "date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT",
+            "2016-07-01 00:00:00,1,2,3,oops,5,6,7",
+            r"line 3: 'oops' is not a number",
+        ),
     ],
 )
 def test_bad_csv_is_a_clear_user_error(tmp_path: Path, header: str, row: str, message: str) -> None:
@@ -153,7 +165,9 @@ def test_revin_makes_forecasts_follow_the_level_and_scale_of_each_window(model, 
     torch.manual_seed(0)
     options = {"patch_len": 4} if model is LSTM else {}
     core_input, core_output = Windowed.core_shapes((16, inputs), (8, outputs), True, **options)
-    net = Windowed(model(core_input, core_output), (16, inputs), (8, outputs), revin=True, channel_independent=True, **options).eval()
+    net = Windowed(
+        model(core_input, core_output), (16, inputs), (8, outputs), revin=True, channel_independent=True, **options
+    ).eval()
     x = torch.randn(5, 16, inputs)
     y = net(x)
     assert y.shape == (5, 8, outputs)
@@ -170,7 +184,9 @@ def test_window_options_are_for_windows_only(compose_train) -> None:
     assert type(task.model) is LSTM  # all window options off: the model as it is
     with pytest.raises(UserError, match=r"^window: window options need \(L, C\) windows .*leave window.revin"):
         build(compose_train("data=mnist", "window.revin=true"))
-    with pytest.raises(UserError, match=r"^window.patch_len=5 is not valid: patch_len must be a positive divisor of the 96"):
+    with pytest.raises(
+        UserError, match=r"^window.patch_len=5 is not valid: patch_len must be a positive divisor of the 96"
+    ):
         build(compose_train("data=sine", "window.patch_len=5"))
 
 
@@ -186,8 +202,15 @@ def test_forecasting_losses_and_their_check() -> None:
 
 def test_sine_lstm_beats_the_naive_baseline_and_leaves_its_files(compose_train, tmp_path: Path) -> None:
     cfg = compose_train(
-        "experiment=sine_lstm", "data.num_rows=1500", "data.input_length=48", "data.horizon=24",
-        "trainer.max_epochs=6", "model.hidden_size=32", "window.patch_len=6", "data.batch_size=16", "optimizer.lr=0.01",
+        "experiment=sine_lstm",
+        "data.num_rows=1500",
+        "data.input_length=48",
+        "data.horizon=24",
+        "trainer.max_epochs=6",
+        "model.hidden_size=32",
+        "window.patch_len=6",
+        "data.batch_size=16",
+        "optimizer.lr=0.01",
     )
     metrics = train(cfg)
     test = metrics["test"]
@@ -213,8 +236,11 @@ def test_etth1_lstm_takes_every_standard_horizon(compose_train, horizon: int) ->
 @needs_ett
 def test_etth1_short_run_tests_the_full_test_set(compose_train) -> None:
     cfg = compose_train(
-        "experiment=etth1_mlp", f"data.data_dir={ETT_DIR}", "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=5", "+trainer.limit_val_batches=2",
+        "experiment=etth1_mlp",
+        f"data.data_dir={ETT_DIR}",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=5",
+        "+trainer.limit_val_batches=2",
     )
     test = train(cfg)["test"]
     assert test["test/naive_mse"] == pytest.approx(1.294, abs=0.002)
@@ -224,7 +250,10 @@ def test_etth1_short_run_tests_the_full_test_set(compose_train) -> None:
 def test_cli_without_the_ett_file_is_one_line(tmp_path: Path) -> None:
     # In this process, exactly as the console script runs it (run_cli around the Hydra main).
     code, _, err = call_cli(
-        "train", "experiment=etth1_lstm", f"data.data_dir={tmp_path}/nothing", "data.download=false",
+        "train",
+        "experiment=etth1_lstm",
+        f"data.data_dir={tmp_path}/nothing",
+        "data.download=false",
         f"hydra.run.dir={tmp_path}/run",
     )
     assert code == 2

@@ -53,7 +53,9 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) 
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _run_together(*runs: tuple[list[str], Path, dict[str, str]], timeout: float = 300) -> list[subprocess.CompletedProcess[str]]:
+def _run_together(
+    *runs: tuple[list[str], Path, dict[str, str]], timeout: float = 300
+) -> list[subprocess.CompletedProcess[str]]:
     """``_run`` for independent commands, all at once (a machine's cores, not one after the other).
     Their output goes to files, so that no full pipe holds one up while another is waited for."""
     started = []
@@ -90,7 +92,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             shutil.copy2(path, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    built = _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(source)], root, dict(os.environ))
+    built = _run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(source)],
+        root,
+        dict(os.environ),
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     [wheel] = (root / "dist").glob("lightning_hydra_experiments-*.whl")
 
@@ -103,9 +109,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root, dict(os.environ)).stdout.strip())
+    site = Path(
+        _run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root, dict(os.environ)
+        ).stdout.strip()
+    )
     (site / "test_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    install = _run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], root, dict(os.environ))
+    install = _run(
+        [*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)], root, dict(os.environ)
+    )
     assert install.returncode == 0, install.stdout + install.stderr
     return python
 
@@ -122,7 +134,9 @@ def _metrics(folder: Path, name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def used(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
+def used(
+    installed: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
     """What a user does with the installed wheel, all at once (independent processes, in folders of
     their own): where it finds its configs and data, experiment=xor from an empty folder, and a
     model of the user's own through --config-dir, rightly spelt and misspelt (that one starts no run)."""
@@ -133,7 +147,9 @@ def used(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     (folder / "my_conf" / "model").mkdir(parents=True)
     (folder / "my_code").mkdir()
     (folder / "my_code" / "tiny_model.py").write_text(TINY_MODEL)
-    (folder / "my_conf" / "model" / "tiny.yaml").write_text("_target_: tiny_model.Tiny\nhidden: [8]\nactivation: tanh\n")
+    (folder / "my_conf" / "model" / "tiny.yaml").write_text(
+        "_target_: tiny_model.Tiny\nhidden: [8]\nactivation: tanh\n"
+    )
     plain, own = _env(root / "plain"), _env(root / "own", PYTHONPATH=str(folder / "my_code"))
     code = "import experiments.config as c; print(c.CONFIG_DIR); print(c.data_root())"
     tiny = [str(installed), "-m", "experiments.train", "--config-dir", "my_conf", "experiment=xor", "model=tiny"]

@@ -15,7 +15,9 @@ from reliability_helpers import call_cli
 
 
 @pytest.fixture(scope="module")
-def seeds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, StartedCli]]:
+def seeds(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, StartedCli]]:
     """The ten-seed multirun of test_default_xor_recipe_solves_the_truth_table_for_every_seed, started
     before the module's single run so that the two share the machine's cores; waited for by that test."""
     if not selected(request, "test_default_xor_recipe_solves_the_truth_table_for_every_seed"):
@@ -23,8 +25,16 @@ def seeds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         return
     workdir = tmp_path_factory.mktemp("seeds")
     # As users check it: one multirun over ten seeds (its jobs in parallel workers, one per core).
-    started = StartedCli("train", "-m", "experiment=xor", "seed=range(10)", "logger=none",
-                         "callbacks.history.verbose=false", f"hydra.sweep.dir={workdir / 'seeds'}", cwd=workdir)
+    started = StartedCli(
+        "train",
+        "-m",
+        "experiment=xor",
+        "seed=range(10)",
+        "logger=none",
+        "callbacks.history.verbose=false",
+        f"hydra.sweep.dir={workdir / 'seeds'}",
+        cwd=workdir,
+    )
     yield workdir / "seeds", started
     started.wait()  # (at once when its test ran; otherwise not left behind)
 

@@ -79,7 +79,9 @@ def run(*overrides: str, config_dir: str | os.PathLike[str] | None = None) -> Me
     if config_dir is not None:
         folder = Path(config_dir).expanduser().resolve()
         if not folder.is_dir():
-            raise UserError(f"config_dir {folder} is not a folder; pass the folder that holds your model/, data/, ... configs")
+            raise UserError(
+                f"config_dir {folder} is not a folder; pass the folder that holds your model/, data/, ... configs"
+            )
         # Exactly where the CLI's --config-dir goes: after our conf/, before structured configs.
         search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
 

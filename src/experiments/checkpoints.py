@@ -42,9 +42,7 @@ def run_directory(runs: str, fresh: str, resume: Any = None) -> str:
         return str(max(candidates, key=lambda d: (d / LAST).stat().st_mtime))
     directory = Path(str(resume)).expanduser()
     if not (directory / LAST).is_file():
-        raise UserError(
-            f"resume={resume}: no {LAST} in that directory; pass resume=latest or the directory of a run"
-        )
+        raise UserError(f"resume={resume}: no {LAST} in that directory; pass resume=latest or the directory of a run")
     return str(directory)
 
 
@@ -79,12 +77,16 @@ def checkpoint_config(
     """
     ckpt = Path(ckpt_path).expanduser()
     if not ckpt.is_file():
-        raise UserError(f"checkpoint not found: {ckpt}; pass ckpt_path=<run dir>/checkpoints/best.ckpt of a finished run")
+        raise UserError(
+            f"checkpoint not found: {ckpt}; pass ckpt_path=<run dir>/checkpoints/best.ckpt of a finished run"
+        )
     checkpoint = read_checkpoint(ckpt)
     if config is not None:
         source = Path(config).expanduser()
         if not source.is_file():
-            raise UserError(f"config file not found: {source}; pass config=<run dir>/config.yaml of the checkpoint's run")
+            raise UserError(
+                f"config file not found: {source}; pass config=<run dir>/config.yaml of the checkpoint's run"
+            )
         try:
             run_cfg = OmegaConf.load(source)
         except Exception as err:  # noqa: BLE001 - YAML and OmegaConf errors alike: the file is damaged
@@ -160,9 +162,7 @@ def load_weights(module: nn.Module, checkpoint: dict[str, Any], path: str | Path
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        raise UserError(
-            f"checkpoint {path} does not fit {against}: {' '.join(str(err).split())[:300]}"
-        ) from None
+        raise UserError(f"checkpoint {path} does not fit {against}: {' '.join(str(err).split())[:300]}") from None
 
 
 def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:

@@ -50,9 +50,7 @@ def data_root() -> Path:
 # (which Hydra recomposes from the sweep's config and its resolver cache) in worker processes
 # still resolve the sweep directory of the process that started the sweep.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
-OmegaConf.register_new_resolver(
-    "project_root", lambda: str(PROJECT_ROOT if IN_CLONE else Path.cwd()), replace=True
-)
+OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT if IN_CLONE else Path.cwd()), replace=True)
 # paths.data_dir, and whether missing data sets may be fetched (not in a clone: it ships its data).
 OmegaConf.register_new_resolver("data_root", lambda: str(data_root()), replace=True)
 OmegaConf.register_new_resolver("fetch_missing_data", lambda: not IN_CLONE, replace=True)
@@ -103,7 +101,11 @@ def _options(target: Any) -> tuple[list[str], dict[str, Any], bool]:
     """
     parameters: list[str] = []
     hints: dict[str, Any] = {}
-    for init in [vars(c)["__init__"] for c in inspect.getmro(target) if "__init__" in vars(c)] if inspect.isclass(target) else [target]:
+    for init in (
+        [vars(c)["__init__"] for c in inspect.getmro(target) if "__init__" in vars(c)]
+        if inspect.isclass(target)
+        else [target]
+    ):
         signature = inspect.signature(init)
         parameters += [n for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
         try:
@@ -144,9 +146,7 @@ def _check_node(key: str, node: DictConfig, supplied: frozenset[str] | set[str] 
         try:
             check_type(plain, hints[name])
         except TypeCheckError:
-            raise UserError(
-                f"{key}.{name}={plain!r} has the wrong type: expected {_hint_text(hints[name])}"
-            ) from None
+            raise UserError(f"{key}.{name}={plain!r} has the wrong type: expected {_hint_text(hints[name])}") from None
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -199,7 +199,9 @@ def _check_training_length(trainer: DictConfig) -> None:
         return  # Lightning's own line names the value (and says what it takes)
     steps_given = isinstance(steps, int) and steps > 0
     if epochs == 0:
-        raise UserError("trainer.max_epochs=0 trains nothing; pass a positive trainer.max_epochs (or +trainer.max_steps=N)")
+        raise UserError(
+            "trainer.max_epochs=0 trains nothing; pass a positive trainer.max_epochs (or +trainer.max_steps=N)"
+        )
     if epochs in (None, -1) and not steps_given:
         raise UserError(
             f"trainer.max_epochs={epochs} with no positive trainer.max_steps would train "
@@ -207,7 +209,9 @@ def _check_training_length(trainer: DictConfig) -> None:
             "trainer.max_epochs, or +trainer.max_steps=N"
         )
     if steps == 0:
-        raise UserError("trainer.max_steps=0 trains nothing; pass a positive trainer.max_steps, or -1 for no step limit")
+        raise UserError(
+            "trainer.max_steps=0 trains nothing; pass a positive trainer.max_steps, or -1 for no step limit"
+        )
 
 
 def check_added_keys(config_name: str) -> None:
@@ -321,7 +325,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Task]:
     window = _window_options(cfg)
     try:
         core_input, core_output = (
-            Windowed.core_shapes(spec.input_shape, spec.output_shape, window["channel_independent"], window["patch_len"])
+            Windowed.core_shapes(
+                spec.input_shape, spec.output_shape, window["channel_independent"], window["patch_len"]
+            )
             if window
             else (spec.input_shape, spec.output_shape)
         )
@@ -387,7 +393,8 @@ def resolve_auto_settings(cfg: DictConfig, task: Task, datamodule: Any) -> None:
         return
     parameter = next(task.parameters(), None)
     inputs = torch.zeros(
-        getattr(datamodule, "batch_size", 1), *datamodule.spec.input_shape,
+        getattr(datamodule, "batch_size", 1),
+        *datamodule.spec.input_shape,
         dtype=parameter.dtype if parameter is not None else torch.float32,
     )
     flops = step_flops(task, inputs)

@@ -207,6 +207,7 @@ def choose_threads(flops_per_step: float | None, processes: int = 1) -> int:
 def _idle_cores(cores: list[int], seconds: float = 0.1) -> int:
     """How many of ``cores`` were idle over the last ``seconds`` (from /proc/stat; all of them
     where that can't be read)."""
+
     def sample() -> dict[int, tuple[int, int]]:
         times = {}
         with open("/proc/stat") as handle:
@@ -257,14 +258,34 @@ class _EpochLogs:
         self.sums: dict[str, list[Any]] = {}
         self.last_step: dict[str, tuple[Any, dict[str, Any]]] = {}
 
-    def __call__(self, name: str, value: Any, prog_bar: bool = False, logger: bool | None = None,
-                 on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: Any = "mean",
-                 enable_graph: bool = False, sync_dist: bool = False, batch_size: int | None = None,
-                 **rest: Any) -> None:
+    def __call__(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool = False,
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: Any = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        batch_size: int | None = None,
+        **rest: Any,
+    ) -> None:
         if not self.active:  # validation, epoch hooks: Lightning's own defaults and batch size
-            self.real_log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
-                          reduce_fx=reduce_fx, enable_graph=enable_graph, sync_dist=sync_dist,
-                          batch_size=batch_size, **rest)
+            self.real_log(
+                name,
+                value,
+                prog_bar=prog_bar,
+                logger=logger,
+                on_step=on_step,
+                on_epoch=on_epoch,
+                reduce_fx=reduce_fx,
+                enable_graph=enable_graph,
+                sync_dist=sync_dist,
+                batch_size=batch_size,
+                **rest,
+            )
             return
         on_step = True if on_step is None else on_step  # Lightning's defaults in training_step
         on_epoch = False if on_epoch is None else on_epoch
@@ -277,9 +298,19 @@ class _EpochLogs:
             and not rest
         )
         if not fast:  # the batch size of the chunk's batch, not of the chunk Lightning holds
-            self.real_log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
-                          reduce_fx=reduce_fx, enable_graph=enable_graph, sync_dist=sync_dist,
-                          batch_size=batch_size if batch_size is not None else self.batch_size, **rest)
+            self.real_log(
+                name,
+                value,
+                prog_bar=prog_bar,
+                logger=logger,
+                on_step=on_step,
+                on_epoch=on_epoch,
+                reduce_fx=reduce_fx,
+                enable_graph=enable_graph,
+                sync_dist=sync_dist,
+                batch_size=batch_size if batch_size is not None else self.batch_size,
+                **rest,
+            )
             return
         options = {"prog_bar": prog_bar, "logger": logger, "sync_dist": sync_dist}
         if on_step:
@@ -290,8 +321,13 @@ class _EpochLogs:
             value = value.to(torch.get_default_dtype())
         entry = self.sums.get(name)
         if entry is None:
-            entry = self.sums[name] = [torch.tensor(0.0, dtype=torch.get_default_dtype(), device=value.device),
-                                       0, [], [], options]
+            entry = self.sums[name] = [
+                torch.tensor(0.0, dtype=torch.get_default_dtype(), device=value.device),
+                0,
+                [],
+                [],
+                options,
+            ]
         entry[2].append(value.reshape(()) if value.ndim else value)
         entry[3].append(batch_size if batch_size is not None else self.batch_size)
 
@@ -379,8 +415,10 @@ class _FusedSteps(Callback):
     def _chunked_train_dataloader(self) -> Any:
         loader = self._train_dataloader()
         if not hasattr(loader, "start_position"):
-            log.warning("steps_per_execution: %s's train loader is not an in-memory loader; one step per "
-                        "Lightning step", type(self.datamodule).__name__)
+            log.warning(
+                "steps_per_execution: %s's train loader is not an in-memory loader; one step per Lightning step",
+                type(self.datamodule).__name__,
+            )
             return loader
         steps = self.steps
         if steps == 0:  # auto
@@ -408,11 +446,14 @@ class _FusedSteps(Callback):
         if any(c.frequency != 1 or c.reduce_on_plateau for c in schedulers):
             from experiments.errors import UserError
 
-            raise UserError("a step-interval scheduler with frequency != 1 or on plateau cannot run inside "
-                            "fused steps; set trainer.steps_per_execution=1")
+            raise UserError(
+                "a step-interval scheduler with frequency != 1 or on plateau cannot run inside "
+                "fused steps; set trainer.steps_per_execution=1"
+            )
         self.step_schedulers = [c.scheduler for c in schedulers]
         self.step_checkpoints = [
-            c for c in trainer.checkpoint_callbacks
+            c
+            for c in trainer.checkpoint_callbacks
             if isinstance(c, LightningModelCheckpoint) and (c._every_n_train_steps > 0 or c._train_time_interval)
         ]
         self.hooks = {
@@ -538,7 +579,8 @@ class _FusedSteps(Callback):
             hook(trainer, module, optimizer) if _is_callback_hook(hook) else hook(optimizer)
         if self.clip:
             module.configure_gradient_clipping(
-                optimizer, gradient_clip_val=trainer.gradient_clip_val,
+                optimizer,
+                gradient_clip_val=trainer.gradient_clip_val,
                 gradient_clip_algorithm=trainer.gradient_clip_algorithm,
             )
         if self.scaler is not None:
@@ -611,7 +653,10 @@ def _ctrl_c_at_batch_ends() -> Iterator[None]:
     batch end, where Lightning's own KeyboardInterrupt handling takes over. A second Ctrl-C
     raises at once. Outside ``fit`` (and off the main thread) Python's own handler stays.
     """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
 
@@ -662,7 +707,9 @@ class Trainer(L.Trainer):
             raise UserError(
                 f"trainer.steps_per_execution={steps_per_execution!r}: expected a positive integer or 'auto'"
             )
-        if num_threads != AUTO and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
+        if num_threads != AUTO and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        ):
             from experiments.errors import UserError
 
             raise UserError(f"trainer.num_threads={num_threads!r}: expected a positive integer or 'auto'")
@@ -745,15 +792,18 @@ class ModelCheckpoint(LightningModelCheckpoint):
     def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
         # Lightning deep-copies every logged value at each save (a tenth of an XOR run); a clone of
         # each tensor is what keeps the kept scores safe from later in-place updates.
-        candidates = {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-                      for k, v in trainer.callback_metrics.items()}
+        candidates = {
+            k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in trainer.callback_metrics.items()
+        }
         epoch, step = candidates.get("epoch"), candidates.get("step")
         candidates["epoch"] = epoch.int() if isinstance(epoch, torch.Tensor) else torch.tensor(trainer.current_epoch)
         candidates["step"] = step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
         return candidates
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if (
             trainer.received_sigterm
             and self.monitor is None
@@ -873,8 +923,13 @@ def _own_tensors(checkpoint: dict[str, Any]) -> dict[str, Any]:
         owned["state_dict"] = {k: v.detach().clone() for k, v in owned["state_dict"].items()}
     if "optimizer_states" in owned:
         owned["optimizer_states"] = [
-            {**state, "state": {i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in per.items()}
-                                for i, per in state["state"].items()}}
+            {
+                **state,
+                "state": {
+                    i: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in per.items()}
+                    for i, per in state["state"].items()
+                },
+            }
             for state in owned["optimizer_states"]
         ]
     if "lr_schedulers" in owned:
@@ -941,7 +996,9 @@ def purge_tensorboard_after(logger: Any, step: int) -> None:
         logger._kwargs.setdefault("purge_step", step)
 
 
-def write_tensorboard_hparams(logger: LightningTensorBoardLogger, params: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+def write_tensorboard_hparams(
+    logger: LightningTensorBoardLogger, params: dict[str, Any], metrics: dict[str, float], step: int
+) -> None:
     """The HPARAMS tab's record, written without re-logging every metric at step 0.
 
     Lightning's ``log_hyperparams(params, metrics)`` logs each metric again as a scalar at step 0,

@@ -70,8 +70,7 @@ def describe(err: BaseException) -> str | None:
         if missing:
             group, name = missing.groups()
             return (
-                f"unknown {group} {name!r}{suggest(name, err.options)}; "
-                f"choose one of: {', '.join(sorted(err.options))}"
+                f"unknown {group} {name!r}{suggest(name, err.options)}; choose one of: {', '.join(sorted(err.options))}"
             )
     if isinstance(err, ConfigCompositionException):
         override = re.search(r"Could not override '([^']+)'", str(err))

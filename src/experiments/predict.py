@@ -197,7 +197,9 @@ def predict(cfg: DictConfig) -> Path:
     loader = InMemoryLoader(inputs, batch_size=batch_size)
     trainer.callbacks.append(_PredictProgress(len(inputs), batch_size))  # type: ignore[attr-defined]
     # One loader: a list of what predict_step returned, a dict of tensors per batch.
-    batches = cast(list[dict[str, torch.Tensor]], trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True))
+    batches = cast(
+        list[dict[str, torch.Tensor]], trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True)
+    )
     outputs = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
     table: dict[str, torch.Tensor] = {}

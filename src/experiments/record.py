@@ -182,7 +182,8 @@ class RunLock:
             holder = self._holder(wait=1.0)
             who = (
                 f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
-                if holder else "another process"
+                if holder
+                else "another process"
             )
             raise UserError(
                 f"{self.run_dir} is being written by {who}; wait for it to end (or stop it), or pick another "
@@ -190,12 +191,15 @@ class RunLock:
             ) from None
         self._lock = lock
         previous = self._holder(wait=0.0)
-        write_json(self.run_dir / HOLDER, {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv),
-        })
+        write_json(
+            self.run_dir / HOLDER,
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": " ".join(sys.argv),
+            },
+        )
         return previous
 
     def release(self) -> None:
@@ -333,9 +337,17 @@ class RunRecord:
         )
         metrics = _read_json(self.run_dir / "metrics.json")
         if metrics.get("status") not in ("completed", "failed", "interrupted", "pruned"):
-            write_json(self.run_dir / "metrics.json", {"status": "killed", "signal": "SIGKILL", "error": line,
-                                                      "pid": previous.get("pid"), "host": previous.get("host"),
-                                                      "since": previous.get("since")})
+            write_json(
+                self.run_dir / "metrics.json",
+                {
+                    "status": "killed",
+                    "signal": "SIGKILL",
+                    "error": line,
+                    "pid": previous.get("pid"),
+                    "host": previous.get("host"),
+                    "since": previous.get("since"),
+                },
+            )
         what = f"; continuing from its {last.relative_to(self.run_dir)}" if self.resuming and last.is_file() else ""
         print(f"note: {line}{what}", file=sys.stderr, flush=True)
 
@@ -343,7 +355,9 @@ class RunRecord:
 
     def resume_command(self) -> str:
         kept = [o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
-        return " ".join(["python -m experiments.train", *map(shlex.quote, kept), f"resume={shlex.quote(str(self.run_dir))}"])
+        return " ".join(
+            ["python -m experiments.train", *map(shlex.quote, kept), f"resume={shlex.quote(str(self.run_dir))}"]
+        )
 
     def interrupted_line(self, signal_name: str) -> str:
         what = "Ctrl-C" if signal_name == "SIGINT" else signal_name
@@ -420,8 +434,15 @@ def run_job(cfg: Any, job: Callable[[RunRecord], dict[str, Any]], cli: bool = Tr
             return None
         if ending.status == "interrupted":
             line = record.interrupted_line(ending.signal or "SIGINT")
-            write_json(run_dir / "metrics.json", {"status": "interrupted", "signal": ending.signal, "error": line,
-                                                  "step": record.trainer.global_step if record.trainer else None})
+            write_json(
+                run_dir / "metrics.json",
+                {
+                    "status": "interrupted",
+                    "signal": ending.signal,
+                    "error": line,
+                    "step": record.trainer.global_step if record.trainer else None,
+                },
+            )
             if not cli or record.multirun:
                 raise  # a sweep's interruption ends the sweep; run_cli says so once
             print(f"error: {line}", file=sys.stderr, flush=True)

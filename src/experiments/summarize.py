@@ -173,14 +173,15 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     completed = [r for r in rows if r["status"] == "completed"]
     if varying and set(varying) <= _SEED_KEYS and len(completed) > 1:
         numeric = [best_column, *test_keys]
-        values = {best_column: [r["best"] for r in completed], **{k: [r["test"].get(k) for r in completed] for k in test_keys}}
+        values = {
+            best_column: [r["best"] for r in completed],
+            **{k: [r["test"].get(k) for r in completed] for k in test_keys},
+        }
         stats = []
         for key in numeric:
             xs = [x for x in values[key] if x is not None]
             stats.append(f"{statistics.mean(xs):.4g} ± {statistics.stdev(xs):.2g}" if len(xs) > 1 else "")
-        lines.append(
-            "| mean ± std | " + f"{len(completed)} seeds" + " | | " + " | ".join(stats) + " | | | | |"
-        )
+        lines.append("| mean ± std | " + f"{len(completed)} seeds" + " | | " + " | ".join(stats) + " | | | | |")
     if not _is_optuna_sweep(sweep_dir):
         plot_settings(rows, monitor, mode, sweep_dir / GRID_FIGURE)
     figures = {GRID_FIGURE: f"{monitor} per setting, mean ± std over seeds", **OPTUNA_FIGURES}

@@ -16,5 +16,7 @@ class StopAtTarget(Callback):
         value = trainer.callback_metrics.get(self.monitor)
         if value is not None and not trainer.sanity_checking and float(value) >= self.target:
             if not trainer.should_stop and trainer.is_global_zero:
-                print(f"{self.monitor}={float(value):.4f} reached {self.target} at epoch {trainer.current_epoch + 1}; stopping")
+                print(
+                    f"{self.monitor}={float(value):.4f} reached {self.target} at epoch {trainer.current_epoch + 1}; stopping"
+                )
             trainer.should_stop = True

@@ -26,7 +26,9 @@ class ConfusionMatrix(FigureCallback):
     def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        return self.draws_for(trainer, pl_module) and any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
+        return self.draws_for(trainer, pl_module) and any(
+            isinstance(logger, TensorBoardLogger) for logger in trainer.loggers
+        )
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import torch
@@ -34,8 +36,15 @@ class ConfusionMatrix(FigureCallback):
         classes = int(getattr(pl_module, "num_classes", 0))
         self._counts = torch.zeros(classes, classes, dtype=torch.long) if self._active(trainer, pl_module) else None
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self._counts is None:
             return
         import torch
@@ -80,8 +89,15 @@ def plot_confusion_matrix(counts: Any, title: str = "") -> Any:
     peak = counts.max() if counts.size else 0
     for i in range(classes):
         for j in range(classes):
-            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8,
-                    color="white" if counts[i, j] > peak / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(int(counts[i, j])),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if counts[i, j] > peak / 2 else "black",
+            )
     total = counts.sum()
     accuracy = counts.trace() / total if total else float("nan")
     ax.set_title(f"{title}\n{int(total)} samples, accuracy {accuracy:.4f}".strip(), fontsize=9)

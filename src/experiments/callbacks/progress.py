@@ -50,8 +50,18 @@ class ProgressBar(LightningProgressBar):
         # The size when the bar opens (80x24 where the terminal reports none); tqdm's own reading
         # of a 0x0 terminal (a fresh pty) would hide the bar.
         columns, lines = shutil.get_terminal_size()
-        self._bar = tqdm(desc=description, total=total, unit=unit, file=sys.stdout, leave=False, disable=False,
-                         ncols=columns, nrows=lines, mininterval=0, smoothing=0.3)
+        self._bar = tqdm(
+            desc=description,
+            total=total,
+            unit=unit,
+            file=sys.stdout,
+            leave=False,
+            disable=False,
+            ncols=columns,
+            nrows=lines,
+            mininterval=0,
+            smoothing=0.3,
+        )
         self._next_draw = 0.0
 
     def _advance(self, done: int, loss: Any = None) -> None:
@@ -75,8 +85,9 @@ class ProgressBar(LightningProgressBar):
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         self._open(f"epoch {trainer.current_epoch + 1}{epochs}", total)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._bar is None or time.monotonic() < self._next_draw:
             return
         start = getattr(batch, "start", None)  # a chunk of K batches (steps_per_execution)
@@ -94,8 +105,15 @@ class ProgressBar(LightningProgressBar):
         self._open("sanity check" if checking else "validating", sum(batches))
         self._done = 0
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._done += 1
         self._advance(self._done)
 
@@ -106,8 +124,15 @@ class ProgressBar(LightningProgressBar):
         self._open("testing", sum(trainer.num_test_batches))
         self._done = 0
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._done += 1
         self._advance(self._done)
 
@@ -118,8 +143,15 @@ class ProgressBar(LightningProgressBar):
         self._open("predicting", sum(trainer.num_predict_batches))
         self._done = 0
 
-    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                             batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_predict_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self._done += 1
         self._advance(self._done)
 

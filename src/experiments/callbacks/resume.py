@@ -67,5 +67,7 @@ class ResumeState(Callback):
 def _train_loaders(trainer: L.Trainer) -> list[Any]:
     """The train loaders that can save their position (only their iterators have started)."""
     loaders = trainer.train_dataloader
-    candidates = list(loaders.values()) if isinstance(loaders, dict) else loaders if isinstance(loaders, list) else [loaders]
+    candidates = (
+        list(loaders.values()) if isinstance(loaders, dict) else loaders if isinstance(loaders, list) else [loaders]
+    )
     return [d for d in candidates if hasattr(d, "state_dict") and hasattr(d, "load_state_dict")]

@@ -39,9 +39,7 @@ class InMemoryDataModule(L.LightningDataModule):
     def _loader(self, split: Split | None, name: str, train: bool) -> InMemoryLoader:
         if split is None:
             raise RuntimeError(f"{type(self).__name__}.setup() did not create the {name} split")
-        rank, world_size = (
-            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        )
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if self.trainer is not None:
             # The whole split moves to the accelerator once; batches are then cut on the device and
             # Lightning's per-batch transfer finds nothing to copy.

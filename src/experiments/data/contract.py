@@ -51,7 +51,9 @@ def split_tensors(datamodule: Any, split: str) -> tuple[torch.Tensor, torch.Tens
     inputs, targets = [], []
     for batch in getattr(datamodule, f"{split}_dataloader")():
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise UserError(f"the {split} loader of {type(datamodule).__name__} yields {type(batch).__name__}, not (inputs, targets) batches")
+            raise UserError(
+                f"the {split} loader of {type(datamodule).__name__} yields {type(batch).__name__}, not (inputs, targets) batches"
+            )
         inputs.append(torch.as_tensor(batch[0]).cpu())
         targets.append(torch.as_tensor(batch[1]).cpu())
     if not inputs:

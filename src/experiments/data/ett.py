@@ -130,8 +130,7 @@ def read_csv_columns(path: Path, expected: list[str]) -> torch.Tensor:
                 if part
             )
             raise UserError(
-                f"{path}: {problem}; the header must be {','.join(expected)} "
-                "(replace the file with the original)"
+                f"{path}: {problem}; the header must be {','.join(expected)} (replace the file with the original)"
             )
         rows: list[list[float]] = []
         for line, record in enumerate(reader, start=2):
@@ -143,9 +142,7 @@ def read_csv_columns(path: Path, expected: list[str]) -> torch.Tensor:
                 rows.append([float(value) for value in record[1:]])
             except ValueError:
                 bad = next(v for v in record[1:] if not _is_number(v))
-                raise UserError(
-                    f"{path} line {line}: {bad!r} is not a number; fix or replace the file"
-                ) from None
+                raise UserError(f"{path} line {line}: {bad!r} is not a number; fix or replace the file") from None
     if not rows:
         raise UserError(f"{path} has no data rows; replace it with the original file")
     values = torch.tensor(rows, dtype=torch.float64)

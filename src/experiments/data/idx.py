@@ -58,7 +58,9 @@ def read_idx(path: Path, magic: int, item_shape: Sequence[int] | None = None, da
         with gzip.open(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError, zlib.error) as err:
-        raise UserError(f"{dataset} file {path} is corrupt or truncated ({err}); replace it with a fresh copy") from None
+        raise UserError(
+            f"{dataset} file {path} is corrupt or truncated ({err}); replace it with a fresh copy"
+        ) from None
     dims = magic & 0xFF
     header = 4 + 4 * dims
     if len(raw) < header:
@@ -95,7 +97,11 @@ def check_labels(path: Path, labels: torch.Tensor, classes: int = 10, dataset: s
 
 
 def download_idx(
-    data_dir: Path, files: Sequence[str], mirrors: Sequence[str], md5: Mapping[str, str], dataset: str,
+    data_dir: Path,
+    files: Sequence[str],
+    mirrors: Sequence[str],
+    md5: Mapping[str, str],
+    dataset: str,
     attribution: str = "",
 ) -> None:
     """Fetch the missing ``files`` into ``data_dir`` from the first mirror that has them (needs a
@@ -251,7 +257,8 @@ class IDXDataModule(InMemoryDataModule):
         if self.download:  # setup runs without prepare_data when the module is used on its own
             self.prepare_data()
         raw = {
-            role: read_idx(self.data_dir / self.files[role], *self._format(role), dataset=self.dataset) for role in ROLES
+            role: read_idx(self.data_dir / self.files[role], *self._format(role), dataset=self.dataset)
+            for role in ROLES
         }
         for split in ("train", "test"):
             images, labels = raw[f"{split}_images"], raw[f"{split}_labels"]

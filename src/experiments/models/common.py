@@ -28,9 +28,7 @@ def make_activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(
-            f"unknown activation {name!r}; choose one of: {', '.join(sorted(_ACTIVATIONS))}"
-        ) from None
+        raise ValueError(f"unknown activation {name!r}; choose one of: {', '.join(sorted(_ACTIVATIONS))}") from None
 
 
 def as_shape(shape: Sequence[int] | int, what: str) -> tuple[int, ...]:

@@ -16,9 +16,7 @@ class Linear(nn.Module):
     uses PyTorch's ``nn.Linear`` initialisation.
     """
 
-    def __init__(
-        self, input_shape: Sequence[int], output_shape: Sequence[int], init: str = "default"
-    ) -> None:
+    def __init__(self, input_shape: Sequence[int], output_shape: Sequence[int], init: str = "default") -> None:
         super().__init__()
         self.input_shape = as_shape(input_shape, "input_shape")
         self.output_shape = as_shape(output_shape, "output_shape")

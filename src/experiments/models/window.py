@@ -79,7 +79,10 @@ class Windowed(nn.Module):
 
     @staticmethod
     def core_shapes(
-        input_shape: tuple[int, ...], output_shape: tuple[int, ...], channel_independent: bool = False, patch_len: int = 1
+        input_shape: tuple[int, ...],
+        output_shape: tuple[int, ...],
+        channel_independent: bool = False,
+        patch_len: int = 1,
     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The per-sample input and output shapes of the model inside, or :class:`ShapeError` for
         shapes that are not (L, C) windows and (H, C_out) forecasts."""
@@ -105,7 +108,12 @@ class Windowed(nn.Module):
             x, stats = self.revin.normalise(x)
         if self.channel_independent:
             series = x.transpose(1, 2).reshape(batch * channels, steps, 1)
-            y = self._core(series).reshape(batch, channels, -1).transpose(1, 2)[..., -self.output_shape[1] :].contiguous()
+            y = (
+                self._core(series)
+                .reshape(batch, channels, -1)
+                .transpose(1, 2)[..., -self.output_shape[1] :]
+                .contiguous()
+            )
         else:
             y = self._core(x).reshape(batch, *self.output_shape)
         if stats is not None:

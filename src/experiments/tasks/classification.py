@@ -78,9 +78,7 @@ class ClassificationTask(Task):
             return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
-    def loss_and_probabilities(
-        self, logits: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_and_probabilities(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         probabilities = torch.sigmoid(logits) if self.binary else logits.softmax(dim=-1)
         return self.loss(logits, target), probabilities
 

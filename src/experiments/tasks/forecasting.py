@@ -109,4 +109,3 @@ class ForecastingTask(Task):
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return {"prediction": self.model(x.reshape(len(x), *self.input_shape))}
-

@@ -34,9 +34,7 @@ class RegressionTask(Task):
         **task_options: Any,
     ) -> None:
         super().__init__(model, optimizer, scheduler, **task_options)
-        self.mae = nn.ModuleDict(
-            {f"{split}_mae": torchmetrics.MeanAbsoluteError() for split in ("val", "test")}
-        )
+        self.mae = nn.ModuleDict({f"{split}_mae": torchmetrics.MeanAbsoluteError() for split in ("val", "test")})
 
     def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, target = batch

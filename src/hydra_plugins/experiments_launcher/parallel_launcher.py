@@ -75,8 +75,9 @@ class ParallelLauncher(Launcher):
             # Each job's config is composed again from these overrides (load_sweep_config).
             kept = [o for o in self.config.hydra.overrides.hydra if not o.startswith("hydra.launcher.n_jobs=")]
             self.config.hydra.overrides.hydra = [*kept, f"hydra.launcher.n_jobs={workers}"]
-        log.info(f"Launching {len(job_overrides)} jobs, {workers} at a time, sweep output dir: "
-                 f"{self.config.hydra.sweep.dir}")
+        log.info(
+            f"Launching {len(job_overrides)} jobs, {workers} at a time, sweep output dir: {self.config.hydra.sweep.dir}"
+        )
         for idx, overrides in enumerate(job_overrides):
             log.info(f"\t#{initial_job_idx + idx} : {' '.join(filter_overrides(overrides))}")
         _LAUNCH.update(launcher=self, jobs=list(job_overrides), first=initial_job_idx)
@@ -91,14 +92,20 @@ class ParallelLauncher(Launcher):
         """Worker processes for these jobs under ``n_jobs: auto``."""
         assert self.config is not None
         trainer = self.config.get("trainer") or {}
-        primary = {"trainer": "cpu", "trainer.accelerator": trainer.get("accelerator", "cpu"),
-                   "trainer.devices": str(trainer.get("devices", 1)), "trainer.strategy": str(trainer.get("strategy"))}
+        primary = {
+            "trainer": "cpu",
+            "trainer.accelerator": trainer.get("accelerator", "cpu"),
+            "trainer.devices": str(trainer.get("devices", 1)),
+            "trainer.strategy": str(trainer.get("strategy")),
+        }
         settings = [primary]
         for job in job_overrides:
             given = dict(o.lstrip("+~").split("=", 1) for o in job if "=" in o)
             settings.append({k: given.get(k, v) for k, v in primary.items()})
         one_cpu_device = all(
-            s["trainer"] == "cpu" and s["trainer.accelerator"] == "cpu" and s["trainer.devices"] == "1"
+            s["trainer"] == "cpu"
+            and s["trainer.accelerator"] == "cpu"
+            and s["trainer.devices"] == "1"
             and "ddp" not in s["trainer.strategy"]
             for s in settings
         )
@@ -136,8 +143,12 @@ class ParallelLauncher(Launcher):
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         if signal.SIGTERM in received:
-            print("error: interrupted (SIGTERM); the jobs that were running stopped and no other started; "
-                  "continue one with resume=<job dir>", file=sys.stderr, flush=True)
+            print(
+                "error: interrupted (SIGTERM); the jobs that were running stopped and no other started; "
+                "continue one with resume=<job dir>",
+                file=sys.stderr,
+                flush=True,
+            )
             raise SystemExit(128 + signal.SIGTERM)
         if received or any(r is INTERRUPTED for r in results):
             raise KeyboardInterrupt
@@ -146,8 +157,10 @@ class ParallelLauncher(Launcher):
             from experiments.errors import UserError
 
             # The pool ends every worker once one has died: the jobs that had not ended are lost.
-            raise UserError(f"a worker of this multirun died (killed, or out of memory), and jobs {lost} did not "
-                            f"finish; rerun them (resume=<job dir>), or the multirun with hydra.launcher.n_jobs=1")
+            raise UserError(
+                f"a worker of this multirun died (killed, or out of memory), and jobs {lost} did not "
+                f"finish; rerun them (resume=<job dir>), or the multirun with hydra.launcher.n_jobs=1"
+            )
         return [r for r in results if isinstance(r, JobReturn)]
 
 
@@ -173,7 +186,9 @@ def _run_job(position: int) -> JobReturn:
     launcher: ParallelLauncher = _LAUNCH["launcher"]
     assert launcher.config is not None and launcher.hydra_context is not None and launcher.task_function is not None
     idx = _LAUNCH["first"] + position
-    sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(_LAUNCH["jobs"][position]))
+    sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
+        launcher.config, list(_LAUNCH["jobs"][position])
+    )
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
         sweep_config.hydra.job.num = idx

@@ -196,8 +196,9 @@ class OptunaSweeper(Sweeper):
             storage = self._storage(url)
         study = self._open_study(storage)
         _drop_replaced_runs(study, sweep_dir)
-        log.info(f"Optuna study {self.study_name!r} in {_hide_password(url)}: "
-                 f"{_tally(study)[1]}/{self.n_trials} trials done")
+        log.info(
+            f"Optuna study {self.study_name!r} in {_hide_password(url)}: {_tally(study)[1]}/{self.n_trials} trials done"
+        )
         if self.n_jobs <= 1:
             self._work(study, space, fixed, sweep_dir)
         else:
@@ -297,8 +298,10 @@ class OptunaSweeper(Sweeper):
                 frozen = _frozen(study, current[0]) if current else None
                 if frozen is None or frozen.state.name != "FAIL" or "Cannot tell" not in str(err):
                     raise
-                log.warning(f"trial {frozen.number} was declared stale while it ran (heartbeat later than "
-                            f"{self.grace_period} s); its parameters run again as a new trial")
+                log.warning(
+                    f"trial {frozen.number} was declared stale while it ran (heartbeat later than "
+                    f"{self.grace_period} s); its parameters run again as a new trial"
+                )
             except KeyboardInterrupt:
                 # Optuna has failed the trial; queue its parameters again, as for a dead worker.
                 if current:
@@ -308,8 +311,9 @@ class OptunaSweeper(Sweeper):
                         _drop_replaced_runs(study, sweep_dir)
                 raise
 
-    def _objective(self, study: Any, trial: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path,
-                   current: list[int]) -> float:
+    def _objective(
+        self, study: Any, trial: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path, current: list[int]
+    ) -> float:
         """Run trial ``trial.number`` as Hydra job ``trial.number``; its objective, or PRUNED or FAIL."""
         import optuna
 
@@ -360,7 +364,9 @@ def _retry_callback(max_retry: int | None) -> Any:
     """Optuna's callback that queues a stale trial's parameters again (renamed in Optuna 4.9)."""
     import optuna
 
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    retry = (
+        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    )
     return retry(max_retry=max_retry)
 
 
@@ -371,7 +377,9 @@ def _stale_callback_argument() -> str:
     import optuna
 
     parameters = inspect.signature(optuna.storages.RDBStorage).parameters
-    return "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
+    return (
+        "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
+    )
 
 
 def _fail_stale_trials(study: Any) -> None:
