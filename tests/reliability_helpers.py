@@ -114,7 +114,15 @@ def start(module: str, *args: str, cwd: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, so that a test can end it with its children
+        preexec_fn=_as_from_a_terminal,
     )
+
+
+def _as_from_a_terminal() -> None:
+    # A command typed in a terminal takes Ctrl-C. A test suite started in the background by a
+    # non-interactive shell (as CI may run it) ignores SIGINT, and a child inherits that: its
+    # Python would then never turn Ctrl-C into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
