@@ -174,6 +174,12 @@ def _result(future: Future) -> JobReturn | str | None:
         return None
 
 
+def _terminate_job(signum: int, frame: Any) -> None:
+    from experiments.record import Terminated
+
+    raise Terminated
+
+
 def _between_jobs() -> None:
     # Between jobs a worker ignores Ctrl-C and SIGTERM: the launching process stops the launch.
     # (During a job, Lightning's own SIGTERM handler stops fitting at the next batch.)
@@ -208,14 +214,21 @@ def _run_job_in_worker(position: int) -> JobReturn | str:
 
     if _LAUNCH["stop"].is_set():
         return INTERRUPTED
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # SIGTERM passed on by the launching process ends the job as it ends a run, also before the
+        # run has put its own handler in place (a SIGTERM ignored then was lost, and the job ran on).
+        signal.signal(signal.SIGTERM, _terminate_job)
+        if _LAUNCH["stop"].is_set():  # a signal came while the worker still ignored it
+            return INTERRUPTED
         return _run_job(position)
     except BaseException as err:
         # Ctrl-C surfaces as KeyboardInterrupt, or as the SystemExit Lightning raises after one;
-        # SIGTERM, passed on by the launching process (which set stop), as Lightning's SystemExit.
-        # The job has recorded itself, and the launching process says so once.
-        if not (interrupted(err) or (isinstance(err, SystemExit) and _LAUNCH["stop"].is_set())):
+        # SIGTERM as the run's own Terminated or Lightning's SystemExit. The job has recorded
+        # itself, and the launching process says so once. Once that process has asked the workers
+        # to stop, whatever the signal broke on its way out (Hydra wraps it in a
+        # ConfigCompositionException while composing) is that stop.
+        if not (interrupted(err) or _LAUNCH["stop"].is_set()):
             raise
         return INTERRUPTED
     finally:
