@@ -138,31 +138,42 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(sweep: str, tmp_path: P
         assert not (tmp_path / "grid" / "2").exists() and not (tmp_path / "grid" / "3").exists()
 
 
-def test_a_multirun_worker_killed_from_outside_is_one_line_naming_the_lost_jobs(tmp_path: Path) -> None:
+def _grid_with_two_workers(tmp_path: Path, seeds: str) -> tuple[subprocess.Popen[str], Path, list[str]]:
+    """An XOR grid multirun that trains until stopped, two jobs at a time, once its second job has
+    started: the command, its sweep folder and its two worker processes."""
     sweep = tmp_path / "grid"
     process = start(
         "train",
         "-m",
         "experiment=xor",
-        "seed=0,1",
+        f"seed={seeds}",
         "hydra.launcher.n_jobs=2",
         "logger=none",
         "trainer.max_epochs=100000",
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
+    deadline = time.monotonic() + 120
+    while not (sweep / "1" / "config.yaml").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    return process, sweep, workers
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+
+
+def test_a_multirun_worker_killed_from_outside_is_one_line_naming_the_lost_jobs(tmp_path: Path) -> None:
+    process, _, workers = _grid_with_two_workers(tmp_path, "0,1")
     try:
-        deadline = time.monotonic() + 120
-        while not (sweep / "1" / "config.yaml").exists() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
         assert workers, "no worker processes"
         os.kill(int(workers[0]), signal.SIGKILL)  # the OOM killer, or a user's kill
         _, err = process.communicate(timeout=60)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+        _end(process)
     assert process.returncode == 2, err[-3000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
@@ -174,31 +185,14 @@ def test_a_multirun_worker_killed_from_outside_is_one_line_naming_the_lost_jobs(
 
 def test_sigterm_to_a_multirun_stops_its_jobs_starts_no_other_and_exits_143(tmp_path: Path) -> None:
     # What SLURM or Kubernetes send before preemption, to the command: its workers must not run on.
-    sweep = tmp_path / "grid"
-    process = start(
-        "train",
-        "-m",
-        "experiment=xor",
-        "seed=0,1,2,3",
-        "hydra.launcher.n_jobs=2",
-        "logger=none",
-        "trainer.max_epochs=100000",
-        f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
+    process, sweep, workers = _grid_with_two_workers(tmp_path, "0,1,2,3")
     try:
-        deadline = time.monotonic() + 120
-        while not (sweep / "1" / "config.yaml").exists() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
         assert len(workers) == 2
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)
         alive = [w for w in workers if subprocess.run(["kill", "-0", w], capture_output=True).returncode == 0]
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+        _end(process)
     assert process.returncode == 143, err[-3000:]
     assert alive == []
     assert "Traceback" not in err
