@@ -76,12 +76,12 @@ def test_run_directory_holds_every_promised_file(xor_run: Path) -> None:
     assert metrics["fit_seconds"] > 0
     assert metrics["test"]["test/acc"] == 1.0
     assert set(metrics["val"]) == {"val/loss", "val/acc"}
-    # The automatic choices, as numbers: one torch thread and 64 steps per Lightning step (the cap)
+    # The automatic choices, as numbers: one torch thread and 128 steps per Lightning step (the cap)
     # for a model this small.
     from omegaconf import OmegaConf
 
     trainer = OmegaConf.load(xor_run / "config.yaml").trainer
-    assert (trainer.num_threads, trainer.steps_per_execution) == (1, 64)
+    assert (trainer.num_threads, trainer.steps_per_execution) == (1, 128)
     with open(xor_run / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 300

@@ -249,8 +249,14 @@ class FitTime(Callback):
     def seconds(self) -> float:
         return self.before + (time.perf_counter() - self._start if self._start is not None else 0.0)
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def start(self) -> None:
+        """Start the clock when ``trainer.fit`` is called: the data module's ``setup`` (reading the
+        data) runs before any callback hook of the fit, and it is part of the fit's time."""
         self._start = time.perf_counter()
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._start is None:  # a fit that the caller did not clock from its start
+            self._start = time.perf_counter()
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self.before, self._start = self.seconds(), None

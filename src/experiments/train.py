@@ -109,6 +109,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
     with ddp_job(trainer):
         # The full state (optimizer, loops, random state, loader position), read with
         # weights_only=True like every checkpoint: a checkpoint can never run code.
+        clock.start()
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         raise_if_terminated()  # SIGTERM after Lightning's last chance to raise it
         fit_seconds = clock.seconds()

@@ -132,18 +132,17 @@ def _log_figure(trainer: L.Trainer, tag: str, figure: Any) -> None:
 
 def _log_png(trainer: L.Trainer, tag: str, path: Path) -> None:
     """A PNG file as an image of every TensorBoard logger of ``trainer``: the picture drawn once,
-    not rendered a second time for TensorBoard (which took longer than drawing it)."""
+    and its file's bytes given to TensorBoard as they are."""
     from lightning.pytorch.loggers import TensorBoardLogger
+
+    from experiments.engine import add_png_to_tensorboard
 
     loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
     if not loggers:
         return
-    from matplotlib.image import imread
-
-    pixels = imread(path)[..., :3]  # RGB floats in [0, 1]
+    png = path.read_bytes()
     for logger in loggers:
-        logger.experiment.add_image(tag, pixels, global_step=trainer.global_step, dataformats="HWC")
-        logger.experiment.flush()
+        add_png_to_tensorboard(logger.experiment, tag, png, trainer.global_step)
 
 
 def plot_learning_curves(
@@ -155,6 +154,7 @@ def plot_learning_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     panels = ["loss"] + ([metric] if metric and any(f"val/{metric}" in r for r in rows) else [])
@@ -164,6 +164,9 @@ def plot_learning_curves(
             points = [(e, r[f"{split}/{name}"]) for e, r in zip(epochs, rows) if f"{split}/{name}" in r]
             if points:  # markers while they can be told apart (hundreds of them only cost time)
                 ax.plot(*zip(*points), style if len(points) <= 60 else "-", markersize=3, label=f"{split}/{name}")
+        # Five ticks an axis at most: laying out their labels is most of the time of drawing this.
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -173,7 +176,8 @@ def plot_learning_curves(
     # of drawing this picture at the end of every run.
     fig.subplots_adjust(left=0.13 / len(panels), right=0.98, bottom=0.12, top=0.88, wspace=0.25)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    # The fastest zlib level: a tenth of the drawing time for a file a tenth larger.
+    fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
     if keep_open:
         return fig
     plt.close(fig)

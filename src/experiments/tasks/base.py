@@ -130,6 +130,26 @@ class Task(L.LightningModule):
                 prog_bar=name == "loss",
             )
 
+    def sample_metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training metrics of each sample of a batch, for :meth:`log_sample_metrics`: one value
+        per sample (a tensor of shape ``(N,)`` per name), each computed from its own sample alone.
+        None here; a kind that reports a training metric beside the loss returns it."""
+        return {}
+
+    def log_sample_metrics(self, split: str, outputs: torch.Tensor, target: torch.Tensor) -> None:
+        """Log each of :meth:`sample_metrics` of ``outputs`` and ``target`` as ``<split>/<name>``,
+        its mean over the epoch's samples.
+
+        Here the batch's means are logged at once. While fitting, the engine
+        (``experiments.engine``) keeps ``outputs`` and ``target`` and computes the metrics for all
+        the batches of a fused chunk together: pass outputs detached from the graph, and leave
+        them unchanged afterwards.
+        """
+        values = self.sample_metrics(outputs, target)
+        if values:
+            means = {name: value.to(torch.get_default_dtype()).mean() for name, value in values.items()}
+            self.log_split(split, means, batch_size=len(target))
+
     def _shards_may_differ(self) -> bool:
         trainer = self._trainer
         return trainer is not None and trainer.world_size > 1

@@ -46,7 +46,7 @@ class ClassificationTask(Task):
             if self.binary
             else (lambda: torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro"))
         )
-        # Training accuracy is a plain tensor per batch (see Task.log_split); no metric object.
+        # Training accuracy comes from sample_metrics (see Task.log_sample_metrics); no metric object.
         self.accuracy = nn.ModuleDict({f"{split}_acc": metric() for split in ("val", "test")})
 
     @classmethod
@@ -82,17 +82,21 @@ class ClassificationTask(Task):
         probabilities = torch.sigmoid(logits) if self.binary else logits.softmax(dim=-1)
         return self.loss(logits, target), probabilities
 
+    def sample_metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        predicted = outputs >= 0 if self.binary else outputs.argmax(dim=-1)
+        return {"acc": (predicted == target).float()}
+
     def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, target = batch
         logits = self.logits(x)
         if split == "train":
             loss = self.loss(logits, target)
-            predicted = logits.detach() >= 0 if self.binary else logits.detach().argmax(dim=-1)
-            accuracy: Any = (predicted == target).float().mean()
-        else:
-            loss, probabilities = self.loss_and_probabilities(logits, target)
-            accuracy = self.accuracy[f"{split}_acc"]
-            accuracy.update(probabilities.detach(), target)
+            self.log_split(split, {"loss": loss}, batch_size=len(x))
+            self.log_sample_metrics(split, logits.detach(), target)
+            return loss
+        loss, probabilities = self.loss_and_probabilities(logits, target)
+        accuracy: Any = self.accuracy[f"{split}_acc"]
+        accuracy.update(probabilities.detach(), target)
         self.log_split(split, {"loss": loss, "acc": accuracy}, batch_size=len(x))
         return loss
 

@@ -36,16 +36,20 @@ class RegressionTask(Task):
         super().__init__(model, optimizer, scheduler, **task_options)
         self.mae = nn.ModuleDict({f"{split}_mae": torchmetrics.MeanAbsoluteError() for split in ("val", "test")})
 
+    def sample_metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mae": (outputs - target).abs().reshape(len(outputs), -1).mean(dim=1)}
+
     def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, target = batch
         prediction = self.model(x)
         target = target.to(prediction.dtype).reshape(prediction.shape)
         loss = F.mse_loss(prediction, target)
-        if split == "train":  # a plain tensor per batch (see Task.log_split)
-            mae: Any = (prediction.detach() - target).abs().mean()
-        else:
-            mae = self.mae[f"{split}_mae"]
-            mae.update(prediction.detach(), target)
+        if split == "train":
+            self.log_split(split, {"loss": loss}, batch_size=len(x))
+            self.log_sample_metrics(split, prediction.detach(), target)
+            return loss
+        mae: Any = self.mae[f"{split}_mae"]
+        mae.update(prediction.detach(), target)
         self.log_split(split, {"loss": loss, "mae": mae}, batch_size=len(x))
         return loss
 
