@@ -254,3 +254,20 @@ def _hook(name: str) -> Any:
 
 for _name in fit_hooks():
     setattr(KillAtHook, _name, _hook(_name))
+
+
+class SlowSetupBlobs(BlobsDataModule):
+    """Blobs whose ``setup`` (reading the data) takes ``setup_seconds``."""
+
+    def __init__(self, setup_seconds: float = 0.5, **options: Any) -> None:
+        super().__init__(**options)
+        self.setup_seconds = setup_seconds
+        self._read = False
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self._read:
+            import time
+
+            time.sleep(self.setup_seconds)
+            self._read = True
+        super().setup(stage)

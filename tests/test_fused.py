@@ -143,3 +143,109 @@ def test_epoch_sums_add_up_as_lightnings_one_at_a_time_sums_bit_for_bit() -> Non
         summed, counted = _add_up([*first, values[cut:], sizes[cut:]])
         assert summed.dtype == total.dtype and summed.item() == total.item() and counted == int(count)
         assert (summed / torch.tensor(counted)).item() == (total / count).item()
+
+
+def test_training_metrics_per_sample_match_lightnings_own_epoch_means(
+    compose_train: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    # The engine computes ``sample_metrics`` once per chunk and sums the samples in float64; a
+    # bare Lightning Trainer logs each batch's mean (Task.log_sample_metrics, computed at once).
+    # Same weights, same epoch values (the loss bit for bit, the accuracy to float32 rounding).
+    import lightning as L
+
+    from experiments.config import build
+    from experiments.engine import Trainer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    settings = dict(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        default_root_dir=str(tmp_path),
+    )
+    values = []
+    for make in (lambda: L.Trainer(**settings), lambda: Trainer(steps_per_execution=3, num_threads=1, **settings)):
+        cfg = compose_train(*BLOBS)
+        L.seed_everything(0, verbose=False)
+        datamodule, task = build(cfg)
+        trainer = make()
+        trainer.fit(task, datamodule=datamodule)
+        values.append({k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+    assert set(values[0]) == set(values[1]) == {"train/loss", "train/acc"}
+    assert values[0]["train/loss"] == values[1]["train/loss"]
+    assert values[0]["train/acc"] == pytest.approx(values[1]["train/acc"], rel=1e-6)
+    assert 0.5 < values[1]["train/acc"] <= 1.0
+
+
+def test_fit_seconds_include_reading_the_data(compose_train: Callable[..., DictConfig], tmp_path: Path) -> None:
+    # The data module's setup runs inside trainer.fit before any callback hook; fit_seconds is
+    # trainer.fit's time, as the README and the benchmark's plain loop count it.
+    metrics = _train(
+        compose_train,
+        tmp_path / "run",
+        "data._target_=reliability_helpers.SlowSetupBlobs",
+        "+data.setup_seconds=1.0",
+        "trainer.max_epochs=1",
+    )
+    assert metrics["status"] == "completed"
+    assert metrics["fit_seconds"] >= 1.0
+
+
+def test_long_lived_objects_are_left_to_the_garbage_collector_again_after_fitting(
+    compose_train: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    import gc
+
+    from lightning.pytorch.callbacks import Callback
+
+    counts: list[int] = []
+
+    class FreezeCount(Callback):
+        def on_train_epoch_end(self, trainer: object, pl_module: object) -> None:
+            counts.append(gc.get_freeze_count())
+
+    from experiments.config import build
+    from experiments.engine import Trainer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    datamodule, task = build(compose_train(*BLOBS))
+    trainer = Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[FreezeCount()],
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(task, datamodule=datamodule)
+    assert counts and counts[0] > 10_000  # torch's, Lightning's and Hydra's objects, left alone while fitting
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_logged_result_moves_to_another_device_and_stays_put_on_its_own() -> None:
+    # experiments.engine skips Lightning's walk of a result whose tensors are all on the device
+    # asked for; a move to another device (here the meta device) is still Lightning's.
+    from lightning.pytorch.trainer.connectors.logger_connector import result as lightning_result
+
+    from experiments.engine import _skip_repeated_result_moves
+
+    _skip_repeated_result_moves()
+    walks = []
+    walk = lightning_result.apply_to_collection
+
+    def counted(*args: object, **kwargs: object) -> object:
+        walks.append(1)
+        return walk(*args, **kwargs)
+
+    lightning_result.apply_to_collection = counted
+    try:
+        staying = lightning_result._ResultMetric(lightning_result._Metadata(fx="f", name="a"), is_tensor=True)
+        assert staying.to(torch.device("cpu")) is staying and walks == []
+        moving = lightning_result._ResultMetric(lightning_result._Metadata(fx="f", name="b"), is_tensor=True)
+        moving.to(torch.device("meta"))
+        assert walks and moving.value.device.type == "meta"
+    finally:
+        lightning_result.apply_to_collection = walk
