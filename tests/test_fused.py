@@ -249,3 +249,35 @@ def test_a_logged_result_moves_to_another_device_and_stays_put_on_its_own() -> N
         assert walks and moving.value.device.type == "meta"
     finally:
         lightning_result.apply_to_collection = walk
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_sample_metrics_that_give_a_batch_mean_are_refused_in_one_line(
+    compose_train: Callable[..., DictConfig], tmp_path: Path, steps: int
+) -> None:
+    # A mean in place of per-sample values would be averaged per chunk and change with K.
+    from experiments.tasks import ClassificationTask
+
+    class MeanAccuracy(ClassificationTask):
+        def sample_metrics(self, outputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"acc": (outputs.argmax(dim=-1) == target).float().mean()}
+
+    from experiments.config import build
+    from experiments.engine import Trainer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    datamodule, task = build(compose_train(*BLOBS))
+    task.__class__ = MeanAccuracy
+    trainer = Trainer(
+        steps_per_execution=steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"MeanAccuracy.sample_metrics\(\)\['acc'\] has shape \(\) for \d+ samples; it must give one value per sample",
+    ):
+        trainer.fit(task, datamodule=datamodule)

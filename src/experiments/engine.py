@@ -281,6 +281,8 @@ class _EpochLogs:
         """Compute the kept batches' per-sample metrics and add them to the epoch's sums, sample
         after sample in float64: the sums don't depend on how the batches were grouped (K, or a
         checkpoint inside a chunk), so fused and unfused runs and resumed ones agree bit for bit."""
+        from experiments.tasks.base import per_sample
+
         pending, self.pending_samples = self.pending_samples, []
         start = 0
         while start < len(pending):
@@ -292,11 +294,13 @@ class _EpochLogs:
             outputs = torch.cat([outputs for _, outputs, _ in group]) if len(group) > 1 else first
             target = torch.cat([target for _, _, target in group]) if len(group) > 1 else group[0][2]
             for name, values in self.module.sample_metrics(outputs, target).items():
+                series = per_sample(type(self.module), name, values.detach(), len(target))
+                if not len(series):
+                    continue
                 entry = self.sample_sums.setdefault(f"{split}/{name}", [0.0, 0, values.device])
-                series = values.detach().reshape(-1).to(torch.float64).cpu().numpy()
-                if len(series):
-                    entry[0] = float(np.add.accumulate(np.concatenate(([entry[0]], series)))[-1])
-                    entry[1] += len(series)
+                numbers = series.to(torch.float64).cpu().numpy()
+                entry[0] = float(np.add.accumulate(np.concatenate(([entry[0]], numbers)))[-1])
+                entry[1] += len(numbers)
             start = end
 
     def __call__(

@@ -147,7 +147,10 @@ class Task(L.LightningModule):
         """
         values = self.sample_metrics(outputs, target)
         if values:
-            means = {name: value.to(torch.get_default_dtype()).mean() for name, value in values.items()}
+            means = {
+                name: per_sample(type(self), name, value, len(target)).to(torch.get_default_dtype()).mean()
+                for name, value in values.items()
+            }
             self.log_split(split, means, batch_size=len(target))
 
     def _shards_may_differ(self) -> bool:
@@ -178,3 +181,15 @@ class Task(L.LightningModule):
                 "monitor": self.monitor,
             },
         }
+
+
+def per_sample(kind: type, name: str, values: torch.Tensor, samples: int) -> torch.Tensor:
+    """``values`` of ``kind.sample_metrics`` as one value per sample, or a one-line error: a batch
+    mean in their place would be averaged per chunk of batches, and change with its size."""
+    flat = values.reshape(-1)
+    if len(flat) != samples:
+        raise ValueError(
+            f"{kind.__name__}.sample_metrics()[{name!r}] has shape {tuple(values.shape)} for {samples} samples; "
+            "it must give one value per sample (return the values before taking their mean)"
+        )
+    return flat
