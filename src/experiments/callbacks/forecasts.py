@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from experiments.callbacks.figures import FigureCallback
-from experiments.callbacks.history import _log_figure
+from experiments.callbacks.history import _log_png
 
 Example = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -64,7 +64,7 @@ class ForecastFigure(FigureCallback):
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         figure.savefig(run_dir / self.filename, dpi=100)
-        _log_figure(trainer, "test/forecasts", figure)
+        _log_png(trainer, "test/forecasts", run_dir / self.filename)
         import matplotlib.pyplot as plt
 
         plt.close(figure)

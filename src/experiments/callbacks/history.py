@@ -121,27 +121,33 @@ def _fmt(value: Any) -> str:
 
 
 def _log_figure(trainer: L.Trainer, tag: str, figure: Any) -> None:
-    """A matplotlib figure as an image of every TensorBoard logger of ``trainer``."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+    """A matplotlib figure as an image of every TensorBoard logger of ``trainer``, drawn once as a PNG."""
+    import io
 
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(tag, figure, global_step=trainer.global_step, close=False)
-            logger.experiment.flush()
+    if not _tensorboard_loggers(trainer):
+        return
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, pil_kwargs={"compress_level": 1})
+    _log_png_bytes(trainer, tag, buffer.getvalue())
 
 
 def _log_png(trainer: L.Trainer, tag: str, path: Path) -> None:
     """A PNG file as an image of every TensorBoard logger of ``trainer``: the picture drawn once,
     and its file's bytes given to TensorBoard as they are."""
+    if _tensorboard_loggers(trainer):
+        _log_png_bytes(trainer, tag, path.read_bytes())
+
+
+def _tensorboard_loggers(trainer: L.Trainer) -> list[Any]:
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+def _log_png_bytes(trainer: L.Trainer, tag: str, png: bytes) -> None:
     from experiments.engine import add_png_to_tensorboard
 
-    loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-    if not loggers:
-        return
-    png = path.read_bytes()
-    for logger in loggers:
+    for logger in _tensorboard_loggers(trainer):
         add_png_to_tensorboard(logger.experiment, tag, png, trainer.global_step)
 
 
