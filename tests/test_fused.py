@@ -223,6 +223,24 @@ def test_long_lived_objects_are_left_to_the_garbage_collector_again_after_fittin
     trainer.fit(task, datamodule=datamodule)
     assert counts and counts[0] > 10_000  # torch's, Lightning's and Hydra's objects, left alone while fitting
     assert gc.get_freeze_count() == 0
+    # A process that froze objects itself keeps them frozen, and its count, after a fit.
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        counts.clear()
+        trainer = Trainer(
+            max_epochs=1,
+            logger=False,
+            enable_checkpointing=False,
+            callbacks=[FreezeCount()],
+            default_root_dir=str(tmp_path),
+        )
+        trainer.fit(task, datamodule=build(compose_train(*BLOBS))[0])
+        # (Frozen objects that are freed leave the count; a freeze here would have added thousands.)
+        assert len(counts) == 1 and counts[0] <= frozen
+        assert 0.9 * frozen < gc.get_freeze_count() <= frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_a_logged_result_moves_to_another_device_and_stays_put_on_its_own() -> None:
