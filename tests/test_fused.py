@@ -212,15 +212,13 @@ def test_long_lived_objects_are_left_to_the_garbage_collector_again_after_fittin
     from experiments.engine import Trainer
 
     sys.path.insert(0, str(Path(__file__).parent))
-    datamodule, task = build(compose_train(*BLOBS))
-    trainer = Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=[FreezeCount()],
-        default_root_dir=str(tmp_path),
-    )
-    trainer.fit(task, datamodule=datamodule)
+
+    def fit_one_epoch() -> None:
+        datamodule, task = build(compose_train(*BLOBS))
+        options = dict(max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
+        Trainer(callbacks=[FreezeCount()], **options).fit(task, datamodule=datamodule)
+
+    fit_one_epoch()
     assert counts and counts[0] > 10_000  # torch's, Lightning's and Hydra's objects, left alone while fitting
     assert gc.get_freeze_count() == 0
     # A process that froze objects itself keeps them frozen, and its count, after a fit.
@@ -228,14 +226,7 @@ def test_long_lived_objects_are_left_to_the_garbage_collector_again_after_fittin
     try:
         frozen = gc.get_freeze_count()
         counts.clear()
-        trainer = Trainer(
-            max_epochs=1,
-            logger=False,
-            enable_checkpointing=False,
-            callbacks=[FreezeCount()],
-            default_root_dir=str(tmp_path),
-        )
-        trainer.fit(task, datamodule=build(compose_train(*BLOBS))[0])
+        fit_one_epoch()
         # (Frozen objects that are freed leave the count; a freeze here would have added thousands.)
         assert len(counts) == 1 and counts[0] <= frozen
         assert 0.9 * frozen < gc.get_freeze_count() <= frozen
