@@ -318,7 +318,21 @@ class _EpochLogs:
         batch_size: int | None = None,
         **rest: Any,
     ) -> None:
-        if not self.active:  # validation, epoch hooks: Lightning's own defaults and batch size
+        fast = False
+        if self.active:  # else validation, epoch hooks: Lightning's own defaults and batch size
+            on_step = True if on_step is None else on_step  # Lightning's defaults in training_step
+            on_epoch = False if on_epoch is None else on_epoch
+            rest = {k: v for k, v in rest.items() if _LOG_DEFAULTS.get(k, object()) != v}
+            # The batch size of the chunk's batch, not of the chunk Lightning holds.
+            batch_size = batch_size if batch_size is not None else self.batch_size
+            fast = (
+                isinstance(value, torch.Tensor)
+                and on_step != on_epoch
+                and reduce_fx in ("mean", torch.mean)
+                and not enable_graph
+                and not rest
+            )
+        if not fast:
             self.real_log(
                 name,
                 value,
@@ -330,31 +344,6 @@ class _EpochLogs:
                 enable_graph=enable_graph,
                 sync_dist=sync_dist,
                 batch_size=batch_size,
-                **rest,
-            )
-            return
-        on_step = True if on_step is None else on_step  # Lightning's defaults in training_step
-        on_epoch = False if on_epoch is None else on_epoch
-        rest = {k: v for k, v in rest.items() if _LOG_DEFAULTS.get(k, object()) != v}
-        fast = (
-            isinstance(value, torch.Tensor)
-            and on_step != on_epoch
-            and reduce_fx in ("mean", torch.mean)
-            and not enable_graph
-            and not rest
-        )
-        if not fast:  # the batch size of the chunk's batch, not of the chunk Lightning holds
-            self.real_log(
-                name,
-                value,
-                prog_bar=prog_bar,
-                logger=logger,
-                on_step=on_step,
-                on_epoch=on_epoch,
-                reduce_fx=reduce_fx,
-                enable_graph=enable_graph,
-                sync_dist=sync_dist,
-                batch_size=batch_size if batch_size is not None else self.batch_size,
                 **rest,
             )
             return
@@ -375,7 +364,7 @@ class _EpochLogs:
                 options,
             ]
         entry[2].append(value.reshape(()) if value.ndim else value)
-        entry[3].append(batch_size if batch_size is not None else self.batch_size)
+        entry[3].append(batch_size)
 
     def flush_steps(self) -> None:
         """The last on_step value of each name, once per chunk (Keras: once per execution)."""
