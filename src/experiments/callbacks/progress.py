@@ -124,39 +124,13 @@ class ProgressBar(LightningProgressBar):
         self._open("testing", sum(trainer.num_test_batches))
         self._done = 0
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._done += 1
-        self._advance(self._done)
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close()
-
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._open("predicting", sum(trainer.num_predict_batches))
         self._done = 0
 
-    def on_predict_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._done += 1
-        self._advance(self._done)
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close()
+    # A batch done and a loop's end are the same for the three loops.
+    on_test_batch_end = on_predict_batch_end = on_validation_batch_end
+    on_test_end = on_predict_end = on_validation_end
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._close()
