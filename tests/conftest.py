@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.config import CONFIG_DIR, PROJECT_ROOT
 
@@ -25,6 +26,15 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def registered(group: str) -> list[str]:
     """The options of a config group (``conf/<group>/*.yaml``): what tests iterate over, never a list kept by hand."""
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml") if p.stem != "default")
+
+
+@functools.cache
+def group_option(group: str, option: str) -> dict:
+    """``conf/<group>/<option>.yaml`` as Hydra composes it (its own defaults list included), as a dict."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"{group}={option}"])
+    return OmegaConf.to_container(cfg[group])  # type: ignore[return-value]
 
 
 def compose_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:

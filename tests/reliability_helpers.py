@@ -145,7 +145,7 @@ def call_cli(module: str, *args: str) -> tuple[int, str, str]:
     import importlib
     import io
 
-    from experiments.errors import run_cli
+    from experiments.cli import run_cli
 
     entry = importlib.import_module(f"experiments.{module}")
     out, err = io.StringIO(), io.StringIO()

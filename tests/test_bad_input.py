@@ -82,7 +82,7 @@ CASES = [
     (
         "cnn-on-xor",
         "train",
-        ["model=cnn", "~model.hidden"],
+        ["model=cnn"],
         ["model CNN does not fit data XORDataModule", "model=mlp"],
         True,
     ),

@@ -46,17 +46,38 @@ def test_a_step_checkpoint_is_built_only_when_it_would_save(tmp_path: Path) -> N
     assert step_intervals(["checkpoint_every_n_steps=7"]) == [0, 0, 7]
 
 
-def test_the_trainer_takes_back_lightnings_per_step_nvml_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from experiments.config import build_trainer
+def test_the_trainer_takes_back_lightnings_per_step_nvml_check_while_it_fits_and_only_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
 
-    cfg = compose_config("train", ["experiment=xor"], tmp_path)
+    from experiments.config import build, build_trainer
+
+    seen: list[tuple[str | None, int, bool]] = []
+
+    class Look(Callback):
+        def on_train_start(self, trainer: object, pl_module: object) -> None:
+            moves_skipped = getattr(_ResultMetric.to, "skips_repeated_moves", False)
+            seen.append((os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"), torch.get_num_threads(), moves_skipped))
+
+    cfg = compose_config("train", ["experiment=xor", "trainer.max_epochs=1", "trainer.num_threads=1"], tmp_path)
     monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    build_trainer(cfg, logger=False)
-    assert "PYTORCH_NVML_BASED_CUDA_CHECK" not in os.environ
-    # A launcher that forks needs it: CUDA must not be initialised before the fork.
-    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    build_trainer(cfg, logger=False, strategy="ddp_fork", devices=2)
-    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
+    torch.set_num_threads(2)
+    try:
+        datamodule, task = build(cfg)
+        build_trainer(cfg, logger=False, callbacks=[Look()], enable_checkpointing=False).fit(
+            task, datamodule=datamodule
+        )
+        # Inside the fit: no NVML check, the run's threads, Lightning's result moves skipped...
+        assert seen == [(None, 1, True)]
+        # ... and the caller's process as it was afterwards (a plain Lightning Trainer runs unpatched).
+        assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
+        assert torch.get_num_threads() == 2
+        assert not getattr(_ResultMetric.to, "skips_repeated_moves", False)
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_the_trainer_profiles_when_asked(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def test_experiments_data_and_the_user_cache(tmp_path: Path, monkeypatch: pytest
     )
     # As installed from the wheel: the user cache, and MNIST fetched into it when missing.
     monkeypatch.delenv("EXPERIMENTS_DATA")
-    monkeypatch.setattr(config, "IN_CLONE", False)
+    monkeypatch.setattr(config.paths, "IN_CLONE", False)  # where data_root() reads it
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cfg = compose_config("train", ["experiment=mnist_mlp"], tmp_path)
     assert cfg.data.data_dir == str(tmp_path / "cache" / "experiments" / "mnist")

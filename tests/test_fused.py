@@ -118,7 +118,7 @@ def test_a_task_that_steps_its_own_way_trains_unfused_and_says_so(
         )
     assert metrics["status"] == "completed"
     assert OwnStepTask.steps_taken == 16  # every step through its own optimizer_step
-    lines = [r.getMessage() for r in caplog.records if r.name == "experiments.engine"]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("experiments.engine")]
     assert lines == ["steps_per_execution: OwnStepTask overrides optimizer_step; one optimizer step per Lightning step"]
 
 
@@ -128,7 +128,7 @@ def test_epoch_sums_add_up_as_lightnings_one_at_a_time_sums_bit_for_bit() -> Non
     # in the same floating-point type, wherever a checkpoint cuts the epoch.
     import random
 
-    from experiments.engine import _add_up
+    from experiments.engine.epoch_logs import add_up
 
     random.seed(0)
     for _ in range(100):
@@ -139,8 +139,8 @@ def test_epoch_sums_add_up_as_lightnings_one_at_a_time_sums_bit_for_bit() -> Non
         for value, size in zip(values, sizes):
             total, count = total + value * size, count + size
         cut = random.randint(0, len(values))
-        first = _add_up([torch.tensor(0.0), 0, values[:cut], sizes[:cut]])
-        summed, counted = _add_up([*first, values[cut:], sizes[cut:]])
+        first = add_up([torch.tensor(0.0), 0, values[:cut], sizes[:cut]])
+        summed, counted = add_up([*first, values[cut:], sizes[cut:]])
         assert summed.dtype == total.dtype and summed.item() == total.item() and counted == int(count)
         assert (summed / torch.tensor(counted)).item() == (total / count).item()
 
@@ -239,9 +239,8 @@ def test_a_logged_result_moves_to_another_device_and_stays_put_on_its_own() -> N
     # asked for; a move to another device (here the meta device) is still Lightning's.
     from lightning.pytorch.trainer.connectors.logger_connector import result as lightning_result
 
-    from experiments.engine import _skip_repeated_result_moves
+    from experiments.engine.process import repeated_result_moves_skipped
 
-    _skip_repeated_result_moves()
     walks = []
     walk = lightning_result.apply_to_collection
 
@@ -251,11 +250,17 @@ def test_a_logged_result_moves_to_another_device_and_stays_put_on_its_own() -> N
 
     lightning_result.apply_to_collection = counted
     try:
-        staying = lightning_result._ResultMetric(lightning_result._Metadata(fx="f", name="a"), is_tensor=True)
-        assert staying.to(torch.device("cpu")) is staying and walks == []
-        moving = lightning_result._ResultMetric(lightning_result._Metadata(fx="f", name="b"), is_tensor=True)
-        moving.to(torch.device("meta"))
-        assert walks and moving.value.device.type == "meta"
+        with repeated_result_moves_skipped():
+            staying = lightning_result._ResultMetric(lightning_result._Metadata(fx="f", name="a"), is_tensor=True)
+            assert staying.to(torch.device("cpu")) is staying and walks == []
+            moving = lightning_result._ResultMetric(lightning_result._Metadata(fx="f", name="b"), is_tensor=True)
+            moving.to(torch.device("meta"))
+            assert walks and moving.value.device.type == "meta"
+        # Undone when the fit ends: Lightning's own walk for a plain Trainer in the same process.
+        walks.clear()
+        again = lightning_result._ResultMetric(lightning_result._Metadata(fx="f", name="c"), is_tensor=True)
+        again.to(torch.device("cpu"))
+        assert walks
     finally:
         lightning_result.apply_to_collection = walk
 

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from experiments.config import CONFIG_DIR, build
+from experiments.config import build
 from experiments.errors import UserError
 from experiments.models import CNN, LSTM, MLP, Linear
 
-from conftest import compose_config, registered
+from conftest import compose_config, group_option, registered
 
 # Every model and data set that is registered (conf/model/<name>.yaml, conf/data/<name>.yaml).
 MODELS = registered("model")
@@ -23,7 +22,7 @@ DATA = registered("data")
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize(("input_shape", "output_shape"), [((1, 28, 28), (10,)), ((24, 3), (6, 3)), ((16, 1), (1,))])
 def test_models_map_input_shape_to_output_shape(name: str, input_shape, output_shape) -> None:
-    model = instantiate(OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{name}.yaml"), input_shape, output_shape)
+    model = instantiate(group_option("model", name), input_shape, output_shape)
     out = model(torch.randn(5, *input_shape))
     assert out.shape == (5, *output_shape)
     out.sum().backward()
@@ -74,7 +73,7 @@ def test_every_registered_model_fits_every_registered_data_set_or_says_why(data:
     cfg = compose_config("train", [f"data={data}"], tmp_path)  # one composition per data set: seconds saved
     fits = []
     for model in MODELS:
-        cfg.model = OmegaConf.load(Path(CONFIG_DIR) / "model" / f"{model}.yaml")
+        cfg.model = group_option("model", model)
         try:
             datamodule, task = build(cfg)
         except UserError as err:

@@ -131,7 +131,7 @@ def test_a_model_must_take_the_data_shapes_and_data_must_declare_a_spec(own_part
     (conf / "data" / "no_spec.yaml").write_text("_target_: bad_parts.NoSpec\nsize: 4\n")
     sys.path.insert(0, str(own_parts))
     try:
-        cfg, _ = _compose("experiment=xor", "model=no_shapes", "~model.hidden", "~model.activation", config_dir=conf)
+        cfg, _ = _compose("experiment=xor", "model=no_shapes", config_dir=conf)
         with pytest.raises(UserError, match=r"^model bad_parts.NoShapes does not take input_shape and output_shape; "):
             check_config(cfg)
         cfg, _ = _compose("experiment=xor", "data=no_spec", config_dir=conf)

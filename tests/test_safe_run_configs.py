@@ -119,8 +119,8 @@ def test_an_honest_run_config_still_evaluates(xor_run: Path) -> None:
 def test_a_class_of_the_users_own_package_is_built_only_when_trusted(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
+    from experiments.checkpoints import check_targets
     from experiments.errors import UserError
-    from experiments.runs import check_targets
 
     cfg = OmegaConf.create({"model": {"_target_": "collections.OrderedDict"}})
     with pytest.raises(UserError, match=r"pass trust=\[collections\]"):

@@ -33,15 +33,15 @@ from torch import nn
 
 
 class Tiny(nn.Module):
-    """A user's own model: one hidden layer. hidden and activation are what experiment=xor sets."""
+    """A user's own model: one hidden layer, its options named unlike any shipped model's
+    (experiment=xor chooses a model variant; it sets none of the model's keys)."""
 
-    def __init__(self, input_shape, output_shape, hidden: list[int] = [8], activation: str = "tanh"):
+    def __init__(self, input_shape, output_shape, width: int = 8, squash: bool = True):
         super().__init__()
         self.output_shape = tuple(output_shape)
-        act = {"tanh": nn.Tanh(), "relu": nn.ReLU()}[activation]
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(math.prod(input_shape), hidden[0]), act,
-            nn.Linear(hidden[0], math.prod(output_shape)),
+            nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.Tanh() if squash else nn.ReLU(),
+            nn.Linear(width, math.prod(output_shape)),
         )
 
     def forward(self, x):
@@ -147,9 +147,7 @@ def used(
     (folder / "my_conf" / "model").mkdir(parents=True)
     (folder / "my_code").mkdir()
     (folder / "my_code" / "tiny_model.py").write_text(TINY_MODEL)
-    (folder / "my_conf" / "model" / "tiny.yaml").write_text(
-        "_target_: tiny_model.Tiny\nhidden: [8]\nactivation: tanh\n"
-    )
+    (folder / "my_conf" / "model" / "tiny.yaml").write_text("_target_: tiny_model.Tiny\nwidth: 8\nsquash: true\n")
     plain, own = _env(root / "plain"), _env(root / "own", PYTHONPATH=str(folder / "my_code"))
     code = "import experiments.config as c; print(c.CONFIG_DIR); print(c.data_root())"
     tiny = [str(installed), "-m", "experiments.train", "--config-dir", "my_conf", "experiment=xor", "model=tiny"]
@@ -157,7 +155,7 @@ def used(
         "where": ([str(installed), "-c", code], empty, plain),
         "xor": ([str(installed), "-m", "experiments.train", "experiment=xor"], empty, plain),
         "tiny": (tiny, folder, own),
-        "typo": ([*tiny, "+model.hiden=4"], folder, own),
+        "typo": ([*tiny, "+model.widht=4"], folder, own),
     }
     done = _run_together(*runs.values())
     return {name: (run[1], result) for (name, run), result in zip(runs.items(), done, strict=True)}
@@ -189,5 +187,5 @@ def test_the_installed_cli_trains_a_users_own_model_through_config_dir(used) -> 
     _, typo = used["typo"]
     assert typo.returncode == 2
     assert typo.stderr.strip() == (
-        "error: model.hiden is not an option of tiny_model.Tiny (did you mean 'hidden'?); valid options: hidden, activation"
+        "error: model.widht is not an option of tiny_model.Tiny (did you mean 'width'?); valid options: width, squash"
     )

@@ -16,11 +16,9 @@ overrides raises :class:`~experiments.errors.UserError` with the CLI's one line.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,11 +26,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from hydra import version
+from hydra._internal.hydra import Hydra  # private: hydra 1.3 -- how @hydra.main runs a job
+from hydra._internal.utils import create_config_search_path  # private: hydra 1.3
+from hydra.core.config_search_path import SearchPathQuery
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import nn
 
-from experiments.data.contract import split_tensors
+from experiments.cli import library_chatter_quieted
+from experiments.config import CONFIG_DIR
+from experiments.data.contract import eval_batch_size, split_tensors
 from experiments.errors import UserError, describe
+from experiments.predict import predictions
+from experiments.record import run_job
+from experiments.restore import Restored, restore
+from experiments.runs import read_history, read_metrics
+from experiments.train import train
 
 __all__ = ["Metrics", "Run", "load_run", "run"]
 
@@ -63,15 +74,6 @@ def run(*overrides: str, config_dir: str | os.PathLike[str] | None = None) -> Me
     with the run folder as ``metrics.run_dir``. Sweeps (``-m``) and ``trainer.strategy=ddp`` (whose
     other processes rerun a command line) are the CLI's.
     """
-    from hydra import version
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from experiments.config import CONFIG_DIR
-
     bad = [o for o in overrides if not isinstance(o, str)]
     if bad:
         raise UserError(f"overrides are strings such as 'experiment=xor', got {bad[0]!r}")
@@ -92,7 +94,7 @@ def run(*overrides: str, config_dir: str | os.PathLike[str] | None = None) -> Me
     hydra_config.cfg = None
     version.setbase("1.3")  # the CLI's @hydra.main(version_base="1.3")
     try:
-        with _quiet(), _run_log() as log:
+        with library_chatter_quieted(), _run_log() as log:
             # task_name "train", like python -m experiments.train: the log is train.log.
             hydra = Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
             job = hydra.run(
@@ -117,9 +119,6 @@ def run(*overrides: str, config_dir: str | os.PathLike[str] | None = None) -> Me
 def _job(cfg: DictConfig, log: _RunLogHandler) -> Metrics | _Failed:
     """The CLI's single run (``train._main`` without its exit codes); failures are returned, so that
     Hydra doesn't print its 'Error executing job' line."""
-    from experiments.record import run_job
-    from experiments.train import train
-
     run_dir = Path(cfg.paths.output_dir)
     log.open(run_dir)
 
@@ -156,23 +155,6 @@ def _wait_for_a_new_second() -> None:
     if _last_start is not None and int(now) <= _last_start:
         time.sleep(_last_start + 1 - now + 0.01)
     _last_start = int(time.time())
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """The CLI's two filters (errors._quiet_library_chatter), for this run only."""
-    from experiments.errors import _not_an_advert
-
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-        added = _not_an_advert not in rank_zero.filters  # the CLI's own may be there already
-        rank_zero.addFilter(_not_an_advert)
-        try:
-            yield
-        finally:
-            if added:
-                rank_zero.removeFilter(_not_an_advert)
 
 
 class _RunLogHandler(logging.Handler):
@@ -231,6 +213,7 @@ class Run:
     datamodule: Any
     history: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, Any] | None = None
+    restored: Restored | None = field(default=None, repr=False)
 
     def column(self, name: str) -> list[float]:
         """One column of the history, e.g. ``run.column("val/loss")`` (None for epochs without it)."""
@@ -244,17 +227,11 @@ class Run:
         if inputs is None:
             self.datamodule.setup("test")
             inputs = split_tensors(self.datamodule, "test")[0]
-        parameter = next(self.task.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else None
-        size = getattr(self.datamodule, "eval_batch_size", None) or len(inputs)
-        batches = []
-        for start in range(0, len(inputs), size):
-            x = inputs[start : start + size].to(device)
-            if dtype is not None and x.is_floating_point():
-                x = x.to(dtype)
-            batches.append(self.task.predict_step((x,), start // size))
-        return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+        assert self.restored is not None  # load_run sets it
+        trainer = self.restored.trainer(callbacks=[], enable_progress_bar=False, enable_model_summary=False)
+        outputs = predictions(self.task, trainer, inputs, eval_batch_size(self.datamodule, default=len(inputs)))
+        self.task.cpu().eval()  # as load_run handed it over
+        return outputs
 
 
 def load_run(
@@ -269,15 +246,12 @@ def load_run(
     known classes, plus those of the packages named in ``trust`` (your own, e.g.
     ``trust=["my_parts"]``). ``config`` (a run's ``config.yaml``) is for checkpoints written before
     they carried their config."""
-    from experiments.checkpoints import checkpoint_config, folder_of, load_weights
-    from experiments.config import build
-
     path = Path(run_dir_or_ckpt).expanduser()
     if which not in ("best", "last"):
         raise UserError(f"which={which!r}: pass 'best' or 'last'")
     if path.is_dir():
-        metrics = _read_metrics(path)
-        best = (metrics or {}).get("best_checkpoint") or "checkpoints/best.ckpt"
+        best = read_metrics(path).get("best_checkpoint")
+        best = best if isinstance(best, str) and best else "checkpoints/best.ckpt"
         ckpt = path / (best if which == "best" else "checkpoints/last.ckpt")
         if not ckpt.is_file():
             raise UserError(f"{path} has no {ckpt.relative_to(path)}; pass a finished run's folder or a .ckpt file")
@@ -285,44 +259,17 @@ def load_run(
         ckpt = path
     else:
         raise UserError(f"{path} does not exist; pass a run folder (outputs/<name>/runs/<run>) or a .ckpt file")
-    ckpt, run_config, checkpoint = checkpoint_config(ckpt, trust, config)
-    run_dir = folder_of(ckpt)
-    with torch.random.fork_rng(devices=[]):  # building draws initial weights; leave the caller's RNG be
-        datamodule, task = build(run_config)
-    load_weights(task, checkpoint, ckpt, "the model of its config")
-    task.eval()
+    restored = restore(ckpt, trust, config)
+    restored.task.eval()
+    run_dir = restored.run_dir
     return Run(
         run_dir=run_dir,
-        checkpoint=ckpt.resolve(),
-        config=run_config,
-        model=task.model,
-        task=task,
-        datamodule=datamodule,
-        history=_read_history(run_dir / "history.csv"),
-        metrics=_read_metrics(run_dir),
+        checkpoint=restored.checkpoint_path.resolve(),
+        config=restored.config,
+        model=restored.task.model,
+        task=restored.task,
+        datamodule=restored.datamodule,
+        history=read_history(run_dir),
+        metrics=read_metrics(run_dir) or None,
+        restored=restored,
     )
-
-
-def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
-    import json
-
-    file = run_dir / "metrics.json"
-    return json.loads(file.read_text()) if file.is_file() else None
-
-
-def _read_history(file: Path) -> list[dict[str, float]]:
-    if not file.is_file():
-        return []
-    rows = []
-    with file.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            rows.append({k: _number(v) for k, v in row.items() if v not in ("", None)})
-    return rows
-
-
-def _number(text: str) -> Any:
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value

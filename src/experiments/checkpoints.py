@@ -6,6 +6,7 @@ plain containers, so a checkpoint crafted to run code when unpickled is refused 
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Sequence
@@ -13,37 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from experiments.errors import UserError
-from experiments.runs import check_targets
 
 LAST = Path("checkpoints") / "last.ckpt"
 # The key under which a checkpoint carries the resolved config of its run (see Task.on_save_checkpoint).
 CONFIG_KEY = "config"
-
-
-def run_directory(runs: str, fresh: str, resume: Any = None) -> str:
-    """Hydra's run directory (resolver ``${run_dir:...}``): ``runs/fresh`` for a new run, or the
-    directory of the run to continue for ``resume=latest`` or ``resume=<run dir>``.
-
-    ``latest`` is the run under ``runs`` whose ``checkpoints/last.ckpt`` was written last.
-    """
-    if resume is None or resume is False or str(resume) in ("", "false", "False"):
-        return f"{runs}/{fresh}"
-    if str(resume) == "latest":
-        candidates = [p.parent.parent for p in Path(runs).glob(f"*/{LAST}")]
-        if not candidates:
-            raise UserError(
-                f"resume=latest: no run in {runs}/ has a {LAST} to continue from; "
-                "start a new run without resume=, or pass resume=<run dir>"
-            )
-        return str(max(candidates, key=lambda d: (d / LAST).stat().st_mtime))
-    directory = Path(str(resume)).expanduser()
-    if not (directory / LAST).is_file():
-        raise UserError(f"resume={resume}: no {LAST} in that directory; pass resume=latest or the directory of a run")
-    return str(directory)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -73,7 +52,7 @@ def checkpoint_config(
     The config is the one the checkpoint carries, so a checkpoint file works wherever it was moved;
     ``config`` (a run's ``config.yaml``) replaces it, for checkpoints written before they carried
     one. Either way it may build only this project's and the libraries' known classes, plus those
-    of the packages named in ``trust`` (:func:`experiments.runs.check_targets`).
+    of the packages named in ``trust`` (:func:`check_targets`).
     """
     ckpt = Path(ckpt_path).expanduser()
     if not ckpt.is_file():
@@ -180,3 +159,69 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
             )
         return last
     return Path(str(ckpt_path)).expanduser() if ckpt_path else None
+
+
+# What a stored config may build --------------------------------------------------------------
+
+# What a config that arrives as data (a run folder's config.yaml) may build: classes, never
+# functions, and only under these prefixes. A prefix is checked as text before anything is
+# imported, since importing an unknown module already runs its code.
+ALLOWED_TARGET_PREFIXES = (
+    "experiments.",
+    "torch.optim.",
+    "torch.nn.",
+    "lightning.pytorch.Trainer",
+    "lightning.pytorch.trainer.trainer.Trainer",
+    "lightning.pytorch.loggers.",
+    "lightning.pytorch.callbacks.",
+    "optuna.samplers.",
+    "optuna.pruners.",
+    "hydra_plugins.experiments_sweeper.",
+)
+
+
+def check_targets(cfg: DictConfig, source: str, trust: Sequence[str] = ()) -> None:
+    """Refuse a config that would build anything but this project's and the libraries' known classes.
+
+    Hydra's ``instantiate`` calls whatever ``_target_`` names, at any depth (``torch.load`` with
+    ``weights_only: false``, ``builtins.open`` with ``mode: w``, ``os.system``): a config read from a
+    run folder is data, and may only name a class under :data:`ALLOWED_TARGET_PREFIXES`, or in a
+    package that the user names in ``trust`` (their own models, data or tasks).
+    """
+    allowed = ALLOWED_TARGET_PREFIXES + tuple(f"{name.rstrip('.')}." for name in trust if name)
+    for key, target in _targets(cfg, ""):
+        if not isinstance(target, str) or not target.startswith(allowed) or not _is_class(target):
+            own = target.split(".")[0] if isinstance(target, str) and "." in target else "PACKAGE"
+            raise UserError(
+                f"{source}: {key} = {target!r} is not allowed: a run's config may only build this "
+                "project's classes (experiments.*) and known library classes (torch.optim.*, torch.nn.*, "
+                "lightning.pytorch Trainer, loggers and callbacks); replace config.yaml with the one its run "
+                f"wrote, or, for a class of your own package that you trust, pass trust=[{own}]"
+            )
+
+
+def _targets(node: Any, key: str) -> list[tuple[str, Any]]:
+    """Every ``_target_`` of a config, with its full key, without resolving any interpolation."""
+    found = []
+    if isinstance(node, DictConfig):
+        for name in node.keys():
+            # private: omegaconf 2.3 -- the raw node: an interpolation is neither resolved nor run
+            child = node._get_node(name)
+            label = str(name)
+            full = f"{key}.{label}" if key else label
+            if name == "_target_":
+                value = child._value() if child is not None else None  # private: omegaconf 2.3
+                found.append((full, value))
+            else:
+                found.extend(_targets(child, full))
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            found.extend(_targets(node._get_node(index), f"{key}[{index}]"))  # private: omegaconf 2.3
+    return found
+
+
+def _is_class(target: str) -> bool:
+    try:
+        return inspect.isclass(get_object(target))
+    except Exception:  # noqa: BLE001 - a target that cannot be found cannot be allowed either
+        return False

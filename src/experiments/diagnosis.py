@@ -69,18 +69,6 @@ def target_variance(targets: torch.Tensor) -> float:
     return float(values.var(dim=0, unbiased=False).mean())
 
 
-def diagnose_run(rows: Sequence[dict[str, Any]], datamodule: Any) -> Diagnosis | None:
-    """The diagnosis of a run whose history is ``rows``, against the trivial loss that the data's
-    task kind defines on the training targets (None where the kind defines none)."""
-    from experiments.data.contract import split_tensors
-    from experiments.tasks.registry import task_kind
-
-    spec = datamodule.spec
-    _, targets = split_tensors(datamodule, "train")
-    baseline = task_kind(spec.task).trivial_loss(targets, spec)
-    return diagnose(rows, baseline) if baseline is not None else None
-
-
 def _series(rows: Sequence[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     points = []
     for row in rows:

@@ -19,7 +19,9 @@ from typing import cast
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.strategies.launchers.subprocess_script import (  # private: lightning 2.6
+    _SubprocessScriptLauncher,
+)
 from omegaconf import DictConfig, read_write
 
 

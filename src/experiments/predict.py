@@ -17,16 +17,15 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from experiments.checkpoints import checkpoint_config, folder_of
+from experiments.cli import run_cli, user_errors_exit
 from experiments.config import CONFIG_DIR
 from experiments.data.contract import eval_batch_size, split_tensors
 from experiments.data.loader import InMemoryLoader
 from experiments.data.spec import DataSpec
-from experiments.errors import UserError, run_cli, user_errors_exit
-from experiments.evaluate import rebuild
+from experiments.errors import UserError
+from experiments.restore import restore
 from experiments.runs import write_atomic
 
 # Rows parsed at once: a big file is read in blocks of this many rows, never held as text.
@@ -176,31 +175,48 @@ def _rows(table: dict[str, torch.Tensor], start: int, stop: int) -> list[tuple[A
     return list(zip(*(column[start:stop].tolist() for column in table.values())))
 
 
+def predictions(
+    task: L.LightningModule,
+    trainer: L.Trainer,
+    inputs: torch.Tensor,
+    batch_size: int,
+    ckpt_path: str | None = None,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """What ``task.predict_step`` returns for ``inputs`` (``(N, *input_shape)``), batch by batch
+    through ``trainer.predict`` (the run's precision and device), as one tensor per key.
+    ``ckpt_path``: load these weights first, once the trainer has set the run's precision."""
+    loader = InMemoryLoader(inputs, batch_size=batch_size)
+    if progress:
+        trainer.callbacks.append(_PredictProgress(len(inputs), batch_size))  # type: ignore[attr-defined]
+    # One loader: a list of what predict_step returned, a dict of tensors per batch.
+    batches = cast(
+        list[dict[str, torch.Tensor]],
+        trainer.predict(task, dataloaders=loader, ckpt_path=ckpt_path, weights_only=True),
+    )
+    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+
 def predict(cfg: DictConfig) -> Path:
     """Write the predictions of ``cfg.ckpt_path`` to a CSV file and return its path."""
-    # Bad inputs or an unwritable output are refused before the model and trainer are built.
+    # Bad inputs or an unwritable output are refused before any prediction is made.
     batch_size = cfg.get("batch_size")
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise UserError(f"batch_size={batch_size!r} must be a positive integer (or null: the run's eval batch size)")
-    stored = checkpoint_config(cfg.ckpt_path, list(cfg.get("trust") or []), cfg.get("config"))
-    given = read_inputs(cfg.inputs, instantiate(stored[1].data).spec) if cfg.inputs else None
+    run = restore(cfg.ckpt_path, list(cfg.get("trust") or []), cfg.get("config"))
+    given = read_inputs(cfg.inputs, cast(Any, run.datamodule).spec) if cfg.inputs else None
     if cfg.output:
         _check_writable(Path(cfg.output))
-    ckpt, run_cfg, datamodule, task, trainer = rebuild(*stored)
     targets = None
     if given is not None:
         inputs = given
     else:
-        datamodule.setup("test")
-        inputs, targets = split_tensors(datamodule, "test")
-    batch_size = eval_batch_size(datamodule) if cfg.get("batch_size") is None else cfg.batch_size
-    loader = InMemoryLoader(inputs, batch_size=batch_size)
-    trainer.callbacks.append(_PredictProgress(len(inputs), batch_size))  # type: ignore[attr-defined]
-    # One loader: a list of what predict_step returned, a dict of tensors per batch.
-    batches = cast(
-        list[dict[str, torch.Tensor]], trainer.predict(task, dataloaders=loader, ckpt_path=str(ckpt), weights_only=True)
+        run.datamodule.setup("test")
+        inputs, targets = split_tensors(run.datamodule, "test")
+    batch_size = eval_batch_size(run.datamodule) if batch_size is None else batch_size
+    outputs = predictions(
+        run.task, run.trainer(), inputs, batch_size, ckpt_path=str(run.checkpoint_path), progress=True
     )
-    outputs = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
     table: dict[str, torch.Tensor] = {}
     if inputs[0].numel() <= 16:  # small inputs are worth repeating beside their predictions
@@ -210,7 +226,8 @@ def predict(cfg: DictConfig) -> Path:
     for name, values in outputs.items():
         table.update(_columns(name, values))
 
-    output = Path(cfg.output) if cfg.output else folder_of(ckpt) / "predictions.csv"
+    output = Path(cfg.output) if cfg.output else run.run_dir / "predictions.csv"
+    count = len(inputs)
 
     def write(handle: Any) -> None:
         writer = csv.writer(handle)
@@ -220,10 +237,8 @@ def predict(cfg: DictConfig) -> Path:
             writer.writerows(_rows(table, start, start + BLOCK_ROWS))
             ticker(min(start + BLOCK_ROWS, count))
 
-    count = len(inputs)
-
     write_atomic(output, write)
-    _summarise(table, task.describe_predictions(outputs, targets), output, int(cfg.show))
+    _summarise(table, run.task.describe_predictions(outputs, targets), output, int(cfg.show))
     return output
 
 

@@ -23,27 +23,31 @@ accepted, so that a refused command never rewrites the run it names.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
+import logging
 import os
 import shlex
 import shutil
-import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback
+import filelock
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import OmegaConf
 
+from experiments.callbacks import NonFiniteError
 from experiments.errors import UserError, describe, interrupted
-from experiments.runs import write_json
+from experiments.runs import read_json, read_metrics, write_json
+from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm
 
 LOCK = ".lock"
 # Who holds the lock: written after taking it, removed before releasing it. Found with the lock
@@ -51,64 +55,6 @@ LOCK = ".lock"
 HOLDER = ".lock.holder.json"
 # Files a run folder holds before its run has written anything of its own.
 BOOKKEEPING = {".hydra", "train.log", LOCK, HOLDER}
-
-SIGTERM_EXIT = 128 + signal.SIGTERM
-SIGINT_EXIT = 128 + signal.SIGINT
-
-
-class Terminated(SystemExit):
-    """SIGTERM outside Lightning's loops: ends the process with the shell's code for it (143).
-
-    A ``SystemExit``, as Lightning's own ``SIGTERMException`` is, so that no ``except Exception``
-    takes a preemption for an error, and a caller that knows nothing of it still exits 143.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(SIGTERM_EXIT)
-
-
-class Interrupted(SystemExit):
-    """How the command line ends once a run has recorded a signal and printed its line: the
-    shell's exit code for that signal (130, 143)."""
-
-
-# SIGTERM ------------------------------------------------------------------------------------
-
-_sigterm = {"received": False}
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    _sigterm["received"] = True
-    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
-        # Lightning's signal connector called us from its own handler: its loops raise at the next
-        # batch end, where the state is whole (and a checkpoint can be taken), so don't raise here.
-        return
-    raise Terminated
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """While inside: SIGTERM raises :class:`Terminated` (outside Lightning's loops) or is left to
-    Lightning (inside ``fit`` / ``test``, whose handler calls this one), and is remembered either
-    way, so that :func:`raise_if_terminated` ends a run that Lightning let finish its loop."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    _sigterm["received"] = False
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        # Not carried into the next command run in this process (the Python API, tests).
-        _sigterm["received"] = False
-
-
-def raise_if_terminated() -> None:
-    """End the run if SIGTERM arrived while Lightning had no loop left to raise it in."""
-    if _sigterm["received"]:
-        raise Terminated
-
 
 # How a process ended ------------------------------------------------------------------------
 
@@ -123,28 +69,11 @@ class Ending:
     reason: str | None = None
 
 
-def _chain(err: BaseException) -> list[BaseException]:
-    found: list[BaseException] = []
-    while err is not None and err not in found:
-        found.append(err)
-        err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    return found
-
-
-def is_sigterm(err: BaseException) -> bool:
-    """Whether ``err`` is how SIGTERM ended the process: ours, or Lightning's (``engine``)."""
-    from experiments.engine import is_lightning_sigterm
-
-    return any(isinstance(e, Terminated) for e in _chain(err)) or is_lightning_sigterm(err)
-
-
 def ending_of(err: BaseException | None) -> Ending:
     """The one mapping from how a job ended to its status and exit code."""
-    from experiments.sweeps import TrialPruned
-
     if err is None:
         return Ending("completed", 0)
-    if isinstance(err, TrialPruned):
+    if _is_pruned(err):
         return Ending("pruned", 0, reason=str(err))
     if interrupted(err):
         return Ending("interrupted", SIGINT_EXIT, "SIGINT")
@@ -154,6 +83,13 @@ def ending_of(err: BaseException | None) -> Ending:
     if reason is not None:
         return Ending("failed", 2, reason=reason)
     return Ending("failed", 1, reason=f"{type(err).__name__}: {err}")
+
+
+def _is_pruned(err: BaseException) -> bool:
+    """Whether ``err`` is Optuna's ``TrialPruned``: looked up only where Optuna is already imported
+    (a trial of an Optuna sweep), so that a plain run never pays for importing it."""
+    optuna_exceptions = sys.modules.get("optuna.exceptions")
+    return optuna_exceptions is not None and isinstance(err, optuna_exceptions.TrialPruned)
 
 
 # The lock -----------------------------------------------------------------------------------
@@ -172,8 +108,6 @@ class RunLock:
         self._lock: Any = None
 
     def acquire(self) -> dict[str, Any] | None:
-        import filelock
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.run_dir / LOCK), timeout=0)
         try:
@@ -213,59 +147,10 @@ class RunLock:
         # The holder writes its record just after taking the lock: give it that moment.
         deadline = time.monotonic() + wait
         while True:
-            try:
-                return json.loads((self.run_dir / HOLDER).read_text())
-            except (OSError, ValueError):
-                if time.monotonic() >= deadline:
-                    return None
-                time.sleep(0.05)
-
-
-# Fit time over every segment ----------------------------------------------------------------
-
-
-class FitTime(Callback):
-    """Seconds spent fitting, summed over every process that trained the run.
-
-    Kept in every checkpoint (this callback's state), so that a run resumed once or ten times
-    reports its whole fit time in ``metrics.json``, not only that of its last segment. Time after
-    the last checkpoint of a killed process is not counted: the resume recomputes that work, and
-    its time is counted then.
-    """
-
-    def __init__(self) -> None:
-        self.before = 0.0
-        self._start: float | None = None
-        # What a completed run reported after its last checkpoint was written (see carry_over).
-        self.floor = 0.0
-
-    def carry_over(self, metrics_file: Path, step: int) -> None:
-        """A run resumed from the checkpoint at which it completed reported more fit time than that
-        checkpoint holds (the end of its fit came after it): start from what it reported."""
-        previous = _read_json(metrics_file)
-        if previous.get("status") == "completed" and previous.get("steps") == step:
-            self.floor = float(previous.get("fit_seconds") or 0.0)
-
-    def seconds(self) -> float:
-        return self.before + (time.perf_counter() - self._start if self._start is not None else 0.0)
-
-    def start(self) -> None:
-        """Start the clock when ``trainer.fit`` is called: the data module's ``setup`` (reading the
-        data) runs before any callback hook of the fit, and it is part of the fit's time."""
-        self._start = time.perf_counter()
-
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        if self._start is None:  # a fit that the caller did not clock from its start
-            self._start = time.perf_counter()
-
-    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self.before, self._start = self.seconds(), None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seconds": self.seconds()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.before = max(float(state_dict.get("seconds", 0.0)), self.floor)
+            holder = read_json(self.run_dir / HOLDER)
+            if holder or time.monotonic() >= deadline:
+                return holder or None
+            time.sleep(0.05)
 
 
 # The job ------------------------------------------------------------------------------------
@@ -273,8 +158,6 @@ class FitTime(Callback):
 
 def _rank_zero() -> bool:
     """Rank 0, or no distributed run: known from the environment before any trainer exists."""
-    from lightning.pytorch.utilities import rank_zero_only
-
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
@@ -283,8 +166,6 @@ class RunRecord:
     progress for the ending line. Made by :func:`run_job`; ``train`` calls :meth:`started`."""
 
     def __init__(self, cfg: Any) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
         self.run_dir = Path(cfg.paths.output_dir)
         self.resuming = bool(cfg.get("resume"))
         self.trainer: Any = None
@@ -294,9 +175,6 @@ class RunRecord:
         self.overrides: list[str] = []
         self.multirun = False
         if HydraConfig.initialized():
-            from hydra.types import RunMode
-            from omegaconf import OmegaConf
-
             hydra_cfg = HydraConfig.instance().cfg
             self.multirun = HydraConfig.get().mode == RunMode.MULTIRUN
             self.overrides = [str(o) for o in HydraConfig.get().overrides.task]
@@ -341,7 +219,7 @@ class RunRecord:
             f"the previous process of {self.run_dir} (pid {previous.get('pid')} on {previous.get('host')}, since "
             f"{previous.get('since')}) ended without recording how: killed (SIGKILL, out of memory or a lost node)"
         )
-        metrics = _read_json(self.run_dir / "metrics.json")
+        metrics = read_metrics(self.run_dir)
         if metrics.get("status") not in ("completed", "failed", "interrupted", "pruned"):
             write_json(
                 self.run_dir / "metrics.json",
@@ -380,26 +258,14 @@ class RunRecord:
 
 
 def _checkpoint_step(path: Path) -> int | None:
-    import torch
-
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step"))
     except Exception:  # noqa: BLE001 - the line is still right without the step
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _discard_or_mark_failed(record: RunRecord, err: BaseException, reason: str) -> None:
     """Leave nothing that looks like a result: an untouched single run goes, anything else is marked."""
-    from experiments.callbacks import NonFiniteError
-
     run_dir = record.run_dir
     if record.resuming and isinstance(err, UserError) and not isinstance(err, NonFiniteError):
         return  # a resume refused before it started leaves the run it named as it was
@@ -457,8 +323,6 @@ def run_job(cfg: Any, job: Callable[[RunRecord], dict[str, Any]], cli: bool = Tr
         if not record.multirun or not isinstance(err, Exception):
             raise
         if describe(err) is None:  # a bug, not a setting: keep its traceback in the run's log
-            import logging
-
             logging.getLogger("experiments.train").exception("trial failed; the sweep goes on")
         print(f"failed: {ending.reason} | {run_dir}")
         return None

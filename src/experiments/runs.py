@@ -1,34 +1,22 @@
-"""The files of a run directory: reading them back and writing them so a reader never sees half a file."""
+"""The files of a run directory: writing them so a reader never sees half a file, and reading them
+back. The one reader of ``metrics.json`` and ``history.csv``: the summary, the sweeper, the run
+record and ``load_run`` all read them through here."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from experiments.errors import UserError
-
-# What a config that arrives as data (a run folder's config.yaml) may build: classes, never
-# functions, and only under these prefixes. A prefix is checked as text before anything is
-# imported, since importing an unknown module already runs its code.
-ALLOWED_TARGET_PREFIXES = (
-    "experiments.",
-    "torch.optim.",
-    "torch.nn.",
-    "lightning.pytorch.Trainer",
-    "lightning.pytorch.trainer.trainer.Trainer",
-    "lightning.pytorch.loggers.",
-    "lightning.pytorch.callbacks.",
-    "optuna.samplers.",
-    "optuna.pruners.",
-    "hydra_plugins.experiments_sweeper.",
-)
+METRICS = "metrics.json"
+HISTORY = "history.csv"
 
 
 def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
@@ -64,51 +52,37 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
     write_atomic(run_dir / "config.yaml", lambda h: h.write(OmegaConf.to_yaml(cfg, resolve=True)))
 
 
-def check_targets(cfg: DictConfig, source: str, trust: Sequence[str] = ()) -> None:
-    """Refuse a config that would build anything but this project's and the libraries' known classes.
-
-    Hydra's ``instantiate`` calls whatever ``_target_`` names, at any depth (``torch.load`` with
-    ``weights_only: false``, ``builtins.open`` with ``mode: w``, ``os.system``): a config read from a
-    run folder is data, and may only name a class under :data:`ALLOWED_TARGET_PREFIXES`, or in a
-    package that the user names in ``trust`` (their own models, data or tasks).
-    """
-    allowed = ALLOWED_TARGET_PREFIXES + tuple(f"{name.rstrip('.')}." for name in trust if name)
-    for key, target in _targets(cfg, ""):
-        if not isinstance(target, str) or not target.startswith(allowed) or not _is_class(target):
-            own = target.split(".")[0] if isinstance(target, str) and "." in target else "PACKAGE"
-            raise UserError(
-                f"{source}: {key} = {target!r} is not allowed: a run's config may only build this "
-                "project's classes (experiments.*) and known library classes (torch.optim.*, torch.nn.*, "
-                "lightning.pytorch Trainer, loggers and callbacks); replace config.yaml with the one its run "
-                f"wrote, or, for a class of your own package that you trust, pass trust=[{own}]"
-            )
-
-
-def _targets(node: Any, key: str) -> list[tuple[str, Any]]:
-    """Every ``_target_`` of a config, with its full key, without resolving any interpolation."""
-    found = []
-    if isinstance(node, DictConfig):
-        for name in node.keys():
-            child = node._get_node(name)  # the raw node: an interpolation is neither resolved nor run
-            label = str(name)
-            full = f"{key}.{label}" if key else label
-            if name == "_target_":
-                value = child._value() if child is not None else None
-                found.append((full, value))
-            else:
-                found.extend(_targets(child, full))
-    elif isinstance(node, ListConfig):
-        for index in range(len(node)):
-            found.extend(_targets(node._get_node(index), f"{key}[{index}]"))
-    return found
-
-
-def _is_class(target: str) -> bool:
-    import inspect
-
-    from hydra.utils import get_object
-
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or ``{}`` for a file that is missing, unreadable, damaged or
+    not an object: a run folder is data that anyone may have written."""
     try:
-        return inspect.isclass(get_object(target))
-    except Exception:  # noqa: BLE001 - a target that cannot be found cannot be allowed either
-        return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """A run's ``metrics.json`` (``{}`` when it has none, or a damaged one)."""
+    return read_json(Path(run_dir) / METRICS)
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's ``history.csv``, one dict per epoch with numbers as numbers (``[]`` without one);
+    empty cells (an epoch without validation) are left out of their row."""
+    file = Path(run_dir) / HISTORY
+    try:
+        with file.open(newline="", encoding="utf-8") as handle:
+            return [
+                {k: _number(v) for k, v in row.items() if k and v not in ("", None)} for row in csv.DictReader(handle)
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def _number(text: str) -> Any:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import statistics
 import sys
@@ -24,7 +23,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import UserError
-from experiments.runs import write_atomic
+from experiments.plotting import pyplot
+from experiments.runs import read_history, read_metrics, write_atomic
+from experiments.sweeps import SWEEPER_TARGET
 
 # Completed runs first (sorted by the objective), then pruned, failed, and unfinished ones.
 _STATUS_ORDER = {"completed": 0, "pruned": 1, "failed": 2, "incomplete": 3}
@@ -38,13 +39,6 @@ OPTUNA_FIGURES = {
 GRID_FIGURE = "objective.png"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
@@ -53,12 +47,10 @@ def _number(value: Any) -> float | None:
     return number
 
 
-def _history_length(path: Path) -> tuple[int | None, float | None]:
-    """Epochs and seconds recorded in a ``history.csv``, or (None, None) without one."""
-    try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError:
+def _history_length(run_dir: Path) -> tuple[int | None, float | None]:
+    """Epochs and seconds recorded in a run's ``history.csv``, or (None, None) without one."""
+    rows = read_history(run_dir)
+    if not rows:
         return None, None
     seconds = [_number(r.get("seconds")) for r in rows]
     return len(rows), round(sum(s for s in seconds if s is not None), 3)
@@ -79,11 +71,11 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], str, str]:
         config = OmegaConf.load(config_path) if config_path.is_file() else None
         if isinstance(config, DictConfig):  # a run's config.yaml: a mapping
             monitor, mode = str(config.get("monitor", monitor)), str(config.get("monitor_mode", mode))
-        metrics = _read_json(run_dir / "metrics.json")
+        metrics = read_metrics(run_dir)
         diagnosis = metrics.get("diagnosis") or {}
         epochs, seconds = metrics.get("epochs"), metrics.get("fit_seconds")
         if epochs is None:  # pruned or failed mid-fit: how far it got is in its history
-            epochs, seconds = _history_length(run_dir / "history.csv")
+            epochs, seconds = _history_length(run_dir)
         rows.append(
             {
                 "run": run_dir.name,
@@ -209,22 +201,11 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _is_optuna_sweep(sweep_dir: Path) -> bool:
-    from experiments.sweeps import SWEEPER_TARGET
-
     try:
         config = OmegaConf.load(sweep_dir / "multirun.yaml")
         return OmegaConf.select(config, "hydra.sweeper._target_") == SWEEPER_TARGET
     except (OSError, ValueError, Exception):
         return False
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_settings(rows: list[dict[str, Any]], monitor: str, mode: str, path: Path) -> bool:
@@ -241,7 +222,7 @@ def plot_settings(rows: list[dict[str, Any]], monitor: str, mode: str, path: Pat
         groups.setdefault(setting, []).append(row["best"])
     stats = [(k, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()]
     stats.sort(key=lambda s: s[1], reverse=mode != "min")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(stats)))
     positions = list(range(len(stats)))[::-1]
     ax.errorbar([s[1] for s in stats], positions, xerr=[s[2] for s in stats], fmt="o", capsize=4)
@@ -270,7 +251,7 @@ def plot_study(study: Any, sweep_dir: str | Path) -> list[Path]:
     if len(names) >= 2:
         plots.append(("optuna_importances.png", figures.plot_param_importances, 2))
     plots.append(("optuna_parallel_coordinate.png", figures.plot_parallel_coordinate, 1))
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     for name, plot, needed in plots:
         path = sweep_dir / name

@@ -17,8 +17,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.callbacks import History
+from experiments.callbacks import FitTime, History
 from experiments.checkpoints import check_resumable, checkpoint_to_resume, load_weights, read_checkpoint
+from experiments.cli import run_cli, user_errors_exit
 from experiments.config import (
     CONFIG_DIR,
     build,
@@ -26,15 +27,17 @@ from experiments.config import (
     build_trainer,
     check_config,
     instantiate_group,
-    resolve_auto_settings,
+    pruning_callbacks,
+    settle_auto_settings,
 )
-from experiments.diagnosis import Diagnosis, diagnose_run
+from experiments.data.contract import split_tensors
+from experiments.diagnosis import Diagnosis, diagnose
 from experiments.distributed import ddp_job
-from experiments.engine import purge_tensorboard_after, write_tensorboard_hparams
-from experiments.errors import run_cli, user_errors_exit
-from experiments.record import FitTime, RunRecord, raise_if_terminated, run_job
+from experiments.engine.tensorboard import purge_tensorboard_after, write_tensorboard_hparams
+from experiments.record import RunRecord, run_job
 from experiments.runs import save_config, write_json
-from experiments.sweeps import pruning_callbacks
+from experiments.signals import raise_if_terminated
+from experiments.tasks import task_kind
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,6 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)
-    resolve_auto_settings(cfg, task, datamodule)
     resume_from = checkpoint_to_resume(cfg, run_dir)
     if resume_from is not None:
         # Refuse a missing, unsafe or mismatched checkpoint in one line, before anything is written.
@@ -101,6 +103,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
             # of the resumed run carry on without doubled points.
             purge_tensorboard_after(logger, int(resumed.get("global_step", 0)))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
+    settle_auto_settings(cfg, trainer, task, datamodule)  # before config.yaml: it shows the numbers
     if record is not None:
         record.started(trainer)
     if trainer.is_global_zero:
@@ -162,7 +165,12 @@ def _diverged(values: dict[str, Any], monitor: str) -> str | None:
 
 
 def _diagnose(history: History, datamodule: Any) -> Diagnosis | None:
-    return diagnose_run(history.rows, datamodule)
+    """The diagnosis of the run's learning curves, against the trivial loss that the data's task
+    kind defines on the training targets (None where the kind defines none)."""
+    spec = datamodule.spec
+    _, targets = split_tensors(datamodule, "train")
+    baseline = task_kind(spec.task).trivial_loss(targets, spec)
+    return diagnose(history.rows, baseline) if baseline is not None else None
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

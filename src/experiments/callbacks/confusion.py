@@ -8,7 +8,8 @@ from typing import Any, cast
 import lightning as L
 
 from experiments.callbacks.figures import FigureCallback
-from experiments.callbacks.history import _log_figure
+from experiments.engine.tensorboard import log_figure, tensorboard_loggers
+from experiments.plotting import pyplot
 
 
 class ConfusionMatrix(FigureCallback):
@@ -24,11 +25,7 @@ class ConfusionMatrix(FigureCallback):
         self._counts: Any = None
 
     def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        return self.draws_for(trainer, pl_module) and any(
-            isinstance(logger, TensorBoardLogger) for logger in trainer.loggers
-        )
+        return self.draws_for(trainer, pl_module) and bool(tensorboard_loggers(trainer))
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import torch
@@ -63,19 +60,14 @@ class ConfusionMatrix(FigureCallback):
         if self._counts is None:
             return
         figure = plot_confusion_matrix(self._counts.numpy(), title=f"{Path(trainer.default_root_dir).name}: test set")
-        _log_figure(trainer, "test/confusion_matrix", figure)
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
+        log_figure(trainer, "test/confusion_matrix", figure)
+        pyplot().close(figure)
         self._counts = None
 
 
 def plot_confusion_matrix(counts: Any, title: str = "") -> Any:
     """A confusion matrix (rows: true class, columns: predicted class) with its counts written in."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     classes = len(counts)
     size = 2.5 + 0.45 * classes

@@ -9,7 +9,8 @@ import lightning as L
 import torch
 
 from experiments.callbacks.figures import FigureCallback
-from experiments.callbacks.history import _log_png
+from experiments.engine.tensorboard import log_png, tensorboard_loggers
+from experiments.plotting import pyplot
 
 Example = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -64,18 +65,14 @@ class ForecastFigure(FigureCallback):
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         figure.savefig(run_dir / self.filename, dpi=100)
-        _log_png(trainer, "test/forecasts", run_dir / self.filename)
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
+        if tensorboard_loggers(trainer):
+            log_png(trainer, "test/forecasts", (run_dir / self.filename).read_bytes())
+        pyplot().close(figure)
 
 
 def plot_forecasts(examples: list[Example]) -> Any:
     """One panel per window: its input, the truth and the forecast of the last channel (the target)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(examples), 1, figsize=(9, 2.4 * len(examples)), squeeze=False)
     for ax, (x, target, prediction) in zip(axes[:, 0], examples):

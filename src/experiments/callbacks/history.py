@@ -12,14 +12,17 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from experiments.engine.tensorboard import log_png, tensorboard_loggers
+from experiments.plotting import pyplot
 from experiments.runs import write_atomic
 
 
 class History(Callback):
     """One row per epoch of every logged epoch metric, written to ``history.csv`` as training goes.
 
-    ``parameters`` names single-number model parameters (``w`` and ``b`` of the one-neuron model)
-    to record after each epoch's update. Each row is also printed, restricted to ``print_columns``
+    ``parameters`` names single-number model parameters to record after each epoch's update;
+    by default those the model reports itself (``reported_parameters``: ``w`` and ``b`` of the
+    one-neuron model). Each row is also printed, restricted to ``print_columns``
     when given, so that a run reads like a Keras log. ``history.csv`` is rewritten at most every
     ``min_write_interval`` seconds while training (a run of 300 one-batch epochs would otherwise
     spend a tenth of its time rewriting it) and always when fitting ends or fails; the rows are
@@ -55,7 +58,8 @@ class History(Callback):
         for name, value in sorted(trainer.callback_metrics.items()):
             row[name] = float(value)
         model = getattr(pl_module, "model", pl_module)
-        for name in self.parameters:
+        # The model's own single-number parameters (Linear's w and b), unless the config names others.
+        for name in self.parameters or list(getattr(model, "reported_parameters", ())):
             number = float(model.get_parameter(name).detach().reshape(-1)[0])
             pl_module.log(name, number, on_epoch=True, on_step=False)
             row[name] = number
@@ -101,7 +105,8 @@ class History(Callback):
             # The main metric is the task kind's (Task.metric_names), where it names one.
             metric = next(iter(getattr(pl_module, "metric_names", ())), None)
             plot_learning_curves(self.rows, path, metric=metric)
-            _log_png(trainer, "learning_curves", path)  # TensorBoard's IMAGES tab, too
+            if tensorboard_loggers(trainer):  # TensorBoard's IMAGES tab, too: the file's own bytes
+                log_png(trainer, "learning_curves", path.read_bytes())
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # A run stopped early (pruned by a sweep, or crashed) still shows how far it got.
@@ -120,46 +125,12 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}"
 
 
-def _log_figure(trainer: L.Trainer, tag: str, figure: Any) -> None:
-    """A matplotlib figure as an image of every TensorBoard logger of ``trainer``, drawn once as a PNG."""
-    import io
-
-    if not _tensorboard_loggers(trainer):
-        return
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, pil_kwargs={"compress_level": 1})
-    _log_png_bytes(trainer, tag, buffer.getvalue())
-
-
-def _log_png(trainer: L.Trainer, tag: str, path: Path) -> None:
-    """A PNG file as an image of every TensorBoard logger of ``trainer``: the picture drawn once,
-    and its file's bytes given to TensorBoard as they are."""
-    if _tensorboard_loggers(trainer):
-        _log_png_bytes(trainer, tag, path.read_bytes())
-
-
-def _tensorboard_loggers(trainer: L.Trainer) -> list[Any]:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-
-
-def _log_png_bytes(trainer: L.Trainer, tag: str, png: bytes) -> None:
-    from experiments.engine import add_png_to_tensorboard
-
-    for logger in _tensorboard_loggers(trainer):
-        add_png_to_tensorboard(logger.experiment, tag, png, trainer.global_step)
-
-
 def plot_learning_curves(
     rows: Sequence[dict[str, Any]], path: Path, metric: str | None = None, keep_open: bool = False
 ) -> Any:
     """Loss, and ``metric`` where the rows hold it (``acc`` for ``val/acc``), of train and validation
     against epochs; saved to ``path``. Returns the figure when ``keep_open`` (the caller closes it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]

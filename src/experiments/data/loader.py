@@ -5,6 +5,8 @@ from typing import Any
 
 import torch
 
+from experiments.errors import UserError
+
 
 class InMemoryLoader:
     """Batches of tensors that already sit in memory, drawn by indexing with a seeded permutation.
@@ -46,8 +48,6 @@ class InMemoryLoader:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if every_sample and 0 < len(tensors[0]) < world_size:
             # A rank without a batch would skip the end-of-epoch reduction that the others wait in.
-            from experiments.errors import UserError
-
             raise UserError(
                 f"an evaluation split of {len(tensors[0])} samples cannot be shared by {world_size} processes "
                 "(each needs at least one); use fewer devices (trainer.devices) or a larger split"

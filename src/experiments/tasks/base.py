@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from experiments.checkpoints import CONFIG_KEY, config_container
+from experiments.engine.epoch_logs import per_sample
 
 if TYPE_CHECKING:
     from experiments.data.spec import DataSpec
@@ -141,7 +142,7 @@ class Task(L.LightningModule):
         its mean over the epoch's samples.
 
         Here the batch's means are logged at once. While fitting, the engine
-        (``experiments.engine``) keeps ``outputs`` and ``target`` and computes the metrics for all
+        (``experiments.engine.epoch_logs``) keeps ``outputs`` and ``target`` and computes the metrics for all
         the batches of a fused chunk together: pass outputs detached from the graph, and leave
         them unchanged afterwards.
         """
@@ -154,7 +155,7 @@ class Task(L.LightningModule):
             self.log_split(split, means, batch_size=len(target))
 
     def _shards_may_differ(self) -> bool:
-        trainer = self._trainer
+        trainer = self._trainer  # private: lightning 2.6 -- `trainer` raises when none is attached
         return trainer is not None and trainer.world_size > 1
 
     def _eval_mean(self, key: str, value: torch.Tensor, batch_size: int) -> tuple[torchmetrics.MeanMetric, str]:
@@ -181,15 +182,3 @@ class Task(L.LightningModule):
                 "monitor": self.monitor,
             },
         }
-
-
-def per_sample(kind: type, name: str, values: torch.Tensor, samples: int) -> torch.Tensor:
-    """``values`` of ``kind.sample_metrics`` as one value per sample, or a one-line error: a batch
-    mean in their place would be averaged per chunk of batches, and change with its size."""
-    flat = values.reshape(-1)
-    if len(flat) != samples:
-        raise ValueError(
-            f"{kind.__name__}.sample_metrics()[{name!r}] has shape {tuple(values.shape)} for {samples} samples; "
-            "it must give one value per sample (return the values before taking their mean)"
-        )
-    return flat

@@ -18,12 +18,10 @@ and a data module whose spec says ``task="ranking"`` trains with it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from experiments.errors import UserError
-
-if TYPE_CHECKING:
-    from experiments.tasks.base import Task
+from experiments.tasks.base import Task
 
 TaskClass = TypeVar("TaskClass", bound="type[Task]")
 
@@ -38,8 +36,6 @@ def register_task_kind(name: str) -> Callable[[TaskClass], TaskClass]:
     """
 
     def register(cls: TaskClass) -> TaskClass:
-        from experiments.tasks.base import Task
-
         if not (isinstance(cls, type) and issubclass(cls, Task)):
             raise TypeError(f"register_task_kind({name!r}) decorates a subclass of experiments.tasks.Task, not {cls!r}")
         cls.kind = name

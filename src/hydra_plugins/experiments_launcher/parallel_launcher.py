@@ -42,6 +42,9 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from experiments.errors import UserError, interrupted
+from experiments.signals import Terminated
+
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
@@ -154,8 +157,6 @@ class ParallelLauncher(Launcher):
             raise KeyboardInterrupt
         lost = [_LAUNCH["first"] + i for i, r in enumerate(results) if r is None]
         if lost:
-            from experiments.errors import UserError
-
             # The pool ends every worker once one has died: the jobs that had not ended are lost.
             raise UserError(
                 f"a worker of this multirun died (killed, or out of memory), and jobs {lost} did not "
@@ -175,8 +176,6 @@ def _result(future: Future) -> JobReturn | str | None:
 
 
 def _terminate_job(signum: int, frame: Any) -> None:
-    from experiments.record import Terminated
-
     raise Terminated
 
 
@@ -210,8 +209,6 @@ def _run_job(position: int) -> JobReturn:
 
 def _run_job_in_worker(position: int) -> JobReturn | str:
     """:func:`_run_job` in a forked worker: not started after Ctrl-C, and ``INTERRUPTED`` when Ctrl-C stopped it."""
-    from experiments.errors import interrupted
-
     if _LAUNCH["stop"].is_set():
         return INTERRUPTED
     try:

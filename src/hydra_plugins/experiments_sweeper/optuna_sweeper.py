@@ -27,7 +27,6 @@ with SQLAlchemy 2. Keeping Hydra's sweeper interface means users sweep the way t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import multiprocessing
@@ -52,6 +51,11 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from experiments.errors import UserError, interrupted
+from experiments.runs import read_metrics
+from experiments.summarize import plot_study
+from experiments.sweeps import open_storage, storage_url
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +135,6 @@ class OptunaSweeper(Sweeper):
             else:  # choice(...), a,b,c and range(...): categorical over the values as Hydra spells them
                 space[key] = dist.CategoricalDistribution(list(override.sweep_string_iterator()))
         if not space:
-            from experiments.errors import UserError
-
             raise UserError(
                 "the optuna sweeper has nothing to search: give hydra.sweeper.params "
                 "(e.g. hparams_search=xor_tpe) or a sweep override such as optimizer.lr='tag(log,interval(1e-4,1e-1))'"
@@ -143,9 +145,6 @@ class OptunaSweeper(Sweeper):
 
     def _storage(self, url: str) -> Any:
         """The study's storage, with Optuna's heartbeats and its retry of stale trials."""
-        from experiments.errors import UserError
-        from experiments.sweeps import open_storage
-
         heartbeat = {
             "heartbeat_interval": self.heartbeat_interval,
             "grace_period": self.grace_period,
@@ -181,9 +180,6 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from experiments.summarize import plot_study
-        from experiments.sweeps import storage_url
-
         _quiet_optuna_warnings()
         space, fixed = self._search_space(arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -255,8 +251,6 @@ class OptunaSweeper(Sweeper):
             study.sampler.reseed_rng()
             self._work(study, space, fixed, sweep_dir)
         except BaseException as err:
-            from experiments.errors import interrupted
-
             if interrupted(err):  # Ctrl-C: the sweep process says so, in one line
                 os._exit(INTERRUPTED_EXIT)
             traceback.print_exc()
@@ -329,9 +323,9 @@ class OptunaSweeper(Sweeper):
         log.info(f"trial {trial.number}: {' '.join(overrides)}")
         (result,) = self.launcher.launch([overrides], initial_job_idx=trial.number)
         run_dir = Path(str(result.hydra_cfg.hydra.runtime.output_dir)) if result.hydra_cfg else None
-        metrics = _read_metrics(run_dir / "metrics.json") if run_dir else {}
+        metrics = read_metrics(run_dir) if run_dir else {}
         if result.status == JobStatus.FAILED and not metrics.get("error"):
-            err = result._return_value
+            err = result._return_value  # private: hydra 1.3 -- the exception (return_value re-raises it)
             metrics = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         status, value = metrics.get("status"), metrics.get("best")
         if status == "pruned":
@@ -462,10 +456,3 @@ def _state(name: str) -> Any:
     from optuna.trial import TrialState
 
     return TrialState[name]
-
-
-def _read_metrics(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

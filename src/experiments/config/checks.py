@@ -1,0 +1,198 @@
+"""Checks of a composed config against the signatures of what it builds, before anything runs:
+unknown options (with a suggestion), wrong types, models that can't be sized from the data, and
+settings that would train nothing or forever."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from pathlib import Path
+from typing import Any, cast
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+from typeguard import TypeCheckError, check_type
+
+from experiments.config.paths import CONFIG_DIR
+from experiments.errors import UserError, suggest
+
+# Torch, NumPy and Python seeds all take this range.
+SEED_RANGE = (0, 2**32 - 1)
+
+# Keys filled in by the entry point from the data module, never by the user.
+_SUPPLIED = {"input_shape", "output_shape", "params", "optimizer", "self", "callbacks", "logger"}
+# ... and those it gives a task module of the user's own (see _task).
+_TASK_SUPPLIED = {"model", "scheduler", "monitor", "spec", "num_classes"}
+
+
+def _hint_text(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return " or ".join(dict.fromkeys(_hint_text(h) for h in typing.get_args(hint)))
+    if origin is typing.Literal:
+        return " or ".join(repr(v) for v in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin)).replace("Sequence", "list")
+    return getattr(hint, "__name__", str(hint))
+
+
+def _options(target: Any) -> tuple[list[str], dict[str, Any], bool]:
+    """The keyword options of ``target``, their type hints, and whether it takes any other keyword.
+
+    A class whose ``__init__`` passes ``**kwargs`` on to its base (experiments.engine.Trainer to
+    Lightning's) also has the base's options, checked the same way.
+    """
+    parameters: list[str] = []
+    hints: dict[str, Any] = {}
+    for init in (
+        [vars(c)["__init__"] for c in inspect.getmro(target) if "__init__" in vars(c)]
+        if inspect.isclass(target)
+        else [target]
+    ):
+        signature = inspect.signature(init)
+        parameters += [n for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        try:
+            hints = {**typing.get_type_hints(init), **hints}
+        except Exception:  # noqa: BLE001 - unresolved forward references: check names, not types
+            pass
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            return list(dict.fromkeys(parameters)), hints, False
+    return list(dict.fromkeys(parameters)), hints, True
+
+
+def _check_node(key: str, node: DictConfig, supplied: frozenset[str] | set[str] = _SUPPLIED) -> None:
+    """Check the keys and value types of one ``_target_`` node against its target's signature."""
+    try:
+        target = get_object(node._target_)
+    except Exception as err:  # hydra wraps the import error; one line is enough here
+        raise UserError(
+            f"{key}._target_: cannot import {node._target_!r}; "
+            "check the name, and that its package is installed or on PYTHONPATH"
+        ) from err
+    parameters, hints, takes_any = _options(target)
+    for name, value in node.items():
+        if str(name).startswith("_"):
+            continue
+        if name not in parameters:
+            if takes_any:
+                continue
+            valid = [p for p in parameters if p not in supplied and p != "self"]
+            raise UserError(
+                f"{key}.{str(name)} is not an option of {node._target_}{suggest(str(name), valid)}; "
+                f"valid options: {', '.join(valid)}"
+            )
+        if name not in hints:
+            continue
+        plain = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+        if isinstance(plain, list) and typing.get_origin(hints[name]) is tuple:
+            plain = tuple(plain)
+        try:
+            check_type(plain, hints[name])
+        except TypeCheckError:
+            raise UserError(f"{key}.{name}={plain!r} has the wrong type: expected {_hint_text(hints[name])}") from None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse a config whose options don't exist or have the wrong type, before anything runs."""
+    for key in ("data", "model", "optimizer", "scheduler", "trainer", "task"):
+        node = cfg.get(key)
+        if isinstance(node, DictConfig) and "_target_" in node:
+            _check_node(key, node, _SUPPLIED | _TASK_SUPPLIED if key == "task" else _SUPPLIED)
+    _check_takes_shapes(cfg.get("model"))
+    if isinstance(cfg.get("window"), DictConfig):
+        window = cast(DictConfig, OmegaConf.merge({"_target_": "experiments.models.Windowed"}, cfg.window))
+        _check_node("window", window, _SUPPLIED | {"model"})
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                _check_node(f"{group}.{name}", node)
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"seed={seed!r} has the wrong type: expected int")
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise UserError(f"seed={seed} is out of range: a seed is an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
+    _check_training_length(cfg.trainer)
+    _check_callbacks_choice(cfg)
+    check_added_keys("train")
+
+
+def _check_callbacks_choice(cfg: DictConfig) -> None:
+    """Refuse ``callbacks=early_stopping`` (one shipped callback file chosen alone), which would run
+    without the default callbacks (checkpoints, history, resume state) and say nothing."""
+    if not HydraConfig.initialized():
+        return
+    choice = HydraConfig.get().runtime.choices.get("callbacks")
+    shipped = Path(CONFIG_DIR) / "callbacks" / f"{choice}.yaml"
+    callbacks = cfg.get("callbacks") or {}
+    if isinstance(choice, str) and choice != "default" and shipped.is_file() and "model_checkpoint" not in callbacks:
+        raise UserError(
+            f"callbacks={choice} would replace the default callbacks (checkpoints, history.csv, resume state) "
+            f"by {choice} alone; add it to them: callbacks=[default,{choice}] (callbacks=[{choice}] to run "
+            "without them)"
+        )
+
+
+def _check_training_length(trainer: DictConfig) -> None:
+    """A run trains for a positive number of epochs or steps: 0 would report an untrained model as
+    completed, and -1 (Lightning's "no limit") would train forever without a word."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    if epochs is not None and epochs < -1:
+        return  # Lightning's own line names the value (and says what it takes)
+    steps_given = isinstance(steps, int) and steps > 0
+    if epochs == 0:
+        raise UserError(
+            "trainer.max_epochs=0 trains nothing; pass a positive trainer.max_epochs (or +trainer.max_steps=N)"
+        )
+    if epochs in (None, -1) and not steps_given:
+        raise UserError(
+            f"trainer.max_epochs={epochs} with no positive trainer.max_steps would train "
+            f"{'forever' if epochs == -1 else 'for 1000 epochs (Lightning default)'}; pass a positive "
+            "trainer.max_epochs, or +trainer.max_steps=N"
+        )
+    if steps == 0:
+        raise UserError(
+            "trainer.max_steps=0 trains nothing; pass a positive trainer.max_steps, or -1 for no step limit"
+        )
+
+
+def check_added_keys(config_name: str) -> None:
+    """Refuse ``+key=value`` for a top-level key that nothing reads (``+foo=bar``), which Hydra would
+    otherwise add in silence. A new option inside a node (``+model.x=...``) is checked against its
+    target by :func:`check_config`."""
+    if not HydraConfig.initialized():
+        return
+    primary = OmegaConf.load(Path(CONFIG_DIR) / f"{config_name}.yaml")
+    assert isinstance(primary, DictConfig)  # conf/<config_name>.yaml of this package: a mapping
+    known = {str(k) for k in primary if k != "defaults"} | {"hydra"}
+    for entry in primary.get("defaults") or []:
+        if isinstance(entry, DictConfig):
+            known |= {str(k).split()[-1].split("/")[0].split("@")[0] for k in entry}
+    for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+        if not (override.is_add() or override.is_force_add()):
+            continue
+        top = override.key_or_group.split(".")[0].split("/")[0]
+        if top not in known:
+            raise UserError(
+                f"unknown key {top!r}{suggest(top, known)}: +{str(override.input_line).lstrip('+')} adds a key "
+                f"that nothing reads; check the spelling (top-level keys: {', '.join(sorted(known - {'hydra'}))})"
+            )
+
+
+def _check_takes_shapes(node: Any) -> None:
+    """A model (ours or a user's) is sized from the data: it must take input_shape and output_shape."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    target = get_object(node._target_)
+    parameters = inspect.signature(target.__init__ if inspect.isclass(target) else target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    missing = [name for name in ("input_shape", "output_shape") if name not in parameters]
+    if missing:
+        raise UserError(
+            f"model {node._target_} does not take {' and '.join(missing)}; a model's constructor gets the "
+            "data's per-sample input_shape and output_shape (tuples of ints): add those parameters"
+        )

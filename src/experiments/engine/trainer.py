@@ -1,0 +1,167 @@
+"""Lightning's Trainer with ``steps_per_execution`` and ``num_threads``, and the one place where
+``auto`` becomes a number (:meth:`Trainer.settle`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from experiments.engine.fused import FusedSteps, cannot_fuse
+from experiments.engine.process import fitting_process_state
+from experiments.engine.tuning import AUTO, check_setting, decide, step_flops
+from experiments.signals import ctrl_c_at_batch_ends
+
+log = logging.getLogger(__name__)
+
+# Lightning warns when an epoch has fewer training batches than log_every_n_steps. Under fused
+# steps it counts chunks, not batches, so the warning is ours and not true (FusedSteps keeps
+# Lightning's step counter, by which it logs); and the tasks log their training values per epoch
+# (Task.log_split), so an epoch of one batch (XOR) loses nothing by it either.
+_CHUNKS_BELOW_LOG_INTERVAL = r"The number of training batches \(\d+\) is smaller than the logging interval"
+# Lightning hints at srun on every run of a machine that has SLURM installed; outside a SLURM job
+# there is nothing to run it in.
+_SRUN_HINT = r"The `srun` command is available on your system but is not used"
+
+
+class Trainer(L.Trainer):
+    """Lightning's Trainer with ``steps_per_execution``: K optimizer steps per Lightning step.
+
+    ``steps_per_execution="auto"`` (the default) picks K from the model's size and the batch size
+    so that Lightning's per-step cost is hidden (:func:`experiments.engine.tuning.auto_steps`);
+    ``1`` pays Lightning's cost at every step. Either way the training values of an epoch are
+    summed here, so a run resumed inside an epoch logs the same epoch means as one never stopped
+    (Lightning's own logging restarts those sums). ``num_threads`` is torch's intra-op threads
+    while fitting, testing or predicting (``auto``: one for small models, else the idle cores
+    shared among ``processes``, the processes of this job on the machine). Both are decided once,
+    by :meth:`settle`. Any other argument is Lightning's.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        steps_per_execution: int | str = AUTO,
+        num_threads: int | str = AUTO,
+        processes: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        check_setting("steps_per_execution", steps_per_execution)
+        check_setting("num_threads", num_threads)
+        self._fused = FusedSteps()
+        # First among the callbacks: its on_train_epoch_end logs the epoch's training values
+        # before other callbacks read them. Present for test/predict too, so that Lightning
+        # finds the callback whose state a checkpoint holds.
+        kwargs["callbacks"] = [self._fused, *_as_list(kwargs.get("callbacks"))]
+        with _quiet_outside_slurm_jobs():
+            super().__init__(*args, **kwargs)
+        self.steps_per_execution = steps_per_execution
+        self.num_threads = num_threads
+        self.processes = max(1, int(processes))
+        self._settled: tuple[int, int] | None = None
+
+    def settle(self, model: torch.nn.Module, datamodule: Any = None) -> tuple[int, int]:
+        """``(steps_per_execution, num_threads)`` with ``auto`` decided from one FLOP count of a
+        training step (a zero batch of the data module's shape and batch size, the model in eval
+        mode so that neither batch-norm statistics nor random draws change), the device and
+        ``processes``. Decided once: a later call (``fit`` calls it) returns the same numbers."""
+        if self._settled is None:
+            flops = None
+            if AUTO in (self.steps_per_execution, self.num_threads):
+                flops = _step_flops_of(model, datamodule)
+            on_cpu = self.strategy.root_device.type == "cpu"
+            self._settled = decide(self.steps_per_execution, self.num_threads, flops, on_cpu, self.processes)
+            self.steps_per_execution, self.num_threads = self._settled
+        return self._settled
+
+    @contextlib.contextmanager
+    def _process_state(self, model: Any, datamodule: Any) -> Iterator[None]:
+        _, threads = self.settle(model, datamodule)
+        launcher = self.strategy.launcher
+        fork_safe = launcher is not None and launcher.is_interactive_compatible  # ddp_fork, ddp_notebook
+        with fitting_process_state(threads, fork_safe_cuda_check=fork_safe), _quiet_outside_slurm_jobs():
+            yield
+
+    def fit(self, model: L.LightningModule, *args: Any, datamodule: Any = None, **kwargs: Any) -> None:
+        steps, _ = self.settle(model, datamodule)
+        with ctrl_c_at_batch_ends(), self._process_state(model, datamodule):
+            fused = self._fused
+            fused.steps = steps
+            if not self._can_fuse(model, datamodule, bool(args) or "train_dataloaders" in kwargs, steps):
+                return super().fit(model, *args, datamodule=datamodule, **kwargs)  # type: ignore[misc]
+            limit_train_batches = self.limit_train_batches
+            # Counted in batches by the chunked loader, not in chunks by Lightning.
+            self.limit_train_batches = 1.0
+            fused.install(model, datamodule, limit_train_batches if limit_train_batches is not None else 1.0)
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=_CHUNKS_BELOW_LOG_INTERVAL)
+                    return super().fit(model, *args, datamodule=datamodule, **kwargs)  # type: ignore[misc]
+            finally:
+                fused.uninstall()
+                self.limit_train_batches = limit_train_batches
+
+    def validate(self, model: Any = None, *args: Any, **kwargs: Any) -> Any:
+        with self._process_state(model, kwargs.get("datamodule")):
+            return super().validate(model, *args, **kwargs)
+
+    def test(self, model: Any = None, *args: Any, **kwargs: Any) -> Any:
+        with self._process_state(model, kwargs.get("datamodule")):
+            return super().test(model, *args, **kwargs)
+
+    def predict(self, model: Any = None, *args: Any, **kwargs: Any) -> Any:
+        with self._process_state(model, kwargs.get("datamodule")):
+            return super().predict(model, *args, **kwargs)
+
+    def _can_fuse(self, model: L.LightningModule, datamodule: Any, own_loaders: bool, steps: int) -> bool:
+        if datamodule is None or own_loaders:
+            reason: str | None = "the train loader is passed to fit() directly"
+        else:
+            reason = cannot_fuse(model, self)
+        if reason is not None and steps > 1:  # with 1 step per Lightning step nothing falls back
+            log.warning("steps_per_execution: %s; one optimizer step per Lightning step", reason)
+        return reason is None
+
+
+def _step_flops_of(model: torch.nn.Module | None, datamodule: Any) -> float | None:
+    """FLOPs of one training step of ``model`` on a batch of ``datamodule``'s shape, or None where
+    the data module does not say what it yields (``spec``)."""
+    spec = getattr(datamodule, "spec", None)
+    input_shape = getattr(spec, "input_shape", None)
+    if model is None or input_shape is None:
+        return None
+    batch_size = getattr(datamodule, "batch_size", 1)
+    parameter = next(model.parameters(), None)
+    inputs = torch.zeros(
+        batch_size if isinstance(batch_size, int) and batch_size > 0 else 1,
+        *input_shape,
+        dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32,
+        device=parameter.device if parameter is not None else None,
+    )
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        return step_flops(model, inputs)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+@contextlib.contextmanager
+def _quiet_outside_slurm_jobs() -> Iterator[None]:
+    with warnings.catch_warnings():
+        if "SLURM_JOB_ID" not in os.environ:
+            warnings.filterwarnings("ignore", message=_SRUN_HINT)
+        yield
+
+
+def _as_list(callbacks: Any) -> list[Any]:
+    if callbacks is None:
+        return []
+    return [callbacks] if isinstance(callbacks, Callback) else list(callbacks)  # Hydra passes a ListConfig
