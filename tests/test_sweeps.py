@@ -386,24 +386,36 @@ def test_optuna_sweeper_without_a_search_space_says_so_and_writes_nothing(tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("primary", "jobs", "workers"),
+    ("primary", "jobs", "kind"),
     [
-        ({"accelerator": "cpu", "devices": 1}, [["seed=0"], ["seed=1"], ["seed=2"]], 2),
-        ({"accelerator": "cpu", "devices": 1}, [["seed=0"]], 1),
-        ({"accelerator": "gpu", "devices": 1}, [["seed=0"], ["seed=1"]], 1),
-        ({"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, [["seed=0"], ["seed=1"]], 1),
-        ({"accelerator": "cpu", "devices": 1}, [["trainer=cpu"], ["trainer=gpu"]], 1),
-        ({"accelerator": "cpu", "devices": 1}, [["trainer.devices=1"], ["trainer.devices=2"]], 1),
+        ([], [["seed=0"], ["seed=1"], ["seed=2"]], "cpu"),
+        (["trainer=gpu"], [["seed=0"], ["seed=1"]], "gpu"),
+        ([], [["trainer=gpu", "seed=0"], ["trainer=gpu", "seed=1"]], "gpu"),
+        (["trainer=ddp_cpu"], [["seed=0"], ["seed=1"]], "many"),
+        ([], [["trainer=cpu"], ["trainer=gpu"]], "many"),
+        ([], [["trainer.devices=1"], ["trainer.devices=2"]], "many"),
+        ([], [["trainer.accelerator=auto"]], "gpu"),
     ],
 )
-def test_parallel_launcher_takes_one_worker_per_core_only_for_one_cpu_device_per_job(
-    primary: dict, jobs: list[list[str]], workers: int, monkeypatch: pytest.MonkeyPatch
+def test_parallel_launcher_reads_what_each_job_trains_on(
+    primary: list[str], jobs: list[list[str]], kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hydra_plugins.experiments_launcher.parallel_launcher import ParallelLauncher
+    # Each job's trainer as Hydra composes it (a trainer group, an experiment, a key): one CPU
+    # device, one GPU, or anything else (several devices, DDP, a mix).
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.types import HydraContext, RunMode
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})  # this machine's two cores, anywhere
-    launcher = ParallelLauncher()
-    launcher.config = OmegaConf.create({"trainer": primary})
-    assert min(launcher.workers_for(jobs), len(jobs)) == workers
+    from experiments.config import CONFIG_DIR
+    from hydra_plugins.experiments_launcher import parallel_launcher
+
+    monkeypatch.setattr(parallel_launcher, "_visible_gpus", lambda: ["0"])  # as on a machine with one GPU
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONFIG_DIR))
+    launcher = parallel_launcher.ParallelLauncher()
+    launcher.config = loader.load_configuration("train", ["experiment=xor", *primary], run_mode=RunMode.MULTIRUN)
+    launcher.hydra_context = HydraContext(config_loader=loader, callbacks=None)  # type: ignore[arg-type]
+    assert launcher.devices_of([["experiment=xor", *primary, *job] for job in jobs]) == kind
     with pytest.raises(ValueError, match="n_jobs must be auto or a positive integer"):
-        ParallelLauncher(n_jobs=0)
+        parallel_launcher.ParallelLauncher(n_jobs=0)
+    with pytest.raises(ValueError, match="jobs_per_gpu must be a positive integer"):
+        parallel_launcher.ParallelLauncher(jobs_per_gpu=0)

@@ -9,15 +9,19 @@ with everything imported and the composed Hydra state; the standard library's
 ``ProcessPoolExecutor`` carries the jobs and their results (its workers are not daemons, so a job
 may still start DataLoader workers or processes of its own).
 
-``n_jobs: auto`` (the default) decides per launch:
+``n_jobs: auto`` (the default) decides per launch, from each job's trainer settings:
 
-- one job at a time, in this process (as Hydra's basic launcher), when the jobs use an
-  accelerator other than the CPU, several devices or DDP, or change the trainer group;
-- otherwise one worker per core this process may use (``os.sched_getaffinity``), no more than
-  there are jobs.
+- jobs on one CPU device: one worker per core this process may use (``os.sched_getaffinity``);
+- jobs on one GPU: ``jobs_per_gpu`` workers per visible GPU, each worker with one GPU of its own
+  (``CUDA_VISIBLE_DEVICES``, set in the worker before CUDA starts), so an 8-GPU node trains 8
+  trials at once;
+- jobs on several devices, DDP, or a mix: one at a time, in this process (as Hydra's basic
+  launcher does);
 
-An integer ``n_jobs`` is taken as it is. The choice is written into every job's Hydra config
-(``hydra.launcher.n_jobs``), where ``trainer.num_threads=auto`` reads it to share the cores.
+never more workers than there are jobs. An integer ``n_jobs`` is taken as it is; single-GPU jobs
+then share the GPUs round-robin (several small jobs per GPU). The choice is written into every
+job's Hydra config (``hydra.launcher.n_jobs``), where ``trainer.num_threads=auto`` reads it to
+share the cores.
 
 Ctrl-C reaches the whole process group: a job takes it as any run does (it stops at the next
 batch end and records itself as interrupted), its worker then exits, and the multirun ends with
@@ -56,10 +60,13 @@ _LAUNCH: dict[str, Any] = {}
 class ParallelLauncher(Launcher):
     """Runs a multirun's jobs in ``n_jobs`` forked worker processes (see the module's docstring)."""
 
-    def __init__(self, n_jobs: int | str = AUTO) -> None:
-        if n_jobs != AUTO and (not isinstance(n_jobs, int) or n_jobs < 1):
+    def __init__(self, n_jobs: int | str = AUTO, jobs_per_gpu: int = 1) -> None:
+        if n_jobs != AUTO and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs < 1):
             raise ValueError(f"hydra.launcher.n_jobs must be auto or a positive integer, got {n_jobs!r}")
+        if not isinstance(jobs_per_gpu, int) or isinstance(jobs_per_gpu, bool) or jobs_per_gpu < 1:
+            raise ValueError(f"hydra.launcher.jobs_per_gpu must be a positive integer, got {jobs_per_gpu!r}")
         self.n_jobs = n_jobs
+        self.jobs_per_gpu = jobs_per_gpu
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -72,7 +79,14 @@ class ParallelLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
         setup_globals()
-        workers = self.workers_for(job_overrides) if self.n_jobs == AUTO else int(self.n_jobs)
+        devices = self.devices_of(job_overrides)
+        gpus = _visible_gpus() if devices == "gpu" else []
+        if self.n_jobs != AUTO:
+            workers = int(self.n_jobs)
+        elif devices == "cpu":
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        else:
+            workers = len(gpus) * self.jobs_per_gpu or 1
         workers = max(1, min(workers, len(job_overrides)))
         with open_dict(self.config):
             # Each job's config is composed again from these overrides (load_sweep_config).
@@ -87,40 +101,45 @@ class ParallelLauncher(Launcher):
         try:
             if workers == 1:
                 return [_run_job(i) for i in range(len(job_overrides))]
-            return self._launch_forked(len(job_overrides), workers)
+            if gpus:
+                log.info(f"GPUs {', '.join(gpus)} shared by {workers} workers")
+            return self._launch_forked(len(job_overrides), workers, gpus)
         finally:
             _LAUNCH.clear()
 
-    def workers_for(self, job_overrides: Sequence[Sequence[str]]) -> int:
-        """Worker processes for these jobs under ``n_jobs: auto``."""
-        assert self.config is not None
-        trainer = self.config.get("trainer") or {}
-        primary = {
-            "trainer": "cpu",
-            "trainer.accelerator": trainer.get("accelerator", "cpu"),
-            "trainer.devices": str(trainer.get("devices", 1)),
-            "trainer.strategy": str(trainer.get("strategy")),
-        }
-        settings = [primary]
-        for job in job_overrides:
-            given = dict(o.lstrip("+~").split("=", 1) for o in job if "=" in o)
-            settings.append({k: given.get(k, v) for k, v in primary.items()})
-        one_cpu_device = all(
-            s["trainer"] == "cpu"
-            and s["trainer.accelerator"] == "cpu"
-            and s["trainer.devices"] == "1"
-            and "ddp" not in s["trainer.strategy"]
-            for s in settings
-        )
-        if not one_cpu_device:
-            return 1
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    def devices_of(self, job_overrides: Sequence[Sequence[str]]) -> str:
+        """What every job trains on: ``cpu`` or ``gpu`` (one device of that kind, no DDP), else
+        ``many`` (several devices, DDP, a mix, or settings that could not be read).
 
-    def _launch_forked(self, count: int, workers: int) -> list[JobReturn]:
+        The trainer node of the primary config stands for the jobs that override no trainer or
+        experiment setting; the others are composed once per distinct set of such overrides."""
+        assert self.config is not None and self.hydra_context is not None
+        kinds = set()
+        composed: dict[tuple[str, ...], Any] = {}
+        for job in job_overrides:
+            key = tuple(
+                sorted(o for o in job if o.lstrip("+~").split("=")[0].split(".")[0] in ("trainer", "experiment"))
+            )
+            if key not in composed:
+                try:
+                    config = (
+                        self.config
+                        if not key
+                        else self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+                    )
+                    composed[key] = _device_kind(config.get("trainer") or {})
+                except Exception:  # noqa: BLE001 - the job itself will report its settings in one line
+                    composed[key] = "many"
+            kinds.add(composed[key])
+        return kinds.pop() if len(kinds) == 1 else "many"
+
+    def _launch_forked(self, count: int, workers: int, gpus: Sequence[str] = ()) -> list[JobReturn]:
         sys.stdout.flush()
         sys.stderr.flush()
         context = multiprocessing.get_context("fork")
         stop = _LAUNCH["stop"] = context.Event()
+        # Each worker takes the next GPU, round-robin, when it starts (before any CUDA call).
+        _LAUNCH.update(gpus=list(gpus), started=context.Value("i", 0))
         # Ctrl-C reaches every worker too, and each running job stops as a run does; this process
         # only tells the workers not to start another job, and waits for them (a KeyboardInterrupt
         # raised here would leave them running; a worker that exits breaks the pool, whose manager
@@ -139,7 +158,7 @@ class ParallelLauncher(Launcher):
 
         previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_between_jobs) as pool:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
                 futures = [pool.submit(_run_job_in_worker, i) for i in range(count)]
                 results = [_result(f) for f in futures]
         finally:
@@ -177,6 +196,41 @@ def _result(future: Future) -> JobReturn | str | None:
 
 def _terminate_job(signum: int, frame: Any) -> None:
     raise Terminated
+
+
+def _device_kind(trainer: Any) -> str:
+    """``cpu`` or ``gpu`` for a trainer on one device of that kind without DDP, else ``many``."""
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    if (
+        "ddp" in str(trainer.get("strategy"))
+        or str(trainer.get("devices", 1)) != "1"
+        or trainer.get("num_nodes", 1) != 1
+    ):
+        return "many"
+    if accelerator == "auto":
+        accelerator = "gpu" if _visible_gpus() else "cpu"
+    return {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu"}.get(accelerator, "many")
+
+
+def _visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them (without starting
+    CUDA: Lightning makes torch count them through NVML, so forked workers can still start it)."""
+    import torch  # loaded by the task function already; not at Hydra's plugin scan
+
+    count = torch.cuda.device_count()
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return visible[:count] if visible else [str(i) for i in range(count)]
+
+
+def _start_worker() -> None:
+    """A new worker: its GPU (when the jobs use one), and no signals between jobs."""
+    gpus, started = _LAUNCH.get("gpus"), _LAUNCH.get("started")
+    if gpus and started is not None:
+        with started.get_lock():
+            index = started.value
+            started.value += 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    _between_jobs()
 
 
 def _between_jobs() -> None:
