@@ -36,7 +36,8 @@ def test_bf16_run_keeps_its_data_on_the_gpu(compose_train) -> None:
     # The loaders hold the splits on the GPU (moved once, when each loader was made), so batches
     # are cut there and none crosses from the host.
     assert devices_as_yielded == {"cuda"}
-    for loader in (trainer.train_dataloader, trainer.val_dataloaders):
+    # (The training loader is the engine's chunked view of the in-memory loader: steps_per_execution.)
+    for loader in (trainer.train_dataloader.loader, trainer.val_dataloaders):
         assert all(t.is_cuda for t in loader.tensors)
     assert not datamodule.train_set[0].is_cuda  # the data module's own copy stays where it was read
     assert float(trainer.callback_metrics["train/loss"]) < 0.69  # learnt something
