@@ -267,7 +267,7 @@ def test_a_storage_url_that_cannot_be_opened_is_one_line_without_its_password(tm
         "server down": "postgresql+psycopg://postgres@127.0.0.1:1/nodb?password=Hunter2SecretPW",
         "bad port": "postgresql+psycopg://postgres:Hunter2SecretPW@127.0.0.1:notaport/nodb",
     }
-    started = {k: StartedCli("train", *sweep, f"hydra.sweeper.storage={u}", cwd=tmp_path) for k, u in urls.items()}
+    started = {k: StartedCli("train", *sweep, f"hydra.sweeper.storage='{u}'", cwd=tmp_path) for k, u in urls.items()}
     for name, command in started.items():
         done = command.wait()
         lines = done.stderr.strip().splitlines()

@@ -244,7 +244,7 @@ def test_no_password_reaches_a_file_of_the_sweeps_or_a_line_they_print(
         own = url.set(username=role, password=password)
         forms = {
             "userinfo": own.render_as_string(hide_password=False),
-            "query": "${oc.env:PG_URL}",
+            "query": "'${oc.env:PG_URL}'",  # quoted: Hydra reads the resolved override again, and "=" needs it
         }
         env = {**_env(), "PG_URL": own.set(password=None).update_query_dict({"password": password}).render_as_string()}
         env.pop("PGPASSFILE", None)

@@ -214,3 +214,14 @@ def test_inputs_are_a_regular_file(kind: str, xor_ckpt: Path, tmp_path: Path) ->
     assert code == 2 and err.strip() == (
         f"error: inputs={inputs} is a {kind}, not a file; pass inputs=<CSV file with one sample per row>"
     )
+
+
+def test_a_checkpoint_reached_through_a_link_writes_beside_the_link(xor_ckpt: Path, tmp_path: Path) -> None:
+    run = tmp_path / "other_run"
+    shutil.copytree(xor_ckpt.parent.parent, run)
+    mine = tmp_path / "my_folder"
+    mine.mkdir()
+    (mine / "best.ckpt").symlink_to(run / "checkpoints" / "best.ckpt")
+    code, _, err = call_cli("predict", f"ckpt_path={mine / 'best.ckpt'}", "show=0")
+    assert code == 0, err
+    assert (mine / "predictions.csv").is_file() and not (run / "predictions.csv").exists()

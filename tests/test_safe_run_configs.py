@@ -153,6 +153,30 @@ def test_a_class_of_the_users_own_package_is_built_only_when_trusted(tmp_path: P
             rebuild_config(walked, "c", ["my_pkg"], tmp_path)
     with pytest.raises(UserError, match=r"trust=\['my pkg'\]: 'my pkg' is not a package name"):
         trusted_packages(["my pkg"])
+    for library in ("logging", "torch", "experiments"):  # what a crafted config would ask for
+        with pytest.raises(UserError, match=f"{library} is not a package of your own"):
+            trusted_packages([library])
+    with pytest.raises(UserError) as refused:
+        rebuild_config(stored_config({**_XOR, "data": {"_target_": "logging.FileHandler"}}, "c"), "c", (), tmp_path)
+    assert "trust=" not in str(refused.value)  # never the advice to trust a library
+
+
+def test_a_stored_config_that_is_not_a_small_tree_is_refused(xor_run: Path, tmp_path: Path) -> None:
+    shared: list[object] = [1]
+    for _ in range(30):  # 2**30 values in a few bytes of pickle (shared references)
+        shared = [shared, shared]
+    loop: list[object] = []
+    loop.append(loop)
+    for value in (shared, loop):
+        with pytest.raises(UserError, match="it is not a run's config"):
+            stored_config({**_XOR, "model": {"hidden": value}}, "c")
+    aliases = tmp_path / "config.yaml"
+    aliases.write_text("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n")
+    code, _, err = call_cli("evaluate", f"ckpt_path={xor_run}/checkpoints/best.ckpt", f"config={aliases}")
+    assert (
+        code == 2
+        and err.strip() == f"error: {aliases} uses YAML aliases (*name), which a run's config.yaml never holds"
+    )
 
 
 def test_a_checkpoint_carries_its_config_and_works_moved_anywhere(xor_run: Path, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -89,7 +90,13 @@ def checkpoint_config(
                 f"config file not found: {source}; pass config=<run dir>/config.yaml of the checkpoint's run"
             )
         try:
-            stored = OmegaConf.to_container(OmegaConf.load(source), resolve=False)  # nothing resolved
+            text = source.read_text(encoding="utf-8")
+            # A run writes no YAML alias; a crafted one makes a small file a huge tree ("billion laughs").
+            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+                raise UserError(f"{source} uses YAML aliases (*name), which a run's config.yaml never holds")
+            stored = OmegaConf.to_container(OmegaConf.create(text), resolve=False)  # nothing resolved
+        except UserError:
+            raise
         except Exception as err:  # noqa: BLE001 - YAML and OmegaConf errors alike: the file is damaged
             raise UserError(f"cannot read {source}: {' '.join(str(err).split())[:200]}") from None
         where = str(source)

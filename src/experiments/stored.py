@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -126,6 +127,16 @@ DATA_NEVER_STORED = ("mirrors", "md5")
 # Hydra's keys that a stored node may hold: positional _args_ would pass options unchecked.
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_")
 _PACKAGE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+# Packages that trust= never names: this project's and its libraries' classes that a run's config
+# may build are registered already, and the rest of them (and of Python's standard library:
+# logging, gzip, zipfile, subprocess) is what a crafted config reaches for.
+NEVER_TRUSTED = frozenset(
+    {"experiments", "hydra_plugins", "torch", "lightning", "pytorch_lightning", "hydra", "omegaconf", "optuna"}
+) | frozenset(sys.stdlib_module_names)
+# A run's config has hundreds of values; a config of more is not one (a pickle's shared references
+# can make a small file a huge or endless tree).
+MAX_VALUES, MAX_DEPTH = 100_000, 32
+_TOO_DEEP: Any = object()
 
 
 def trusted_packages(value: Any) -> tuple[str, ...]:
@@ -139,6 +150,12 @@ def trusted_packages(value: Any) -> tuple[str, ...]:
             f"trust={value!r}: {bad[0]!r} is not a package name; pass the packages whose classes a run's "
             "config may build, e.g. trust=[my_parts]"
         )
+    library = [n for n in names if str(n).split(".")[0] in NEVER_TRUSTED]
+    if library:
+        raise UserError(
+            f"trust={value!r}: {library[0]} is not a package of your own; the classes of this project and of its "
+            "libraries that a run's config may build are allowed without trust=, and no others are"
+        )
     return tuple(dict.fromkeys(str(n) for n in names))
 
 
@@ -150,7 +167,12 @@ def stored_config(data: Any, source: str) -> DictConfig:
     """
     if not isinstance(data, Mapping) or not data:
         raise UserError(f"{source} does not hold a run's config (a mapping of keys); use the config its run wrote")
-    for key, value in _leaves(data, ""):
+    for count, (key, value) in enumerate(_leaves(data, "")):
+        if count > MAX_VALUES or key is _TOO_DEEP:
+            raise UserError(
+                f"{source} holds more than {MAX_VALUES:,} values or {MAX_DEPTH} levels (or a loop): it is not a "
+                "run's config; use the config its run wrote"
+            )
         if isinstance(value, str) and "${" in value:
             raise UserError(
                 f"{source}: {key} = {_short(value)} is an interpolation; a run saves its config resolved, "
@@ -229,12 +251,17 @@ def _allowed(target: Any, place: str, key: str, source: str, trust: Sequence[str
 
 
 def _refuse(target: Any, key: str, source: str, why: str = "") -> NoReturn:
-    own = target.split(".")[0] if isinstance(target, str) and "." in target else "PACKAGE"
+    own = target.split(".")[0] if isinstance(target, str) and "." in target else None
+    # Never the advice to trust a library or this project: that is what a crafted config would want.
+    trust = (
+        f", or, for a class of your own package that you trust, pass trust=[{own}]"
+        if own is not None and own not in NEVER_TRUSTED and _PACKAGE.fullmatch(own)
+        else ""
+    )
     raise UserError(
         f"{source}: {key} = {_short(target)} is not allowed{why}: a run's config builds only the classes "
         "registered for each place (this project's data modules, models and tasks, torch's optimizers and "
-        "schedulers, the Trainer); use the config its run wrote, or, for a class of your own package that "
-        f"you trust, pass trust=[{own}]"
+        f"schedulers, the Trainer); use the config its run wrote{trust}"
     )
 
 
@@ -329,16 +356,19 @@ def _trainer_options(node: dict[str, Any], source: str) -> dict[str, Any]:
     return options
 
 
-def _leaves(node: Any, key: str) -> Iterable[tuple[str, Any]]:
-    """Every key and value of a plain container, keys included (as values: a key is text too)."""
-    if isinstance(node, Mapping):
+def _leaves(node: Any, key: str, depth: int = 0) -> Iterable[tuple[str, Any]]:
+    """Every key and value of a plain container, keys included (as values: a key is text too);
+    ``(_TOO_DEEP, None)`` below :data:`MAX_DEPTH` levels (a list that holds itself, say)."""
+    if depth > MAX_DEPTH:
+        yield _TOO_DEEP, None
+    elif isinstance(node, Mapping):
         for name, value in node.items():
             full = f"{key}.{name}" if key else str(name)
             yield full, name
-            yield from _leaves(value, full)
+            yield from _leaves(value, full, depth + 1)
     elif isinstance(node, (list, tuple)):
         for index, value in enumerate(node):
-            yield from _leaves(value, f"{key}[{index}]")
+            yield from _leaves(value, f"{key}[{index}]", depth + 1)
     else:
         yield key, node
 
