@@ -82,9 +82,9 @@ def ending_of(err: BaseException | None) -> Ending:
     if is_sigterm(err):
         return Ending("interrupted", SIGTERM_EXIT, "SIGTERM")
     reason = describe(err)
-    if reason is not None:
-        return Ending("failed", 2, reason=reason)
-    return Ending("failed", 1, reason=f"{type(err).__name__}: {err}")
+    if reason is not None:  # printed and written: without control characters or passwords
+        return Ending("failed", 2, reason=printable(redact(reason)))
+    return Ending("failed", 1, reason=redact(f"{type(err).__name__}: {err}"))
 
 
 def _is_pruned(err: BaseException) -> bool:
