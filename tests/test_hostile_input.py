@@ -198,3 +198,80 @@ def test_sigterm_to_a_multirun_stops_its_jobs_starts_no_other_and_exits_143(tmp_
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: interrupted (SIGTERM); the jobs that were running stopped")
     assert not (sweep / "2").exists() and completed_results(tmp_path) == []
+
+
+# Secrets (issue 23, class 4) and lines built from files someone else wrote -------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("postgresql+psycopg://postgres:Hunter2@127.0.0.1:5432/db", "postgresql+psycopg://postgres:***@127.0.0.1:5432/db"),
+        ("postgresql://u@h:1/db?password=Hunter2&sslmode=require", "postgresql://u@h:1/db?password=***&sslmode=require"),
+        ("postgresql://u@h/db?sslpassword=Hunter2", "postgresql://u@h/db?sslpassword=***"),
+        ("mysql://u:pa/ss?#w@host/db", "mysql://u:***@host/db"),  # SQLAlchemy's password ends at "@"
+        ("mysql://a@b:Hunter2@host/db", "mysql://a@b:***@host/db"),
+        ("hydra.sweeper.storage='postgresql://u:Hunter2@h/db' PGPASSWORD=Hunter2", "hydra.sweeper.storage='postgresql://u:***@h/db' PGPASSWORD=***"),
+        ("host=h user=u password=Hunter2 dbname=d", "host=h user=u password=*** dbname=d"),
+        ("sqlite:////tmp/a:b/optuna.db", "sqlite:////tmp/a:b/optuna.db"),
+        ("https://example.com/a:b@c", "https://example.com/a:b@c"),
+        ("postgresql://user@host:5432/db", "postgresql://user@host:5432/db"),
+    ],
+)  # fmt: skip
+def test_a_password_is_masked_in_any_form_sqlalchemy_takes(text: str, masked: str) -> None:
+    from experiments.redact import redact, redacted
+
+    assert redact(text) == masked
+    assert redacted({"a": [text, 1, None]}) == {"a": [masked, 1, None]}
+
+
+def test_the_lock_holder_record_holds_no_password_and_its_lines_no_control_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from experiments.errors import UserError
+    from experiments.record import HOLDER, RunLock
+
+    monkeypatch.setattr(sys, "argv", ["train.py", "-m", "hydra.sweeper.storage=postgresql://u:Hunter2@h/db"])
+    lock = RunLock(tmp_path / "run")
+    lock.acquire()
+    try:
+        record = json.loads((tmp_path / "run" / HOLDER).read_text())
+        assert record["command"] == "train.py -m hydra.sweeper.storage=postgresql://u:***@h/db"
+        # a holder record written by someone else, with terminal escapes: the refusal prints none
+        (tmp_path / "run" / HOLDER).write_text(
+            json.dumps({"pid": "\x1b[2J\x1b]0;owned\x07", "host": "h", "since": "t"})
+        )
+        with pytest.raises(UserError) as refused:
+            RunLock(tmp_path / "run").acquire()
+        assert "\x1b" not in str(refused.value) and "\x07" not in str(refused.value)
+    finally:
+        lock.release()
+    # the same record left behind by a killed process: the note printed on resume has none either
+    (tmp_path / "run" / HOLDER).write_text(
+        json.dumps({"pid": "\x1b[31m1\x1b[0m", "host": "h\x1b]0;x\x07", "since": "t"})
+    )
+    code, _, err = call_cli(
+        "train", "experiment=xor", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert "note: the previous process of" in err and "\x1b" not in err and "\x07" not in err
+    assert code == 0, err
+
+
+def test_a_storage_url_that_cannot_be_opened_is_one_line_without_its_password(tmp_path: Path) -> None:
+    from conftest import StartedCli
+
+    sweep = ["-m", "experiment=xor", "hparams_search=xor_tpe", "logger=none"]
+    urls = {
+        "server down": "postgresql+psycopg://postgres@127.0.0.1:1/nodb?password=Hunter2SecretPW",
+        "bad port": "postgresql+psycopg://postgres:Hunter2SecretPW@127.0.0.1:notaport/nodb",
+    }
+    started = {k: StartedCli("train", *sweep, f"hydra.sweeper.storage='{u}'", cwd=tmp_path) for k, u in urls.items()}
+    for name, command in started.items():
+        done = command.wait()
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (name, done.stderr[-2000:])
+        assert lines[0].startswith("error: hydra.sweeper.storage=postgresql+psycopg://postgres") and "***" in lines[0]
+        assert "Hunter2SecretPW" not in done.stdout + done.stderr
+    assert not (tmp_path / "outputs").exists()

@@ -214,3 +214,79 @@ def test_sweeps_creating_the_same_new_study_at_once_all_get_it(
         process.join(timeout=30)
     assert outcomes == [("ok", "new_study")] * 4, outcomes
     assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["new_study"]
+
+
+@pytest.mark.slow  # two 2-trial sweeps at once: about 30 s
+def test_no_password_reaches_a_file_of_the_sweeps_or_a_line_they_print(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password in the storage URL as users write it: in its userinfo on the command line, or
+    as ?password= in an environment variable that the command names (${oc.env:...}). Neither
+    multirun.yaml, a trial's .hydra/ files or lock holder record, nor any printed line holds it;
+    and a URL without one works with the password in libpq's environment (PGPASSWORD)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from experiments.sweeps import open_storage
+
+    url = make_url(database)
+    role, password = f"sweeper_{uuid.uuid4().hex[:8]}", f"pw_{uuid.uuid4().hex}"
+    admin = psycopg.connect(
+        host=url.host,
+        port=url.port,
+        user=make_url(_server_url()).username,
+        dbname=make_url(_server_url()).database,
+        autocommit=True,
+    )
+    try:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        admin.execute(f"ALTER DATABASE {url.database} OWNER TO {role}")
+        own = url.set(username=role, password=password)
+        forms = {
+            "userinfo": own.render_as_string(hide_password=False),
+            "query": "'${oc.env:PG_URL}'",  # quoted: Hydra reads the resolved override again, and "=" needs it
+        }
+        env = {**_env(), "PG_URL": own.set(password=None).update_query_dict({"password": password}).render_as_string()}
+        env.pop("PGPASSFILE", None)
+        sweeps = {
+            form: subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "experiments.train",
+                    "-m",
+                    "experiment=xor",
+                    "hparams_search=xor_tpe",
+                    f"hydra.sweeper.study_name={form}",
+                    f"hydra.sweeper.storage={storage}",
+                    "hydra.sweeper.n_trials=2",
+                    "hydra.sweeper.n_jobs=1",
+                    "trainer.max_epochs=3",
+                    *QUIET,
+                    f"hydra.sweep.dir={tmp_path / form}",
+                ],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for form, storage in forms.items()
+        }
+        printed = {form: process.communicate(timeout=300) for form, process in sweeps.items()}
+        for form, process in sweeps.items():
+            assert process.returncode == 0, printed[form][1][-3000:]
+            assert password not in "".join(printed[form]), form
+            assert (tmp_path / form / "multirun.yaml").is_file() and (tmp_path / form / "0" / ".hydra").is_dir()
+        holding = [str(p) for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+        assert holding == []
+        assert "***@" in (tmp_path / "userinfo" / "multirun.yaml").read_text()
+        # The same study through a URL without the password: libpq takes it from PGPASSWORD.
+        monkeypatch.delenv("PGPASSFILE", raising=False)
+        monkeypatch.setenv("PGPASSWORD", password)
+        plain = own.set(password=None).render_as_string(hide_password=False)
+        assert len(optuna.load_study(study_name="userinfo", storage=open_storage(plain)).trials) == 2
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.close()

@@ -5,6 +5,9 @@ reports progress on long jobs."""
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -133,3 +136,92 @@ def test_three_million_rows_take_seconds_not_minutes(xor_ckpt: Path, tmp_path: P
     assert "3000000 predictions" in out
     assert seconds < 120  # about 20 s on 2 shared CPU cores (8 minutes before)
     assert "rows:" in out  # it said where it was on the way
+
+
+# output= (issue 23, class 2): predict writes a new file or replaces a predictions CSV of the same
+# columns; never the inputs, a run's own files or folders, a link, a folder, a pipe or a device.
+def _targets(tmp_path: Path, run: Path, other: Path, inputs: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (output=, words of its one line), each made here."""
+    fifo, folder, link, device = tmp_path / "pipe", tmp_path / "folder", tmp_path / "link.csv", tmp_path / "null"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    (tmp_path / "victim.csv").write_text("keep me\n")
+    link.symlink_to(tmp_path / "victim.csv")
+    user_csv = tmp_path / "mine.csv"
+    user_csv.write_text("a,b\n1,2\n")
+    targets = {
+        "best.ckpt": (run / "checkpoints" / "best.ckpt", "a run's own folder"),
+        "new file in checkpoints/": (run / "checkpoints" / "new.csv", "a run's own folder"),
+        "config.yaml": (run / "config.yaml", "is a run's own file (config.yaml)"),
+        "metrics.json": (run / "metrics.json", "is a run's own file (metrics.json)"),
+        "history.csv": (run / "history.csv", "is a run's own file (history.csv)"),
+        ".hydra/config.yaml": (run / ".hydra" / "config.yaml", "a run's own folder"),
+        "other run's last.ckpt": (other / "checkpoints" / "last.ckpt", "a run's own folder"),
+        "the inputs file": (inputs, "is the inputs= file"),
+        "a FIFO": (fifo, "is a named pipe, not a file"),
+        "a folder": (folder, "is a folder, not a file"),
+        "a symbolic link": (link, "is a symbolic link, not a file"),
+        "a binary file": (tmp_path / "photo.png", "is not a predictions CSV"),
+        "a CSV of other columns": (user_csv, "holds other columns (a,b) than predictions of this model"),
+    }
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00")
+    if os.geteuid() == 0:  # a character device like /dev/null, made in the temp folder
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        targets["a device"] = (device, "is a device, not a file")
+    return targets
+
+
+def _state(path: Path) -> tuple[int, bytes | None]:
+    mode = os.lstat(path).st_mode
+    return stat.S_IFMT(mode), path.read_bytes() if stat.S_ISREG(mode) else None
+
+
+def test_predict_writes_only_new_files_or_predictions(xor_ckpt: Path, tmp_path: Path) -> None:
+    run, other = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(xor_ckpt.parent.parent, run)
+    shutil.copytree(xor_ckpt.parent.parent, other)
+    inputs = tmp_path / "inputs.csv"
+    inputs.write_text(ROWS)
+    for name, (target, words) in _targets(tmp_path, run, other, inputs).items():
+        existed = os.path.lexists(target)
+        before = {p: _state(p) for p in [target, *run.rglob("*"), *other.rglob("*"), inputs] if os.path.lexists(p)}
+        code, out, err = call_cli(
+            "predict", f"ckpt_path={run}/checkpoints/best.ckpt", f"inputs={inputs}", f"output={target}"
+        )
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: output={target}"), (name, err)
+        assert words in lines[0], (name, lines[0])
+        assert {p: _state(p) for p in before} == before and os.path.lexists(target) == existed, name
+    # what predict wrote, it replaces; the default goes beside the run's checkpoints folder
+    for _ in range(2):
+        code, out, err = call_cli("predict", f"ckpt_path={run}/checkpoints/best.ckpt", "show=0")
+        assert code == 0, err
+    assert (run / "predictions.csv").read_text().splitlines()[0] == "input_0,input_1,target,probability,prediction"
+
+
+@pytest.mark.parametrize("show", ["abc", "-1", "true", "1.5"])
+def test_show_is_a_whole_number(show: str, xor_ckpt: Path, tmp_path: Path) -> None:
+    code, out, err = call_cli("predict", f"ckpt_path={xor_ckpt}", f"output={tmp_path}/p.csv", f"show={show}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: show="), err
+    assert "must be a whole number >= 0" in err and not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "folder"])
+def test_inputs_are_a_regular_file(kind: str, xor_ckpt: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "stream.csv"
+    os.mkfifo(inputs) if kind == "named pipe" else inputs.mkdir()
+    code, _, err = call_cli("predict", f"ckpt_path={xor_ckpt}", f"inputs={inputs}", f"output={tmp_path}/p.csv")
+    assert code == 2 and err.strip() == (
+        f"error: inputs={inputs} is a {kind}, not a file; pass inputs=<CSV file with one sample per row>"
+    )
+
+
+def test_a_checkpoint_reached_through_a_link_writes_beside_the_link(xor_ckpt: Path, tmp_path: Path) -> None:
+    run = tmp_path / "other_run"
+    shutil.copytree(xor_ckpt.parent.parent, run)
+    mine = tmp_path / "my_folder"
+    mine.mkdir()
+    (mine / "best.ckpt").symlink_to(run / "checkpoints" / "best.ckpt")
+    code, _, err = call_cli("predict", f"ckpt_path={mine / 'best.ckpt'}", "show=0")
+    assert code == 0, err
+    assert (mine / "predictions.csv").is_file() and not (run / "predictions.csv").exists()

@@ -1,20 +1,40 @@
-"""The config a checkpoint carries is data, not code: evaluate and predict rebuild a run only from this
-project's classes and known library classes, and refuse any other ``_target_`` in one line before
-anything is built (``torch.load`` with ``weights_only: false``, ``builtins.open``, ``os.system``)."""
+"""The config a checkpoint carries is data, not code: evaluate, predict and load_run rebuild a run
+only from the classes registered for each place (or of a trusted package), with plain options,
+after refusing any interpolation; nothing in it can write, fetch or run anything, through any
+class, attribute path, resolver or option (issue 23, class 1)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from experiments.checkpoints import checkpoint_config
+from experiments.errors import UserError
+from experiments.restore import restore
+from experiments.stored import TRAINER_OPTIONS, rebuild_config, stored_config, trusted_packages
 
-from reliability_helpers import call_cli
+from reliability_helpers import call_cli, child_env
+
+# The stored config of an XOR run, as its checkpoint carries it (the parts a rebuild reads).
+_XOR = {
+    "seed": 0,
+    "monitor": "val/loss",
+    "data": {"_target_": "experiments.data.XORDataModule", "batch_size": 4},
+    "model": {"_target_": "experiments.models.MLP", "hidden": [8], "activation": "tanh"},
+    "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.001},
+    "scheduler": None,
+    "task": {},
+    "trainer": {"_target_": "experiments.engine.Trainer", "precision": "32-true", "accelerator": "cpu"},
+}
 
 
 class _Payload:
@@ -62,7 +82,7 @@ def _payloads(tmp_path: Path) -> dict[str, tuple[str, dict[str, object], Path, s
         ),
         "os.system": ("optimizer", {"_target_": "os.system", "command": f"touch {marker}"}, marker, ""),
         "a project function": (
-            "trainer.profiler",
+            "task",
             {"_target_": "experiments.runs.write_json", "path": str(precious), "data": {}},
             precious,
             "keep me\n",
@@ -106,8 +126,8 @@ def test_a_target_is_checked_at_any_depth_and_in_lists(xor_run: Path, tmp_path: 
     run_dir = _crafted_run(
         xor_run, tmp_path / "run", "model.hidden", [8, {"_target_": "subprocess.run", "args": ["true"]}]
     )
-    with pytest.raises(Exception, match=r"model\.hidden\[1\]\._target_ = 'subprocess.run' is not allowed"):
-        checkpoint_config(run_dir / "checkpoints" / "best.ckpt")
+    with pytest.raises(UserError, match=r"model\.hidden\[1\]\._target_ = 'subprocess.run' is not allowed"):
+        restore(run_dir / "checkpoints" / "best.ckpt")
 
 
 def test_an_honest_run_config_still_evaluates(xor_run: Path) -> None:
@@ -116,20 +136,47 @@ def test_an_honest_run_config_still_evaluates(xor_run: Path) -> None:
     assert "test/acc=" in out
 
 
-def test_a_class_of_the_users_own_package_is_built_only_when_trusted(tmp_path: Path) -> None:
-    from omegaconf import OmegaConf
+def test_a_class_of_the_users_own_package_is_built_only_when_trusted(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "my_pkg").mkdir()
+    (tmp_path / "my_pkg" / "__init__.py").write_text(
+        "import logging\n\nclass Model:\n    pass\n"  # imports logging: logging.FileHandler is reachable
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stored = stored_config({**_XOR, "model": {"_target_": "my_pkg.Model"}}, "config.yaml")
+    with pytest.raises(UserError, match=r"pass trust=\[my_pkg\]"):
+        rebuild_config(stored, "config.yaml", (), tmp_path)
+    assert rebuild_config(stored, "config.yaml", trusted_packages("my_pkg"), tmp_path).model._target_ == "my_pkg.Model"
+    # a trusted package lets its own classes through: not what it imports, not functions
+    for target in ("my_pkg.logging.FileHandler", "my_pkg.logging.basicConfig"):
+        walked = stored_config({**_XOR, "model": {"_target_": target, "filename": str(tmp_path / "x")}}, "c")
+        with pytest.raises(UserError, match="is not allowed"):
+            rebuild_config(walked, "c", ["my_pkg"], tmp_path)
+    with pytest.raises(UserError, match=r"trust=\['my pkg'\]: 'my pkg' is not a package name"):
+        trusted_packages(["my pkg"])
+    for library in ("logging", "torch", "experiments"):  # what a crafted config would ask for
+        with pytest.raises(UserError, match=f"{library} is not a package of your own"):
+            trusted_packages([library])
+    with pytest.raises(UserError) as refused:
+        rebuild_config(stored_config({**_XOR, "data": {"_target_": "logging.FileHandler"}}, "c"), "c", (), tmp_path)
+    assert "trust=" not in str(refused.value)  # never the advice to trust a library
 
-    from experiments.checkpoints import check_targets
-    from experiments.errors import UserError
 
-    cfg = OmegaConf.create({"model": {"_target_": "collections.OrderedDict"}})
-    with pytest.raises(UserError, match=r"pass trust=\[collections\]"):
-        check_targets(cfg, "config.yaml")
-    check_targets(cfg, "config.yaml", trust=["collections"])
-    with pytest.raises(UserError):  # a trusted package lets its classes through, not functions
-        check_targets(
-            OmegaConf.create({"x": {"_target_": "collections.namedtuple"}}), "config.yaml", trust=["collections"]
-        )
+def test_a_stored_config_that_is_not_a_small_tree_is_refused(xor_run: Path, tmp_path: Path) -> None:
+    shared: list[object] = [1]
+    for _ in range(30):  # 2**30 values in a few bytes of pickle (shared references)
+        shared = [shared, shared]
+    loop: list[object] = []
+    loop.append(loop)
+    for value in (shared, loop):
+        with pytest.raises(UserError, match="it is not a run's config"):
+            stored_config({**_XOR, "model": {"hidden": value}}, "c")
+    aliases = tmp_path / "config.yaml"
+    aliases.write_text("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n")
+    code, _, err = call_cli("evaluate", f"ckpt_path={xor_run}/checkpoints/best.ckpt", f"config={aliases}")
+    assert (
+        code == 2
+        and err.strip() == f"error: {aliases} uses YAML aliases (*name), which a run's config.yaml never holds"
+    )
 
 
 def test_a_checkpoint_carries_its_config_and_works_moved_anywhere(xor_run: Path, tmp_path: Path) -> None:
@@ -150,3 +197,237 @@ def test_a_checkpoint_carries_its_config_and_works_moved_anywhere(xor_run: Path,
     torch.save({k: v for k, v in torch.load(moved, weights_only=True).items() if k != "config"}, old)
     code, out, err = call_cli("evaluate", f"ckpt_path={old}", f"config={xor_run}/config.yaml")
     assert code == 0, err
+
+
+# Hostile stored configs (issue 23, class 1): each is refused by the one restore that evaluate,
+# predict and load_run share, before anything is built or resolved; the victim keeps its bytes
+# and the listener gets no connection. (key, value); VICTIM, MARKER and LISTENER are filled in.
+_WALKS = {  # classes reached by walking module attributes from a name that looks allowed
+    "FileHandler via experiments.errors": "experiments.errors.logging.FileHandler",
+    "FileIO via experiments.errors": "experiments.errors.logging.io.FileIO",
+    "WatchedFileHandler": "experiments.errors.logging.handlers.WatchedFileHandler",
+    "GzipFile via experiments.data.idx": "experiments.data.idx.gzip.GzipFile",
+    "ZipFile via torch.hub": "experiments.checkpoints.torch.hub.zipfile.ZipFile",
+    "FileIO via lightning callbacks": "lightning.pytorch.callbacks.early_stopping.logging.io.FileIO",
+    "FileHandler via optuna.samplers": "optuna.samplers._cmaes.logging.logging.FileHandler",
+    "FileHandler via torch.nn": "torch.nn.attention._registry.logging.FileHandler",
+    "FileHandler via torch.optim": "torch.optim.swa_utils.torch._utils.logging.FileHandler",
+    "TrainerFn (Trainer prefix)": "lightning.pytorch.trainer.trainer.TrainerFn",
+}
+_HOSTILE: dict[str, tuple[str, object]] = {
+    **{
+        f"{name} at model.activation": ("model.activation", {"_target_": t, "filename": "VICTIM", "mode": "w"})
+        for name, t in _WALKS.items()
+    },
+    **{
+        f"{name} as the data": ("data", {"_target_": t, "filename": "VICTIM", "mode": "w"})
+        for name, t in _WALKS.items()
+    },
+    "FileHandler by _args_": (
+        "model.activation",
+        {"_target_": "experiments.errors.logging.FileHandler", "_args_": ["VICTIM", "w"]},
+    ),
+    "_args_ on an allowed class": ("data", {"_target_": "experiments.data.XORDataModule", "_args_": [4]}),
+    "Popen via experiments.api": (
+        "model.activation",
+        {"_target_": "experiments.api.torch.ctypes.util.subprocess.Popen", "args": ["touch", "MARKER"]},
+    ),
+    "CDLL via experiments.checkpoints": (
+        "model",
+        {"_target_": "experiments.checkpoints.torch.ctypes.CDLL", "name": "x"},
+    ),
+    "SysLogHandler connects": (
+        "model.activation",
+        {"_target_": "experiments.errors.logging.handlers.SysLogHandler", "address": "LISTENER", "socktype": 1},
+    ),
+    "builtins.open as the optimizer": ("optimizer", {"_target_": "builtins.open", "file": "VICTIM", "mode": "w"}),
+    "FileHandler as the optimizer node": (
+        "optimizer",
+        {"_target_": "experiments.errors.logging.FileHandler", "filename": "VICTIM", "mode": "w"},
+    ),
+    "a data module as the optimizer": ("optimizer", {"_target_": "experiments.data.XORDataModule", "_partial_": True}),
+    "an optimizer that is not a factory": ("optimizer", {"_target_": "torch.optim.Adam", "lr": 0.1}),
+    "a project function as the task": ("task", {"_target_": "experiments.runs.write_json", "path": "VICTIM"}),
+    "a profiler as the trainer": ("trainer", {"_target_": "lightning.pytorch.profilers.SimpleProfiler"}),
+    "a target inside a data option": ("data.batch_size", {"_target_": "builtins.open", "file": "VICTIM", "mode": "w"}),
+    "a target in a scheduler": (
+        "scheduler",
+        {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": {"_target_": "builtins.open"}},
+    ),
+    "oc.create under the model": (
+        "model.activation",
+        "${oc.create:{_target_: builtins.open, file: VICTIM, mode: w}}",
+    ),
+    "oc.decode as the data": ("data", '${oc.decode:"{_target_: builtins.open, file: VICTIM, mode: w}"}'),
+    "oc.env in an unbuilt node": ("callbacks", {"leak": "${oc.env:TRUST_TEST_SECRET}"}),
+    "hydra resolver": ("model.activation", "${hydra:runtime.cwd}"),
+    "a tensor as a value": ("model.hidden", "TENSOR"),
+    "no data": ("data", None),
+}
+
+
+def _fill(value: object, victim: Path, marker: Path, listener: list[object]) -> object:
+    if isinstance(value, dict):
+        return {k: _fill(v, victim, marker, listener) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, victim, marker, listener) for v in value]
+    if value == "TENSOR":
+        return torch.zeros(2)
+    if value == "LISTENER":
+        return listener
+    if isinstance(value, str):
+        return value.replace("VICTIM", str(victim)).replace("MARKER", str(marker))
+    return value
+
+
+@pytest.fixture(scope="module")
+def listener() -> Iterator[socket.socket]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.setblocking(False)
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("case", sorted(_HOSTILE))
+def test_a_hostile_stored_config_builds_nothing(
+    case: str, xor_run: Path, tmp_path: Path, listener: socket.socket, monkeypatch
+) -> None:
+    monkeypatch.setenv("TRUST_TEST_SECRET", "s3cr3t")
+    victim, marker = tmp_path / "victim.txt", tmp_path / "marker"
+    victim.write_text("precious data\n")
+    key, value = _HOSTILE[case]
+    run_dir = _crafted_run(xor_run, tmp_path / "run", key, _fill(value, victim, marker, list(listener.getsockname())))
+    with pytest.raises(UserError) as refused:
+        restore(run_dir / "checkpoints" / "best.ckpt", trust=["my_parts"])
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith(f"checkpoint {run_dir}/checkpoints/best.ckpt")
+    assert "s3cr3t" not in line
+    assert victim.read_text() == "precious data\n" and not marker.exists()
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nothing connected
+
+
+def test_a_stored_data_module_never_downloads_and_reads_only_the_users_data_folder(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    idx = {
+        "_target_": "experiments.data.IDXDataModule",
+        "data_dir": str(root / "mnist"),
+        "download": True,
+        "mirrors": ["http://127.0.0.1:9/"],
+        "md5": {},
+        "files": {"train_images": "a", "train_labels": "b", "test_images": "c", "test_labels": "d"},
+    }
+    rebuilt = rebuild_config(stored_config({**_XOR, "data": idx}, "c"), "c", (), root)
+    assert rebuilt.data.download is False and "mirrors" not in rebuilt.data and "md5" not in rebuilt.data
+    for options, refused in (
+        ({"data_dir": str(tmp_path / "elsewhere" / "dropzone")}, "data.data_dir = .* is outside your data folder"),
+        ({"data_dir": str(root / ".." / "escape")}, "is outside your data folder"),
+        (
+            {"files": {**idx["files"], "train_images": "/home/u/.ssh/id_rsa"}},
+            "data.files.train_images = .* is not a plain",
+        ),
+        ({"files": {**idx["files"], "test_labels": "../x"}}, "is not a plain file name"),
+    ):
+        with pytest.raises(UserError, match=refused):
+            rebuild_config(stored_config({**_XOR, "data": {**idx, **options}}, "c"), "c", (), root)
+    # ETT downloads by default: a stored one never does, and never makes its folder elsewhere
+    ett = {"_target_": "experiments.data.ETTDataModule", "data_dir": str(tmp_path / "made" / "by" / "ckpt")}
+    with pytest.raises(UserError, match="outside your data folder"):
+        rebuild_config(stored_config({**_XOR, "data": ett}, "c"), "c", (), root)
+    ett["data_dir"] = str(root / "ett")
+    assert rebuild_config(stored_config({**_XOR, "data": ett}, "c"), "c", (), root).data.download is False
+    assert not (tmp_path / "made").exists()
+
+
+def test_a_stored_trainer_keeps_only_how_a_model_computes(xor_run: Path, tmp_path: Path) -> None:
+    dropped = tmp_path / "dropped"
+    trainer = {
+        "_target_": "experiments.engine.Trainer",
+        "precision": "32-true",
+        "default_root_dir": str(dropped),
+        "profiler": {
+            "_target_": "lightning.pytorch.profilers.SimpleProfiler",
+            "dirpath": str(dropped),
+            "filename": "x",
+        },
+        "callbacks": [{"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "dirpath": str(dropped)}],
+        "plugins": [{"_target_": "lightning.pytorch.plugins.TorchCheckpointIO"}],
+        "logger": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": str(dropped)},
+    }
+    run_dir = _crafted_run(xor_run, tmp_path / "run", "trainer", trainer)
+    rebuilt = rebuild_config(
+        stored_config(torch.load(run_dir / "checkpoints" / "best.ckpt")["config"], "c"), "c", (), tmp_path
+    )
+    assert set(rebuilt.trainer) == {"_target_", "precision"} and set(TRAINER_OPTIONS) >= {"precision"}
+    for module in ("evaluate", "predict"):
+        code, _, err = call_cli(module, f"ckpt_path={run_dir}/checkpoints/best.ckpt")
+        assert code == 0, err
+    assert not dropped.exists()
+
+
+def test_a_checkpoint_is_a_mapping_of_finite_tensors_sized_before_anything_is_allocated(
+    xor_run: Path, tmp_path: Path
+) -> None:
+    best = xor_run / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(best, weights_only=True)
+    as_list = tmp_path / "list.ckpt"
+    torch.save({**checkpoint, "state_dict": list(checkpoint["state_dict"].values())}, as_list)
+    with pytest.raises(UserError, match="its state_dict is not a mapping of names to tensors"):
+        restore(as_list)
+    nan = tmp_path / "nan.ckpt"
+    weights = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()
+    }
+    torch.save({**checkpoint, "state_dict": weights}, nan)
+    for module in ("evaluate", "predict"):
+        code, out, err = call_cli(module, f"ckpt_path={nan}")
+        assert code == 2 and "holds weights that are not finite (NaN or infinity in model." in err, err
+        assert "test/acc" not in out and not (tmp_path / "predictions.csv").exists()
+    # 2e9 hidden units would take 16 GB: sized on the meta device, refused under an 8 GB limit
+    huge = tmp_path / "huge.ckpt"
+    torch.save(
+        {
+            **checkpoint,
+            "config": {**checkpoint["config"], "model": {**checkpoint["config"]["model"], "hidden": [2_000_000_000]}},
+        },
+        huge,
+    )
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30)); "
+    done = subprocess.run(
+        [sys.executable, "-c", limit + "from experiments.evaluate import main; main()", f"ckpt_path={huge}"],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith(f"error: checkpoint {huge} does not fit the model of its config: ")
+
+
+def test_the_command_line_forms_of_trust_and_of_a_checkpoint_path(xor_run: Path, tmp_path: Path) -> None:
+    code, _, err = call_cli("evaluate", f"ckpt_path={xor_run}")
+    assert code == 2 and err.strip() == (
+        f"error: checkpoint path {xor_run} is a folder, not a checkpoint file; "
+        f"pass ckpt_path={xor_run}/checkpoints/best.ckpt"
+    )
+    code, out, err = call_cli("evaluate", f"ckpt_path={xor_run}/checkpoints/best.ckpt", "trust=my_parts")
+    assert code == 0 and "test/acc=" in out, err
+    code, _, err = call_cli("evaluate", f"ckpt_path={xor_run}/checkpoints/best.ckpt", "trust=[my_parts,'a b']")
+    assert code == 2 and "'a b' is not a package name" in err
+
+
+def test_load_run_reads_only_this_runs_checkpoints(xor_run: Path, tmp_path: Path) -> None:
+    from experiments import load_run
+
+    run_dir = tmp_path / "received"
+    shutil.copytree(xor_run, run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    elsewhere = tmp_path / "elsewhere.ckpt"
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", elsewhere)
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "best_checkpoint": "../elsewhere.ckpt"}))
+    loaded = load_run(run_dir)
+    assert loaded.checkpoint == (run_dir / "checkpoints" / "best.ckpt").resolve() and loaded.run_dir == run_dir

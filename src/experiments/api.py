@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -237,22 +238,24 @@ class Run:
 def load_run(
     run_dir_or_ckpt: str | os.PathLike[str],
     which: Literal["best", "last"] = "best",
-    trust: Sequence[str] = (),
+    trust: Sequence[str] | str = (),
     config: str | os.PathLike[str] | None = None,
 ) -> Run:
     """Load a finished run from its folder (the ``which`` checkpoint: ``best`` or ``last``) or from a
     checkpoint file, wherever it lies: a checkpoint carries its run's config. Checkpoints are read
-    with ``weights_only=True``, and the config may build only this project's and the libraries'
-    known classes, plus those of the packages named in ``trust`` (your own, e.g.
-    ``trust=["my_parts"]``). ``config`` (a run's ``config.yaml``) is for checkpoints written before
-    they carried their config."""
+    with ``weights_only=True``, and the config is data (:mod:`experiments.stored`): it may build
+    only the classes this project registers for each place, plus those defined in the packages
+    named in ``trust`` (your own, e.g. ``trust=["my_parts"]``). ``config`` (a run's ``config.yaml``)
+    is for checkpoints written before they carried their config. A damaged ``metrics.json`` or
+    ``history.csv`` is one line naming it (:class:`~experiments.errors.UserError`)."""
     path = Path(run_dir_or_ckpt).expanduser()
     if which not in ("best", "last"):
         raise UserError(f"which={which!r}: pass 'best' or 'last'")
     if path.is_dir():
-        best = read_metrics(path).get("best_checkpoint")
-        best = best if isinstance(best, str) and best else "checkpoints/best.ckpt"
-        ckpt = path / (best if which == "best" else "checkpoints/last.ckpt")
+        best = read_metrics(path, strict=True).get("best_checkpoint")
+        # metrics.json is data: it names a checkpoint of this run's checkpoints/ folder, or none.
+        plain = isinstance(best, str) and re.fullmatch(r"checkpoints/[\w.-]+\.ckpt", best)
+        ckpt = path / (str(best) if plain and which == "best" else f"checkpoints/{which}.ckpt")
         if not ckpt.is_file():
             raise UserError(f"{path} has no {ckpt.relative_to(path)}; pass a finished run's folder or a .ckpt file")
     elif path.is_file():
@@ -269,7 +272,7 @@ def load_run(
         model=restored.task.model,
         task=restored.task,
         datamodule=restored.datamodule,
-        history=read_history(run_dir),
-        metrics=read_metrics(run_dir) or None,
+        history=read_history(run_dir, strict=True),
+        metrics=read_metrics(run_dir, strict=True) or None,
         restored=restored,
     )

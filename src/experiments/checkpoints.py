@@ -6,19 +6,20 @@ plain containers, so a checkpoint crafted to run code when unpickled is refused 
 
 from __future__ import annotations
 
-import inspect
 import os
+import random
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from experiments.errors import UserError
+from experiments.stored import stored_config
 
 LAST = Path("checkpoints") / "last.ckpt"
 # The key under which a checkpoint carries the resolved config of its run (see Task.on_save_checkpoint).
@@ -26,17 +27,42 @@ CONFIG_KEY = "config"
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint's contents, read without running any code it may carry."""
+    """A Lightning checkpoint's contents, read without running any code it may carry, with its
+    ``state_dict`` a mapping of names to tensors."""
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"checkpoint not found: {file}; pass the path of a .ckpt file written by a run")
+    _check_is_file(file)
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and I/O errors all mean the same thing to the user
         raise UserError(f"cannot read checkpoint {file} safely: {_why_unreadable(err)}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{file} is not a Lightning checkpoint (it has no state_dict)")
+    weights = checkpoint["state_dict"]
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and (isinstance(v, torch.Tensor) or k.endswith("_extra_state")) for k, v in weights.items()
+    ):
+        raise UserError(
+            f"{file} is not a checkpoint of this project: its state_dict is not a mapping of names to tensors; "
+            "use a .ckpt file that a run wrote"
+        )
     return checkpoint
+
+
+def _check_is_file(file: Path) -> None:
+    """One line for a checkpoint path that is missing, or a folder (a run's, say), or not a file."""
+    if file.is_file():
+        return
+    if file.is_dir():
+        best = file / "checkpoints" / "best.ckpt"
+        hint = (
+            f"ckpt_path={best}"
+            if best.is_file()
+            else "the path of a .ckpt file, such as <run dir>/checkpoints/best.ckpt"
+        )
+        raise UserError(f"checkpoint path {file} is a folder, not a checkpoint file; pass {hint}")
+    if file.exists():
+        raise UserError(f"checkpoint path {file} is not a regular file; pass the path of a .ckpt file that a run wrote")
+    raise UserError(f"checkpoint not found: {file}; pass ckpt_path=<run dir>/checkpoints/best.ckpt of a finished run")
 
 
 def config_container(cfg: DictConfig) -> dict[str, Any]:
@@ -45,20 +71,17 @@ def config_container(cfg: DictConfig) -> dict[str, Any]:
 
 
 def checkpoint_config(
-    ckpt_path: str | os.PathLike[str], trust: Sequence[str] = (), config: str | os.PathLike[str] | None = None
-) -> tuple[Path, DictConfig, dict[str, Any]]:
-    """A checkpoint's path, the config its run is rebuilt from, and its contents.
+    ckpt_path: str | os.PathLike[str], config: str | os.PathLike[str] | None = None
+) -> tuple[Path, DictConfig, dict[str, Any], str]:
+    """A checkpoint's path, the config its run is rebuilt from, its contents, and where that config
+    came from (for messages).
 
     The config is the one the checkpoint carries, so a checkpoint file works wherever it was moved;
     ``config`` (a run's ``config.yaml``) replaces it, for checkpoints written before they carried
-    one. Either way it may build only this project's and the libraries' known classes, plus those
-    of the packages named in ``trust`` (:func:`check_targets`).
+    one. Either way it is data: :func:`experiments.stored.stored_config` refuses anything but plain
+    values, and :func:`experiments.stored.rebuild_config` says what may be built from it.
     """
     ckpt = Path(ckpt_path).expanduser()
-    if not ckpt.is_file():
-        raise UserError(
-            f"checkpoint not found: {ckpt}; pass ckpt_path=<run dir>/checkpoints/best.ckpt of a finished run"
-        )
     checkpoint = read_checkpoint(ckpt)
     if config is not None:
         source = Path(config).expanduser()
@@ -67,7 +90,13 @@ def checkpoint_config(
                 f"config file not found: {source}; pass config=<run dir>/config.yaml of the checkpoint's run"
             )
         try:
-            run_cfg = OmegaConf.load(source)
+            text = source.read_text(encoding="utf-8")
+            # A run writes no YAML alias; a crafted one makes a small file a huge tree ("billion laughs").
+            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+                raise UserError(f"{source} uses YAML aliases (*name), which a run's config.yaml never holds")
+            stored = OmegaConf.to_container(OmegaConf.create(text), resolve=False)  # nothing resolved
+        except UserError:
+            raise
         except Exception as err:  # noqa: BLE001 - YAML and OmegaConf errors alike: the file is damaged
             raise UserError(f"cannot read {source}: {' '.join(str(err).split())[:200]}") from None
         where = str(source)
@@ -78,20 +107,15 @@ def checkpoint_config(
                 f"checkpoint {ckpt} carries no config (written before checkpoints held their run's config); "
                 "pass its run's config with it: config=<run dir>/config.yaml"
             )
-        if not isinstance(stored, dict):
-            raise UserError(f"checkpoint {ckpt} carries a damaged config (not a mapping of keys); use one a run wrote")
-        run_cfg = OmegaConf.create(stored)
         where = f"checkpoint {ckpt}"
-    if not isinstance(run_cfg, DictConfig):
-        raise UserError(f"{where} does not hold a run's config (a mapping of keys)")
-    check_targets(run_cfg, where, trust)
-    return ckpt, run_cfg, checkpoint
+    return ckpt, stored_config(stored, where), checkpoint, where
 
 
 def folder_of(ckpt: Path) -> Path:
     """Where a checkpoint's run keeps its files: the run folder of ``<run>/checkpoints/x.ckpt``, or
-    the folder of a checkpoint moved elsewhere."""
-    ckpt = ckpt.resolve()
+    the folder of a checkpoint moved elsewhere; as given, links not followed (a link to another
+    run's checkpoint leads here, not there)."""
+    ckpt = Path(os.path.abspath(ckpt))
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
@@ -134,6 +158,37 @@ def check_resumable(checkpoint: dict[str, Any], path: str | Path) -> None:
             "training state this version cannot continue; evaluate and predict can use its weights, and "
             "ckpt_path= and resume= take a checkpoint that a run of this project wrote"
         )
+    if not _resume_state_fits(checkpoint.get(RESUME_STATE)):
+        raise UserError(
+            f"checkpoint {path} holds a damaged {RESUME_STATE} (the random state and loader position that "
+            "training continues from); use a last.ckpt or best.ckpt that a run of this project wrote"
+        )
+
+
+# Where experiments.callbacks.ResumeState keeps the random state in a checkpoint (its KEY).
+RESUME_STATE = "resume_state"
+
+
+def _resume_state_fits(state: Any) -> bool:
+    """Whether a checkpoint's resume state (or its absence) is what ResumeState puts back when
+    training starts, tried on generators of its own: a damaged one would otherwise fail there,
+    after the run folder was written."""
+    if state is None:
+        return True
+    try:
+        random.Random().setstate(state["python"])
+        kind, keys, position, has_gauss, cached = state["numpy"]
+        np.random.RandomState().set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+        torch.Generator().set_state(state["torch"])
+        loaders, cuda = state["train_loaders"], state.get("cuda", [])
+    except Exception:  # noqa: BLE001 - any way a crafted state breaks means the same: damaged
+        return False
+    return (
+        isinstance(loaders, list)
+        and all(isinstance(loader, dict) for loader in loaders)
+        and isinstance(cuda, list)
+        and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda)
+    )
 
 
 def load_weights(module: nn.Module, checkpoint: dict[str, Any], path: str | Path, against: str) -> None:
@@ -159,69 +214,3 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
             )
         return last
     return Path(str(ckpt_path)).expanduser() if ckpt_path else None
-
-
-# What a stored config may build --------------------------------------------------------------
-
-# What a config that arrives as data (a run folder's config.yaml) may build: classes, never
-# functions, and only under these prefixes. A prefix is checked as text before anything is
-# imported, since importing an unknown module already runs its code.
-ALLOWED_TARGET_PREFIXES = (
-    "experiments.",
-    "torch.optim.",
-    "torch.nn.",
-    "lightning.pytorch.Trainer",
-    "lightning.pytorch.trainer.trainer.Trainer",
-    "lightning.pytorch.loggers.",
-    "lightning.pytorch.callbacks.",
-    "optuna.samplers.",
-    "optuna.pruners.",
-    "hydra_plugins.experiments_sweeper.",
-)
-
-
-def check_targets(cfg: DictConfig, source: str, trust: Sequence[str] = ()) -> None:
-    """Refuse a config that would build anything but this project's and the libraries' known classes.
-
-    Hydra's ``instantiate`` calls whatever ``_target_`` names, at any depth (``torch.load`` with
-    ``weights_only: false``, ``builtins.open`` with ``mode: w``, ``os.system``): a config read from a
-    run folder is data, and may only name a class under :data:`ALLOWED_TARGET_PREFIXES`, or in a
-    package that the user names in ``trust`` (their own models, data or tasks).
-    """
-    allowed = ALLOWED_TARGET_PREFIXES + tuple(f"{name.rstrip('.')}." for name in trust if name)
-    for key, target in _targets(cfg, ""):
-        if not isinstance(target, str) or not target.startswith(allowed) or not _is_class(target):
-            own = target.split(".")[0] if isinstance(target, str) and "." in target else "PACKAGE"
-            raise UserError(
-                f"{source}: {key} = {target!r} is not allowed: a run's config may only build this "
-                "project's classes (experiments.*) and known library classes (torch.optim.*, torch.nn.*, "
-                "lightning.pytorch Trainer, loggers and callbacks); replace config.yaml with the one its run "
-                f"wrote, or, for a class of your own package that you trust, pass trust=[{own}]"
-            )
-
-
-def _targets(node: Any, key: str) -> list[tuple[str, Any]]:
-    """Every ``_target_`` of a config, with its full key, without resolving any interpolation."""
-    found = []
-    if isinstance(node, DictConfig):
-        for name in node.keys():
-            # private: omegaconf 2.3 -- the raw node: an interpolation is neither resolved nor run
-            child = node._get_node(name)
-            label = str(name)
-            full = f"{key}.{label}" if key else label
-            if name == "_target_":
-                value = child._value() if child is not None else None  # private: omegaconf 2.3
-                found.append((full, value))
-            else:
-                found.extend(_targets(child, full))
-    elif isinstance(node, ListConfig):
-        for index in range(len(node)):
-            found.extend(_targets(node._get_node(index), f"{key}[{index}]"))  # private: omegaconf 2.3
-    return found
-
-
-def _is_class(target: str) -> bool:
-    try:
-        return inspect.isclass(get_object(target))
-    except Exception:  # noqa: BLE001 - a target that cannot be found cannot be allowed either
-        return False

@@ -16,7 +16,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from experiments.errors import describe, interrupted
+from experiments.errors import describe, interrupted, printable
+from experiments.redact import redact
 from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm, sigterm_raises
 
 INTERRUPTED = (
@@ -30,8 +31,9 @@ TERMINATED = (
 
 
 def exit_on_user_error(message: str) -> None:
-    """Print ``error: message`` as the one line on stderr and exit with code 2."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """Print ``error: message`` as the one line on stderr and exit with code 2: without control
+    characters (the message may quote a file someone else wrote) and without passwords."""
+    print(f"error: {printable(redact(message))}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 

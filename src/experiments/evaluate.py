@@ -19,7 +19,7 @@ from experiments.restore import restore
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test ``cfg.ckpt_path``; returns the test metrics."""
-    run = restore(cfg.ckpt_path, list(cfg.get("trust") or []), cfg.get("config"))
+    run = restore(cfg.ckpt_path, cfg.get("trust"), cfg.get("config"))
     trainer = run.trainer()
     # The trainer loads the weights again after setting the run's precision (float64 stays exact).
     tested = trainer.test(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
+import stat
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +28,7 @@ from experiments.data.loader import InMemoryLoader
 from experiments.data.spec import DataSpec
 from experiments.errors import UserError
 from experiments.restore import restore
-from experiments.runs import write_atomic
+from experiments.runs import RUN_FILES, RUN_FOLDERS, is_run_folder, write_atomic
 
 # Rows parsed at once: a big file is read in blocks of this many rows, never held as text.
 BLOCK_ROWS = 65536
@@ -59,8 +61,13 @@ def read_inputs(path: str | Path, spec: DataSpec) -> torch.Tensor:
     refused in one line that names it.
     """
     file = Path(path).expanduser()
-    if not file.is_file():
+    kind = _kind(file)
+    if kind is None:
         raise UserError(f"inputs file not found: {file}; pass inputs=<CSV file with one sample per row>")
+    if kind == "symbolic link":
+        kind = _kind(file.resolve()) or kind
+    if kind != "file":  # a pipe would block until something writes to it; a device may never end
+        raise UserError(f"inputs={file} is a {kind}, not a file; pass inputs=<CSV file with one sample per row>")
     width = math.prod(spec.input_shape)
     blocks: list[np.ndarray] = []
     rows: list[list[str]] = []
@@ -146,12 +153,79 @@ class _PredictProgress(L.Callback):
         self.ticker(min((batch_idx + 1) * self.batch_size, self.total))
 
 
-def _check_writable(path: Path) -> None:
-    folder = path.parent
+def _kind(path: Path) -> str | None:
+    """What ``path`` itself is (a link is not followed), or None when nothing is there."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # (under a file: refused as not a writable folder)
+        return None
+    except OSError as err:
+        raise UserError(f"cannot use {path}: {err.strerror or err}") from None
+    for test, kind in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return kind
+    return "device"
+
+
+def check_output(output: Path, inputs: str | None) -> None:
+    """Refuse an ``output=`` that predict must not write, before anything is predicted: predict
+    writes a new file, or replaces a predictions CSV (a header of column names; once the
+    predictions are made, columns that this model's predictions have); never the inputs, a run's
+    own files or folders, a link, a folder, a pipe or a device."""
+    kind = _kind(output)
+    if kind not in (None, "file"):
+        raise UserError(
+            f"output={output} is a {kind}, not a file; predict writes a new file or replaces a predictions CSV: "
+            "pass output=<file>.csv"
+        )
+    given = Path(os.path.abspath(output))
+    for path in (given, Path(os.path.realpath(given.parent)) / given.name):
+        for folder in path.parents:
+            if folder.name in RUN_FOLDERS and is_run_folder(folder.parent):
+                raise UserError(
+                    f"output={output} is inside {folder}, a run's own folder; pass output=<file> outside it "
+                    "(by default predictions.csv goes beside the run's checkpoints folder)"
+                )
+        if path.name in RUN_FILES and is_run_folder(path.parent):
+            raise UserError(f"output={output} is a run's own file ({path.name}); pass output=<another file>.csv")
+    if kind == "file" and inputs is not None and os.path.exists(inputs) and os.path.samefile(output, inputs):
+        raise UserError(f"output={output} is the inputs= file; pass another output= file")
+    if kind == "file" and _header(output) is None:
+        raise UserError(
+            f"output={output} exists and is not a predictions CSV (its first line is no header of predictions); "
+            "predict replaces only a file of predictions: pass a new file name"
+        )
+    folder = given.parent
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write {path}: {folder} is not a writable folder; pass output=<writable path>")
+        raise UserError(f"cannot write {output}: {folder} is not a writable folder; pass output=<writable path>")
+
+
+_COLUMN = re.compile(r"[A-Za-z]\w*")
+
+
+def _header(path: Path) -> list[str] | None:
+    """The column names of a predictions CSV (``input_0``, ``target``, ``probability_3``,
+    ``prediction``: what :func:`_columns` names), or None for a file whose first line is not such a header."""
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            header = handle.readline(65536).strip().split(",")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return header if all(_COLUMN.fullmatch(name) for name in header) else None
+
+
+def _show(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"show={value!r} must be a whole number >= 0 (how many predictions to print)")
+    return value
 
 
 def _numeric(row: list[str]) -> bool:
@@ -203,10 +277,15 @@ def predict(cfg: DictConfig) -> Path:
     batch_size = cfg.get("batch_size")
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise UserError(f"batch_size={batch_size!r} must be a positive integer (or null: the run's eval batch size)")
-    run = restore(cfg.ckpt_path, list(cfg.get("trust") or []), cfg.get("config"))
-    given = read_inputs(cfg.inputs, cast(Any, run.datamodule).spec) if cfg.inputs else None
+    show = _show(cfg.get("show"))
+    inputs_path = str(Path(str(cfg.inputs)).expanduser()) if cfg.inputs else None
     if cfg.output:
-        _check_writable(Path(cfg.output))
+        check_output(Path(str(cfg.output)).expanduser(), inputs_path)
+    run = restore(cfg.ckpt_path, cfg.get("trust"), cfg.get("config"))
+    output = Path(str(cfg.output)).expanduser() if cfg.output else run.run_dir / "predictions.csv"
+    if not cfg.output:
+        check_output(output, inputs_path)
+    given = read_inputs(inputs_path, cast(Any, run.datamodule).spec) if inputs_path else None
     targets = None
     if given is not None:
         inputs = given
@@ -226,7 +305,6 @@ def predict(cfg: DictConfig) -> Path:
     for name, values in outputs.items():
         table.update(_columns(name, values))
 
-    output = Path(cfg.output) if cfg.output else run.run_dir / "predictions.csv"
     count = len(inputs)
 
     def write(handle: Any) -> None:
@@ -237,8 +315,22 @@ def predict(cfg: DictConfig) -> Path:
             writer.writerows(_rows(table, start, start + BLOCK_ROWS))
             ticker(min(start + BLOCK_ROWS, count))
 
-    write_atomic(output, write)
-    _summarise(table, run.task.describe_predictions(outputs, targets), output, int(cfg.show))
+    existing = _header(output) if output.exists() else None
+    ours = ("input", "target", *outputs)
+    if existing is not None and not all(
+        re.fullmatch(rf"({'|'.join(map(re.escape, ours))})(_\d+)?", c) for c in existing
+    ):
+        raise UserError(
+            f"output={output} holds other columns ({','.join(existing)[:100]}) than predictions of this model "
+            f"({', '.join(ours)}); predict replaces only a file of predictions: pass a new file name"
+        )
+    try:
+        write_atomic(output, write)
+    except OSError as err:  # a full or read-only disk: the previous file, if any, is as it was
+        raise UserError(
+            f"cannot write {output}: {err.strerror or err}; free some space there, or pass output=<file elsewhere>"
+        ) from None
+    _summarise(table, run.task.describe_predictions(outputs, targets), output, show)
     return output
 
 

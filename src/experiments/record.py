@@ -24,6 +24,7 @@ accepted, so that a refused command never rewrites the run it names.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import shlex
@@ -45,8 +46,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from experiments.callbacks import NonFiniteError
-from experiments.errors import UserError, describe, interrupted
-from experiments.runs import read_json, read_metrics, write_json
+from experiments.errors import UserError, describe, interrupted, printable
+from experiments.redact import redact, redacted
+from experiments.runs import check_no_links, read_json, read_metrics, write_atomic, write_json
 from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm
 
 LOCK = ".lock"
@@ -80,9 +82,9 @@ def ending_of(err: BaseException | None) -> Ending:
     if is_sigterm(err):
         return Ending("interrupted", SIGTERM_EXIT, "SIGTERM")
     reason = describe(err)
-    if reason is not None:
-        return Ending("failed", 2, reason=reason)
-    return Ending("failed", 1, reason=f"{type(err).__name__}: {err}")
+    if reason is not None:  # printed and written: without control characters or passwords
+        return Ending("failed", 2, reason=printable(redact(reason)))
+    return Ending("failed", 1, reason=redact(f"{type(err).__name__}: {err}"))
 
 
 def _is_pruned(err: BaseException) -> bool:
@@ -115,7 +117,7 @@ class RunLock:
         except filelock.Timeout:
             holder = self._holder(wait=1.0)
             who = (
-                f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+                printable(f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}")
                 if holder
                 else "another process"
             )
@@ -131,7 +133,7 @@ class RunLock:
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv),
+                "command": redact(" ".join(sys.argv)),  # no password of a storage URL
             },
         )
         return previous
@@ -178,11 +180,15 @@ class RunRecord:
             hydra_cfg = HydraConfig.instance().cfg
             self.multirun = HydraConfig.get().mode == RunMode.MULTIRUN
             self.overrides = [str(o) for o in HydraConfig.get().overrides.task]
-            # As Hydra writes them (run_job), taken before the run changes its config.
+            # As Hydra writes them (run_job), taken before the run changes its config; with the
+            # password of any URL (the Optuna storage's) masked.
             self.hydra = {
-                "config.yaml": OmegaConf.to_yaml(copy.deepcopy(cfg)),
-                "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
-                "overrides.yaml": OmegaConf.to_yaml(HydraConfig.get().overrides.task),
+                name: OmegaConf.to_yaml(redacted(OmegaConf.to_container(node)))
+                for name, node in (
+                    ("config.yaml", copy.deepcopy(cfg)),
+                    ("hydra.yaml", hydra_cfg),
+                    ("overrides.yaml", HydraConfig.get().overrides.task),
+                )
             }
         self._hydra_written = False
 
@@ -190,6 +196,7 @@ class RunRecord:
         if not self.owner:
             return
         previous = self.lock.acquire()
+        check_no_links(self.run_dir)  # a received run folder's links would carry writes out of it
         if previous is not None:
             self._record_killed(previous)
         if not self.resuming:
@@ -210,12 +217,12 @@ class RunRecord:
         folder = self.run_dir / ".hydra"
         folder.mkdir(parents=True, exist_ok=True)
         for name, text in self.hydra.items():
-            (folder / name).write_text(text, encoding="utf-8")
+            write_atomic(folder / name, functools.partial(_write_text, text))  # a link is replaced, not followed
         self._hydra_written = True
 
     def _record_killed(self, previous: dict[str, Any]) -> None:
         last = self.run_dir / "checkpoints" / "last.ckpt"
-        line = (
+        line = printable(
             f"the previous process of {self.run_dir} (pid {previous.get('pid')} on {previous.get('host')}, since "
             f"{previous.get('since')}) ended without recording how: killed (SIGKILL, out of memory or a lost node)"
         )
@@ -255,6 +262,10 @@ class RunRecord:
             kept = f"; checkpoints/last.ckpt holds step {step}" if step is not None else ""
             return f"interrupted ({what}){where}{kept}; continue with: {self.resume_command()}"
         return f"interrupted ({what}){where} before any checkpoint was written; run the same command again"
+
+
+def _write_text(text: str, handle: Any) -> None:
+    handle.write(text)
 
 
 def _checkpoint_step(path: Path) -> int | None:

@@ -15,8 +15,37 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.errors import UserError
+
 METRICS = "metrics.json"
 HISTORY = "history.csv"
+# What a run folder holds of its own (and a sweep folder of its own): files that a command such as
+# predict must never replace, and folders it must never write into.
+RUN_FILES = frozenset(
+    {
+        "config.yaml",
+        METRICS,
+        HISTORY,
+        "learning_curves.png",
+        "forecasts.png",
+        "train.log",
+        ".lock",
+        ".lock.holder.json",
+        "multirun.yaml",
+        "summary.md",
+        "summary.csv",
+        "best.yaml",
+        "objective.png",
+        "optuna.db",
+    }
+)
+RUN_FOLDERS = frozenset({"checkpoints", ".hydra", "tensorboard"})
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run (or a sweep) of this project: its checkpoints, Hydra's record,
+    its metrics or its lock."""
+    return any((folder / name).exists() for name in ("checkpoints", ".hydra", METRICS, ".lock", "multirun.yaml"))
 
 
 def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
@@ -33,6 +62,20 @@ def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_no_links(run_dir: Path) -> None:
+    """Refuse a run folder that holds a symbolic link (a received one, say): a run writes its files
+    in place, and a link (``checkpoints/`` to another run's, ``.hydra/config.yaml`` to a file of
+    the user's) would carry those writes out of the folder."""
+    for folder, names, files in os.walk(run_dir):
+        for name in [*names, *files]:
+            path = Path(folder) / name
+            if path.is_symlink():
+                raise UserError(
+                    f"{path} is a symbolic link (to {os.readlink(path)}); a run writes only inside its own folder: "
+                    "replace the link by a copy of what it points to, or run in a copy of the folder"
+                )
 
 
 def _finite(value: Any) -> Any:
@@ -52,32 +95,51 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
     write_atomic(run_dir / "config.yaml", lambda h: h.write(OmegaConf.to_yaml(cfg, resolve=True)))
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path, strict: bool = False) -> dict[str, Any]:
     """A JSON object from ``path``, or ``{}`` for a file that is missing, unreadable, damaged or
-    not an object: a run folder is data that anyone may have written."""
+    not an object: a run folder is data that anyone may have written. ``strict``: a damaged file
+    is one line naming it (:class:`~experiments.errors.UserError`) instead."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as err:
+        if strict:
+            raise _damaged(path, err) from None
+        return {}
+    if not isinstance(data, dict) and strict:
+        raise _damaged(path, f"a JSON {type(data).__name__}, not an object")
     return data if isinstance(data, dict) else {}
 
 
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """A run's ``metrics.json`` (``{}`` when it has none, or a damaged one)."""
-    return read_json(Path(run_dir) / METRICS)
+def read_metrics(run_dir: Path, strict: bool = False) -> dict[str, Any]:
+    """A run's ``metrics.json`` (``{}`` when it has none, or a damaged one; ``strict``: see :func:`read_json`)."""
+    return read_json(Path(run_dir) / METRICS, strict)
 
 
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
+def read_history(run_dir: Path, strict: bool = False) -> list[dict[str, Any]]:
     """A run's ``history.csv``, one dict per epoch with numbers as numbers (``[]`` without one);
-    empty cells (an epoch without validation) are left out of their row."""
+    empty cells (an epoch without validation) are left out of their row. ``strict``: a damaged
+    file is one line naming it instead of ``[]``."""
     file = Path(run_dir) / HISTORY
     try:
         with file.open(newline="", encoding="utf-8") as handle:
             return [
                 {k: _number(v) for k, v in row.items() if k and v not in ("", None)} for row in csv.DictReader(handle)
             ]
-    except (OSError, UnicodeDecodeError, csv.Error):
+    except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        if strict:
+            raise _damaged(file, err) from None
+        return []
+
+
+def _damaged(path: Path, why: object) -> UserError:
+    text = " ".join(str(why).split())[:120]
+    return UserError(
+        f"{path} is damaged ({text}); it is not as a run writes it: restore it, or move it away to load the run without it"
+    )
 
 
 def _number(text: str) -> Any:

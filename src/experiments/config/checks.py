@@ -98,6 +98,22 @@ def _check_node(key: str, node: DictConfig, supplied: frozenset[str] | set[str] 
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config whose options don't exist or have the wrong type, before anything runs."""
+    check_options(cfg)
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                _check_node(f"{group}.{name}", node)
+    if "seed" not in cfg:
+        _check_seed(None)
+    _check_training_length(cfg.trainer)
+    _check_callbacks_choice(cfg)
+    check_added_keys("train")
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Refuse options of what ``cfg`` builds (data, model, optimizer, scheduler, trainer, task,
+    window) that don't exist or have the wrong type, and a bad seed: the checks that a stored
+    config gets too (:func:`experiments.restore.restore`)."""
     for key in ("data", "model", "optimizer", "scheduler", "trainer", "task"):
         node = cfg.get(key)
         if isinstance(node, DictConfig) and "_target_" in node:
@@ -106,18 +122,15 @@ def check_config(cfg: DictConfig) -> None:
     if isinstance(cfg.get("window"), DictConfig):
         window = cast(DictConfig, OmegaConf.merge({"_target_": "experiments.models.Windowed"}, cfg.window))
         _check_node("window", window, _SUPPLIED | {"model"})
-    for group in ("callbacks", "logger"):
-        for name, node in (cfg.get(group) or {}).items():
-            if isinstance(node, DictConfig) and "_target_" in node:
-                _check_node(f"{group}.{name}", node)
-    seed = cfg.get("seed")
+    if "seed" in cfg:
+        _check_seed(cfg.seed)
+
+
+def _check_seed(seed: Any) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"seed={seed!r} has the wrong type: expected int")
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise UserError(f"seed={seed} is out of range: a seed is an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}")
-    _check_training_length(cfg.trainer)
-    _check_callbacks_choice(cfg)
-    check_added_keys("train")
 
 
 def _check_callbacks_choice(cfg: DictConfig) -> None:

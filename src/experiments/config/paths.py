@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from experiments.checkpoints import LAST
 from experiments.errors import UserError
+from experiments.runs import check_no_links
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PROJECT_ROOT = PACKAGE_DIR.parents[1]
@@ -72,10 +73,13 @@ def run_directory(runs: str, fresh: str, resume: Any = None) -> str:
                 f"resume=latest: no run in {runs}/ has a {LAST} to continue from; "
                 "start a new run without resume=, or pass resume=<run dir>"
             )
-        return str(max(candidates, key=lambda d: (d / LAST).stat().st_mtime))
+        latest = max(candidates, key=lambda d: (d / LAST).stat().st_mtime)
+        check_no_links(latest)  # before Hydra opens its train.log there
+        return str(latest)
     directory = Path(str(resume)).expanduser()
     if not (directory / LAST).is_file():
         raise UserError(f"resume={resume}: no {LAST} in that directory; pass resume=latest or the directory of a run")
+    check_no_links(directory)  # before Hydra opens its train.log there
     return str(directory)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
-from pathlib import Path
 from typing import Any
 from weakref import proxy
 
@@ -155,10 +155,53 @@ class ModelCheckpoint(LightningModelCheckpoint):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        pending = state_dict.get("pending")
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "pending"})
-        if pending and Path(pending["path"]).parent == Path(self.dirpath or ""):
+        # A checkpoint is data that anyone may have written, and Lightning later removes or reads
+        # the files its state names (a "local://" or "http://" path included): only plain paths of
+        # files in this callback's own folder are kept, and only scores that are numbers.
+        state = own_state(state_dict, self.dirpath)
+        pending = state.pop("pending", None)
+        super().load_state_dict(state)
+        if (
+            isinstance(pending, dict)
+            and _in_folder(pending.get("path"), self.dirpath)
+            and isinstance(pending.get("checkpoint"), dict)
+            and isinstance(pending["checkpoint"].get("state_dict"), dict)
+        ):
             self._pending = (pending["path"], pending["checkpoint"])
+
+
+def own_state(state: Any, dirpath: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """A ModelCheckpoint's saved state with every path outside ``dirpath`` and every score that is
+    not a number taken out (as if never set), so that loading it can make Lightning touch no other file."""
+    state = dict(state) if isinstance(state, dict) else {}
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        state[key] = state.get(key) if _in_folder(state.get(key), dirpath) else ""
+    for key in ("best_model_score", "kth_value", "current_score"):
+        state[key] = _score(state.get(key))
+    kept = state.get("best_k_models")
+    state["best_k_models"] = {
+        path: _score(score)
+        for path, score in (kept.items() if isinstance(kept, dict) else ())
+        if _in_folder(path, dirpath) and _score(score) is not None
+    }
+    if not isinstance(state.get("dirpath"), str):
+        state.pop("dirpath", None)
+    return state
+
+
+def _in_folder(path: Any, dirpath: str | os.PathLike[str] | None) -> bool:
+    """Whether ``path`` is a plain local path (no ``scheme://``) of a file directly in ``dirpath``."""
+    if not isinstance(path, str) or not path or "://" in path or "\0" in path or not dirpath or "://" in str(dirpath):
+        return False
+    return os.path.dirname(os.path.realpath(path)) == os.path.realpath(dirpath)
+
+
+def _score(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value))
+    return None
 
 
 def _stops_after_this_epoch(trainer: L.Trainer) -> bool:

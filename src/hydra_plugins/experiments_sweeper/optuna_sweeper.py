@@ -53,6 +53,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import UserError, interrupted
+from experiments.redact import redact, redacted
 from experiments.runs import read_metrics
 from experiments.summarize import plot_study
 from experiments.sweeps import open_storage, storage_url
@@ -160,7 +161,7 @@ class OptunaSweeper(Sweeper):
         except Exception as err:
             import sqlalchemy.exc
 
-            if not isinstance(err, sqlalchemy.exc.SQLAlchemyError):
+            if not isinstance(err, (sqlalchemy.exc.SQLAlchemyError, ValueError)):  # ValueError: a bad port
                 raise
             reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
             raise UserError(
@@ -187,7 +188,8 @@ class OptunaSweeper(Sweeper):
         if self.storage:  # a bad URL is refused before any folder is made
             storage = self._storage(url)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # As Hydra's BasicSweeper saves it, with the password of any URL (the storage's) masked.
+        OmegaConf.save(redacted(OmegaConf.to_container(self.config)), sweep_dir / "multirun.yaml")
         if not self.storage:
             storage = self._storage(url)
         study = self._open_study(storage)
@@ -443,13 +445,8 @@ def _suggest(trial: Any, name: str, distribution: Any) -> Any:
 
 
 def _hide_password(url: str) -> str:
-    """The storage URL as shown in messages and logs: without its password."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+    """The storage URL as shown in messages and logs: without its password, wherever it sits."""
+    return redact(url)
 
 
 def _state(name: str) -> Any:
