@@ -256,6 +256,14 @@ for _name in fit_hooks():
     setattr(KillAtHook, _name, _hook(_name))
 
 
+class BrokenBlobs(BlobsDataModule):
+    """Blobs whose ``setup`` raises a plain exception (a bug, not a setting) with a message of
+    several lines, a pipe and an escape sequence in it."""
+
+    def setup(self, stage: str | None = None) -> None:
+        raise RuntimeError("disk said no\nsecond line | with a pipe\n\x1b[31mthird line\x1b[0m")
+
+
 class SlowSetupBlobs(BlobsDataModule):
     """Blobs whose ``setup`` (reading the data) takes ``setup_seconds``."""
 

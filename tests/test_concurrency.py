@@ -44,6 +44,7 @@ def test_runs_and_sweeps_started_together_never_share_files(tmp_path: Path) -> N
     assert sorted(seeds) == [1, 2, 3, 4, 5, 6]  # every run and trial wrote its own config
     for sweep in sweeps:
         assert sorted(p.name for p in sweep.iterdir()) == [
+            ".lock",  # the sweep folder's lock (one sweep at a time writes into it)
             "0",
             "1",
             "best.yaml",

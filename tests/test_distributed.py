@@ -91,6 +91,7 @@ def test_multirun_with_ddp_gives_each_job_one_directory(tmp_path: Path) -> None:
     assert "terminate called" not in result.stderr and "terminated with code" not in result.stderr
     (sweep,) = (tmp_path / "outputs" / "blobs" / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir()) == [
+        ".lock",  # the sweep folder's lock (one sweep at a time writes into it)
         "0",
         "1",
         "best.yaml",

@@ -1,20 +1,31 @@
 """Bad inputs that need more than one command to set up: a read-only run folder, a name that
-climbs out of outputs/, two sweeps creating one study at once, and Ctrl-C on a sweep."""
+climbs out of outputs/, two sweeps creating one study at once; and sweeps that survive their
+workers: Ctrl-C and SIGTERM to a sweep, a job or worker killed or stopped from outside, the sweep's
+own process killed, a second sweep into a sweep's folder, damaged sweep folders summarised."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import json
 import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import optuna
 import pytest
+from omegaconf import OmegaConf
 
-from reliability_helpers import call_cli, child_env, completed_results, start
+from conftest import selected
+from reliability_helpers import call_cli, child_env, completed_results, run, start
 
 
 def _read_only_command(folder: Path, command: list[str]) -> list[str]:
@@ -136,6 +147,9 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(sweep: str, tmp_path: P
     assert completed_results(tmp_path) == []
     if sweep.startswith("grid"):  # the jobs not yet started when Ctrl-C came are not started
         assert not (tmp_path / "grid" / "2").exists() and not (tmp_path / "grid" / "3").exists()
+        # The summary of the sweep is written all the same: two trials, both interrupted.
+        with open(tmp_path / "grid" / "summary.csv", newline="") as handle:
+            assert [r["status"] for r in csv.DictReader(handle)] == ["interrupted", "interrupted"]
 
 
 def _grid_with_two_workers(tmp_path: Path, seeds: str) -> tuple[subprocess.Popen[str], Path, list[str]]:
@@ -166,21 +180,29 @@ def _end(process: subprocess.Popen[str]) -> None:
         process.communicate()
 
 
-def test_a_multirun_worker_killed_from_outside_is_one_line_naming_the_lost_jobs(tmp_path: Path) -> None:
-    process, _, workers = _grid_with_two_workers(tmp_path, "0,1")
+def _holder(run_dir: Path) -> int | None:
+    """The process that holds a trial's folder (its job's process, or the Optuna worker running it)."""
     try:
-        assert workers, "no worker processes"
-        os.kill(int(workers[0]), signal.SIGKILL)  # the OOM killer, or a user's kill
-        _, err = process.communicate(timeout=60)
-    finally:
-        _end(process)
-    assert process.returncode == 2, err[-3000:]
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
-        "error: a worker of this multirun died (killed, or out of memory), and jobs [0, 1] did not finish; "
-        "rerun them (resume=<job dir>), or the multirun with hydra.launcher.n_jobs=1"
-    )
-    assert completed_results(tmp_path) == []
+        return int(json.loads((run_dir / ".lock.holder.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(condition: Callable[[], object], process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, (process.communicate()[1] or "the sweep ended")[-3000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def test_sigterm_to_a_multirun_stops_its_jobs_starts_no_other_and_exits_143(tmp_path: Path) -> None:
@@ -188,9 +210,18 @@ def test_sigterm_to_a_multirun_stops_its_jobs_starts_no_other_and_exits_143(tmp_
     process, sweep, workers = _grid_with_two_workers(tmp_path, "0,1,2,3")
     try:
         assert len(workers) == 2
+        # A second sweep into the folder of this live one is refused in one line, before it writes
+        # anything there (Hydra would rewrite the sweep's multirun.yaml first).
+        before = (sweep / "multirun.yaml").read_bytes()
+        code, _, second = call_cli(
+            "train", "-m", "experiment=xor", "seed=0", "optimizer.lr=0.9", "logger=none", f"hydra.sweep.dir={sweep}"
+        )
+        assert code == 2 and len(second.strip().splitlines()) == 1, second
+        assert second.startswith(f"error: {sweep} is in use by the sweep of process {process.pid} on ")
+        assert (sweep / "multirun.yaml").read_bytes() == before
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)
-        alive = [w for w in workers if subprocess.run(["kill", "-0", w], capture_output=True).returncode == 0]
+        alive = [w for w in workers if _alive(int(w))]
     finally:
         _end(process)
     assert process.returncode == 143, err[-3000:]
@@ -275,3 +306,333 @@ def test_a_storage_url_that_cannot_be_opened_is_one_line_without_its_password(tm
         assert lines[0].startswith("error: hydra.sweeper.storage=postgresql+psycopg://postgres") and "***" in lines[0]
         assert "Hunter2SecretPW" not in done.stdout + done.stderr
     assert not (tmp_path / "outputs").exists()
+    with open(sweep / "summary.csv", newline="") as handle:  # written for what ran
+        assert [r["status"] for r in csv.DictReader(handle)] == ["interrupted", "interrupted"]
+
+
+OPTUNA = [
+    "experiment=xor",
+    "hparams_search=xor_tpe",
+    "hydra.sweeper.n_trials=2",
+    "hydra.sweeper.n_jobs=2",
+    "hydra.sweeper.heartbeat_interval=1",
+    "hydra.sweeper.pruner.n_startup_trials=100",  # reports every epoch, never prunes
+    "logger=none",
+    "callbacks.history.verbose=false",
+]
+
+
+def _optuna_trials(sweep: Path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="xor_tpe", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+
+
+class _Sweep:
+    """A sweep that the fixture below starts, and what a thread of this process does to it once its
+    trials run (so that the sweeps run together), waited for by its own test."""
+
+    def __init__(self, root: Path, name: str, args: list[str], act: Callable[[_Sweep], None] | None = None) -> None:
+        self.sweep = root / name
+        self.done: dict[str, object] = {}  # what was done to it
+        self.problem: BaseException | None = None
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # no full pipe holds it up
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "experiments.train", "-m", *args, f"hydra.sweep.dir={self.sweep}"],
+            cwd=root,
+            env=child_env(),
+            stdout=self.out,
+            stderr=self.err,
+            text=True,
+            start_new_session=True,
+        )
+        self.thread = threading.Thread(target=self._act, args=(act,), daemon=True) if act else None
+        if self.thread is not None:
+            self.thread.start()
+
+    def _act(self, act: Callable[[_Sweep], None]) -> None:
+        try:
+            act(self)
+        except BaseException as err:  # noqa: BLE001 - reported by the test
+            self.problem = err
+
+    def running(self, *jobs: str) -> list[int]:
+        """Once trials ``jobs`` run: the processes that hold their folders."""
+        _wait_for(lambda: all(_holder(self.sweep / job) for job in jobs), self.process)
+        return [_holder(self.sweep / job) or 0 for job in jobs]
+
+    def first_running(self) -> str:
+        """Once trial 0 or 1 runs: which."""
+        _wait_for(lambda: _holder(self.sweep / "0") or _holder(self.sweep / "1"), self.process)
+        return "0" if _holder(self.sweep / "0") else "1"
+
+    def wait(self, timeout: float = 300) -> tuple[int, str, str]:
+        """The sweep's exit code, stdout and stderr; it is killed if it outlives ``timeout``."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+        try:
+            self.process.wait(timeout=timeout)
+        finally:
+            _end(self.process)
+        assert self.problem is None, repr(self.problem)
+        self.out.seek(0)
+        self.err.seek(0)
+        return self.process.returncode, self.out.read(), self.err.read()
+
+
+def _kill_one_stop_another(sweep: _Sweep) -> None:
+    killed, stopped = sweep.running("0", "1", "2")[:2]
+    os.kill(killed, signal.SIGKILL)  # the OOM killer, or kill -9
+    os.kill(stopped, signal.SIGTERM)  # a signal to that job alone
+
+
+def _kill_the_sweep(sweep: _Sweep) -> None:
+    jobs = sweep.done["jobs"] = sweep.running("0", "1")
+    os.kill(sweep.process.pid, signal.SIGKILL)  # the sweep's own process alone
+    deadline = time.monotonic() + 10
+    while any(_alive(job) for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sweep.done["alive"] = [job for job in jobs if _alive(job)]
+    for job in sweep.done["alive"]:  # type: ignore[attr-defined]
+        os.kill(job, signal.SIGKILL)
+
+
+def _terminate_the_sweep(sweep: _Sweep) -> None:
+    sweep.done["workers"] = sweep.running("0", "1")
+    sweep.process.send_signal(signal.SIGTERM)
+
+
+def _kill_a_worker(sweep: _Sweep) -> None:
+    victim = sweep.done["victim"] = _holder(sweep.sweep / sweep.first_running()) or 0  # the Optuna worker
+    os.kill(victim, signal.SIGKILL)
+
+
+def _stop_a_worker(sweep: _Sweep) -> None:
+    trial = sweep.done["trial"] = sweep.first_running()
+    worker = _holder(sweep.sweep / trial) or 0
+    os.kill(worker, signal.SIGSTOP)
+    try:  # until another worker has failed its trial as stale
+        _wait_for(
+            lambda: any(str(t.number) == trial and t.state.name == "FAIL" for t in _optuna_trials(sweep.sweep)),
+            sweep.process,
+            180,
+        )
+    finally:
+        os.kill(worker, signal.SIGCONT)
+
+
+GRID = ["experiment=xor", "logger=none", "callbacks.history.verbose=false"]
+GRID_KILLED = [*GRID, "seed=0,1", "hydra.launcher.n_jobs=2", "trainer.max_epochs=60"]
+
+
+@pytest.fixture(scope="module")
+def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _Sweep]]:
+    """Six sweeps started together, each with what is done to it (each started only when its test
+    runs): a grid sweep whose jobs are killed and stopped one by one, one whose own process is
+    killed, one whose trials raise, and Optuna sweeps sent SIGTERM, with a worker killed, and with a
+    worker stopped past its grace period."""
+    root = tmp_path_factory.mktemp("hostile")
+    sweeps = {
+        "jobs_killed": (
+            "test_a_sweep_goes_on_past_a_job_killed_and_a_job_stopped_from_outside",
+            [*GRID, "seed=0,1,2", "hydra.launcher.n_jobs=3", "trainer.max_epochs=200"],
+            _kill_one_stop_another,
+        ),
+        "sweep_killed": (
+            "test_a_sweep_killed_with_sigkill_leaves_no_process_and_its_command_completes_it",
+            GRID_KILLED,
+            _kill_the_sweep,
+        ),
+        "raising": (
+            "test_a_trial_that_raises_a_message_of_many_lines_is_one_line_and_one_row",
+            [*GRID, "data._target_=reliability_helpers.BrokenBlobs", "seed=0,1"],
+            None,
+        ),
+        "optuna_terminated": (
+            "test_sigterm_to_an_optuna_sweep_stops_its_workers_and_exits_143",
+            [*OPTUNA, "trainer.max_epochs=100000"],
+            _terminate_the_sweep,
+        ),
+        "optuna_worker_killed": (
+            "test_an_optuna_worker_killed_costs_only_its_trial",
+            [*OPTUNA, "hydra.sweeper.grace_period=6", "trainer.max_epochs=80"],
+            _kill_a_worker,
+        ),
+        "optuna_worker_stopped": (
+            "test_an_optuna_worker_stopped_past_its_grace_period_has_its_late_result_dropped",
+            [*OPTUNA, "hydra.sweeper.grace_period=6", "trainer.max_epochs=80"],
+            _stop_a_worker,
+        ),
+    }
+    started = {
+        name: _Sweep(root, name, args, act) for name, (test, args, act) in sweeps.items() if selected(request, test)
+    }
+    yield started
+    for sweep in started.values():
+        with contextlib.suppress(BaseException):
+            sweep.wait(timeout=1)
+
+
+def test_a_sweep_goes_on_past_a_job_killed_and_a_job_stopped_from_outside(hostile: dict[str, _Sweep]) -> None:
+    # Three jobs at once; one job's process is killed, another is sent SIGTERM alone. Before: the
+    # pool broke, every job was lost, no summary, exit code 2.
+    code, out, err = hostile["jobs_killed"].wait()
+    sweep = hostile["jobs_killed"].sweep
+    assert code == 3, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: 2 of 3 trials did not complete (1 interrupted, 1 killed); see {sweep / 'summary.md'}"
+    )
+    metrics = {job: json.loads((sweep / job / "metrics.json").read_text()) for job in "012"}
+    assert {job: m["status"] for job, m in metrics.items()} == {"0": "killed", "1": "interrupted", "2": "completed"}
+    lines = out.splitlines()
+    assert [line for line in lines if line.startswith("killed: ")] == [
+        f"killed: killed by SIGKILL (out of memory, or kill -9): process {metrics['0']['pid']} of the sweep ended "
+        f"before its run recorded how; run the sweep's command again to continue it | {sweep / '0'}"
+    ]
+    [stopped] = [line for line in lines if line.startswith("interrupted: ")]
+    # (as the run says it, or, for a signal that came before the run began, as the sweep does)
+    assert "SIGTERM" in stopped and stopped.endswith(f" | {sweep / '1'}")
+    with open(sweep / "summary.csv", newline="") as handle:
+        assert [r["status"] for r in csv.DictReader(handle)] == ["completed", "interrupted", "killed"]
+    assert OmegaConf.load(sweep / "best.yaml").run_dir == str(sweep / "2")
+
+
+def test_a_sweep_killed_with_sigkill_leaves_no_process_and_its_command_completes_it(
+    hostile: dict[str, _Sweep], tmp_path: Path
+) -> None:
+    killed = hostile["sweep_killed"]
+    code, _, _ = killed.wait()
+    assert code == -signal.SIGKILL
+    # Its jobs died with it, within seconds (before: they ran the queued jobs, then waited forever).
+    assert killed.done["jobs"] and killed.done["alive"] == []
+    # The same command again, in the same folder, completes the sweep.
+    sweep = killed.sweep
+    again = run("train", "-m", *GRID_KILLED, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    with open(sweep / "summary.csv", newline="") as handle:
+        assert [r["status"] for r in csv.DictReader(handle)] == ["completed", "completed"]
+    # Another sweep into that sweep's folder is refused in one line, and writes nothing there.
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    code, _, err = call_cli("train", "-m", *GRID_KILLED, "optimizer.lr=0.5", f"hydra.sweep.dir={sweep}")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: {sweep} holds another sweep ({' '.join(o for o in GRID_KILLED if not o.startswith('hydra.'))}); "
+        "nothing was written there: pick a new folder (hydra.sweep.dir=<new folder>), or run that sweep's own "
+        "command again to continue it"
+    ]
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+
+
+def test_a_trial_that_raises_a_message_of_many_lines_is_one_line_and_one_row(hostile: dict[str, _Sweep]) -> None:
+    code, out, err = hostile["raising"].wait()
+    sweep = hostile["raising"].sweep
+    assert code == 3, err[-3000:]
+    reason = "RuntimeError: disk said no / second line | with a pipe / third line"
+    failed = sorted(line for line in out.splitlines() if line.startswith("failed: "))
+    assert failed == [f"failed: {reason} | {sweep / job}" for job in "01"]
+    table = [line for line in (sweep / "summary.md").read_text().splitlines()[2:] if line]
+    assert len(table) == 4 and all(line.startswith("| ") and line.endswith(" |") for line in table)
+    assert all(reason.replace("|", "\\|") in line for line in table[2:])
+
+
+def test_sigterm_to_an_optuna_sweep_stops_its_workers_and_exits_143(hostile: dict[str, _Sweep]) -> None:
+    # Before: SIGTERM reached the sweep's process only, whose workers ran on; it waited forever.
+    terminated = hostile["optuna_terminated"]
+    code, _, err = terminated.wait(timeout=120)
+    assert code == 143, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "error: interrupted (SIGTERM); continue a run with resume=latest (or resume=<run dir>), "
+        "an Optuna sweep by running the same command again"
+    )
+    assert [w for w in terminated.done["workers"] if _alive(w)] == []  # type: ignore[attr-defined]
+    # The stopped trials are failed and queued again, for the same command to run.
+    trials = _optuna_trials(terminated.sweep)
+    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]
+
+
+def test_an_optuna_worker_killed_costs_only_its_trial(hostile: dict[str, _Sweep]) -> None:
+    # Before: exit code 1, "RuntimeError: sweep workers [...] stopped with an error (see their
+    # traceback above)" (there was none), and no summary.
+    code, _, err = hostile["optuna_worker_killed"].wait()
+    sweep, victim = hostile["optuna_worker_killed"].sweep, hostile["optuna_worker_killed"].done["victim"]
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err
+    [note] = [line for line in err.splitlines() if line.startswith("note: sweep worker ")]
+    assert f"(pid {victim}) killed by SIGKILL (out of memory, or kill -9) during trial " in note
+    trials = _optuna_trials(sweep)
+    killed = [t for t in trials if t.state.name == "FAIL"]
+    assert killed and sum(t.state.name == "COMPLETE" for t in trials) == 2
+    assert not any((sweep / str(t.number)).exists() for t in killed)  # its half run goes; its retry counts
+    with open(sweep / "summary.csv", newline="") as handle:
+        assert [r["status"] for r in csv.DictReader(handle)] == ["completed", "completed"]
+    assert (sweep / "best.yaml").is_file() and (sweep / "optuna_history.png").is_file()
+
+
+def test_an_optuna_worker_stopped_past_its_grace_period_has_its_late_result_dropped(
+    hostile: dict[str, _Sweep],
+) -> None:
+    # Before: "ValueError: Cannot tell a FAIL trial.", exit code 1, no summary.
+    code, out, err = hostile["optuna_worker_stopped"].wait()
+    sweep, trial = hostile["optuna_worker_stopped"].sweep, hostile["optuna_worker_stopped"].done["trial"]
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in out + err
+    assert f"failed: trial {trial} was failed by another worker of the sweep while it ran" in out
+    with open(sweep / "summary.csv", newline="") as handle:
+        assert [r["status"] for r in csv.DictReader(handle)] == ["completed", "completed"]
+    assert not (sweep / str(trial)).exists() and (sweep / "best.yaml").is_file()
+
+
+def test_a_damaged_sweep_folder_is_summarised_row_by_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from experiments.summarize import main as summarize_main
+
+    sweep = tmp_path / "received"
+    files = {
+        # escape sequences in an override and an error; a completed trial whose override is a
+        # shell command; a metrics.json that is a list; overrides with a Python tag, and binary;
+        # a failed trial's history in Latin-1
+        "0": ['- "seed=\\e[2J\\e]0;owned\\a"\n', {"status": "failed", "error": "\x1b[31mred\x1b[0m\nsecond"}],
+        "1": ["- experiment=xor\n- 'seed=0;touch PWNED'\n", {"status": "completed", "best": 0.1, "test": []}],
+        "2": ["- seed=2\n", []],
+        "3": [f"- !!python/object/apply:os.system ['touch {tmp_path}/PWNED']\n", {"status": "completed", "best": 0.2}],
+        "4": [b"\x89\xff\x00 not text", {"status": "completed", "best": 0.3}],
+        "5": ["- seed=5\n", {"status": "failed", "error": "x"}],
+    }
+    for name, (overrides, metrics) in files.items():
+        (sweep / name / ".hydra").mkdir(parents=True)
+        path = sweep / name / ".hydra" / "overrides.yaml"
+        path.write_bytes(overrides) if isinstance(overrides, bytes) else path.write_text(overrides)
+        (sweep / name / "metrics.json").write_text(json.dumps(metrics))
+    (sweep / "5" / "history.csv").write_bytes(b"epoch,seconds\n1,0.5\xe9\n")
+    with pytest.raises(SystemExit) as ended:
+        summarize_main([str(sweep)])
+    out, err = capsys.readouterr()
+    assert ended.value.code == 3
+    assert err.splitlines() == [
+        f"error: 5 of 6 trials did not complete (2 failed, 3 damaged); see {sweep / 'summary.md'}"
+    ]
+    assert "\x1b" not in out and "\x07" not in out and not (tmp_path / "PWNED").exists()
+    assert out == (sweep / "summary.md").read_text()
+    table = [line for line in out.splitlines()[2:] if line.startswith("|")]
+    assert len(table) == 2 + 6
+    rows = {r["run"]: r for r in csv.DictReader(open(sweep / "summary.csv", newline=""))}
+    assert rows["0"]["overrides"] == "seed=" and rows["0"]["error"] == "red / second"
+    assert rows["2"]["status"] == rows["3"]["status"] == rows["4"]["status"] == "damaged"
+    assert rows["2"]["error"] == "metrics.json is damaged (not a JSON object)"
+    assert rows["3"]["error"].startswith("cannot read .hydra/overrides.yaml: could not determine a constructor")
+    assert rows["4"]["error"].startswith("cannot read .hydra/overrides.yaml: ")
+    # The winner's command, pasted into a shell, runs one command: every override quoted.
+    assert (
+        OmegaConf.load(sweep / "best.yaml").command == "python -m experiments.train experiment=xor 'seed=0;touch PWNED'"
+    )
+
+    # A folder where nothing completed keeps a best.yaml and an objective.png that summarize did not write.
+    mine = tmp_path / "mine"
+    (mine / "0" / ".hydra").mkdir(parents=True)
+    (mine / "0" / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    (mine / "0" / "metrics.json").write_text('{"status": "failed", "error": "x"}')
+    (mine / "best.yaml").write_text("my notes\n")
+    (mine / "objective.png").write_bytes(b"\x89PNG my figure")
+    with pytest.raises(SystemExit):
+        summarize_main([str(mine)])
+    assert (mine / "best.yaml").read_text() == "my notes\n"
+    assert (mine / "objective.png").read_bytes() == b"\x89PNG my figure"

@@ -1,21 +1,25 @@
-"""One Optuna study shared by sweeps on several "machines", against a real PostgreSQL server.
+"""One Optuna study shared by sweeps on several "machines", against a real PostgreSQL server; and
+a sweep whose database is stopped under it.
 
 The server's URL comes from ``EXPERIMENTS_TEST_POSTGRES`` (``.ci/run`` starts one on 127.0.0.1 with
 ``.ci/postgres.sh``). Every test gets a new, empty database on it, so that the schema is created
 by the sweeps themselves. Two sweep processes with their own sweep folders stand in for two
-machines: they share nothing but the database.
+machines: they share nothing but the database. The test that stops its database starts a server
+of its own the same way.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +294,120 @@ def test_no_password_reaches_a_file_of_the_sweeps_or_a_line_they_print(
         admin.execute(f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
         admin.execute(f"DROP ROLE IF EXISTS {role}")
         admin.close()
+
+
+@pytest.fixture
+def own_server() -> Iterator[tuple[str, Callable[[str], None], dict[str, str]]]:
+    """A PostgreSQL server of this test's own, started as ``.ci/postgres.sh`` starts the test server
+    (the shared one must not be stopped): its URL, ``control("stop")`` / ``control("start")``, and
+    the environment its clients need."""
+    _server_url()  # skipped (or failed, in CI) without a test server, as the other tests
+    script = REPO / ".ci" / "postgres.sh"
+    shown = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'source "{script}" >/dev/null && printf "%s\\n" "$EXPERIMENTS_TEST_POSTGRES" "$pg_data" "$pg_bin" "${{PGPASSFILE:-}}"',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    url, data, binaries, passfile = (shown.stdout.splitlines() + [""] * 4)[:4]
+    from sqlalchemy.engine import make_url
+
+    port = make_url(url).port
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def control(action: str) -> None:
+        options = (
+            ["-o", f"-h 127.0.0.1 -p {port} -k {data} -c max_connections=200"] if action == "start" else ["-m", "fast"]
+        )
+        done = subprocess.run(
+            [*as_postgres, f"{binaries}/pg_ctl", "-D", data, "-l", f"{data}/server.log", "-w", *options, action],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    try:
+        yield url, control, ({"PGPASSFILE": passfile} if passfile else {})
+    finally:
+        subprocess.run(
+            [*as_postgres, f"{binaries}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=120,
+        )
+        shutil.rmtree(data, ignore_errors=True)
+        if passfile:
+            Path(passfile).unlink(missing_ok=True)
+
+
+def test_a_database_stopped_mid_sweep_is_one_line_and_the_same_command_continues_the_study(
+    own_server: tuple[str, Callable[[str], None], dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: 646 lines of stderr with 15 tracebacks, the trials blamed on "invalid data in the
+    # commit", exit code 1 and no summary.
+    url, control, extra_env = own_server
+    for name, value in extra_env.items():  # this process reads the study too
+        monkeypatch.setenv(name, value)
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "-m",
+        "experiment=xor",
+        "hparams_search=xor_tpe",
+        f"hydra.sweeper.storage={url}",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=2",
+        "trainer.max_epochs=150",
+        *QUIET,
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {**_env(), **extra_env}
+    first = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not list(sweep.glob("*/.lock.holder.json")):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
+            time.sleep(0.1)
+        time.sleep(1)  # well inside a trial
+        control("stop")
+        out, err = first.communicate(timeout=180)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.communicate()
+    assert first.returncode == 3, err[-3000:]
+    assert "Traceback" not in out + err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: the study's database ({url}) failed: "), line
+    assert "run the same command again once the database is back (the study continues)" in line
+    stopped = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert stopped and all(m["status"] == "failed" for m in stopped)
+    assert all(m["error"].startswith("the study's database failed: ") for m in stopped)
+    assert (sweep / "summary.md").is_file()
+
+    # The database back, the same command continues the study: the trials it stopped run again.
+    control("start")
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = optuna.load_study(study_name="xor_tpe", storage=url).trials
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 3
+    assert {p.parent.name for p in sweep.glob("*/metrics.json")} == {
+        str(t.number) for t in trials if t.state.name in ("COMPLETE", "PRUNED")
+    }

@@ -40,12 +40,12 @@ PRUNER_EPOCHS = 12
 def sweeps(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, tuple[Path, StartedCli]]]:
-    """Three independent multiruns from the command line, each in its own folder, started together
-    (the machine's cores; the Optuna one runs its trials one at a time) and each waited for and
-    checked by its own test: a grid over seeds, a sweep with a raising and a diverging trial, and
-    a pruned Optuna study."""
+    """Four independent multiruns from the command line, each in its own folder, started together
+    (the machine's cores; the Optuna ones run their trials one at a time) and each waited for and
+    checked by its own test: a grid over seeds, a sweep with a raising and a diverging trial, a
+    pruned Optuna study, and an Optuna study whose every trial fails."""
     root = tmp_path_factory.mktemp("sweeps")
-    grid, failures, pruning = root / "grid", root / "failures", root / "pruning"
+    grid, failures, pruning, refused = root / "grid", root / "failures", root / "pruning", root / "refused"
     pruning.mkdir()
     # The study exists before the sweep (as a resumed one would): two sane trials, then lr=1000.
     study = optuna.create_study(study_name="prune", storage=f"sqlite:///{pruning / 'optuna.db'}")
@@ -83,6 +83,18 @@ def sweeps(
                 "hydra.sweeper.pruner.n_warmup_steps=2",
                 "optimizer.lr=choice(0.05,1000)",
                 f"trainer.max_epochs={PRUNER_EPOCHS}",
+                *QUIET,
+            ],
+        ),
+        # Every trial refused by the config's checks (a dropout is a probability).
+        "refused": (
+            "test_optuna_sweep_whose_every_trial_failed_exits_3_with_its_summary",
+            refused,
+            [
+                "hparams_search=xor_tpe",
+                "hydra.sweeper.n_trials=2",
+                "hydra.sweeper.n_jobs=1",
+                "model.dropout=1.5",
                 *QUIET,
             ],
         ),
@@ -151,7 +163,15 @@ def test_grid_sweep_over_seeds_summarises_with_mean_and_std_and_shares_one_tenso
 def test_sweep_goes_on_past_a_raising_and_a_diverging_trial(sweeps, tmp_path: Path) -> None:
     sweep, started = sweeps["failures"]  # optimizer.lr=1e38,-1,0.5 (see the fixture)
     result = started.wait()
-    assert result.returncode == 0, result.stderr[-3000:]
+    # Ran to its end with trials that failed: exit code 3, its summary and best.yaml written, one line.
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: 2 of 3 trials did not complete (2 failed); see {sweep / 'summary.md'}"
+    )
+    assert "Traceback" not in result.stderr
+    assert OmegaConf.load(sweep / "best.yaml").run_dir == str(sweep / "2")  # lr=0.5
+    failed = [line for line in result.stdout.splitlines() if line.startswith("failed: ")]
+    assert sorted(line.rsplit(" | ", 1)[1] for line in failed) == [str(sweep / "0"), str(sweep / "1")]
     rows = {r["overrides"].split("optimizer.lr=")[1].split()[0]: r for r in _rows(sweep)}
     assert rows["0.5"]["status"] == "completed" and float(rows["0.5"]["best val/loss"]) < 1
     assert rows["-1"]["status"] == "failed"
@@ -189,6 +209,25 @@ def test_median_pruner_stops_an_absurd_learning_rate_early(sweeps) -> None:
     with open(sweep / "2" / "history.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 3 < epochs
     assert [r["status"] for r in _rows(sweep)] == ["completed", "completed", "pruned"]
+
+
+def test_optuna_sweep_whose_every_trial_failed_exits_3_with_its_summary(sweeps) -> None:
+    sweep, started = sweeps["refused"]  # model.dropout=1.5: every trial refused by the config's checks
+    result = started.wait()
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: 2 of 2 trials did not complete (2 failed); see {sweep / 'summary.md'}"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    assert [r["status"] for r in _rows(sweep)] == ["failed", "failed"]
+    assert all("model.dropout" in r["error"] for r in _rows(sweep))
+    assert [t.state.name for t in _study(sweep, "xor_tpe").trials] == ["FAIL", "FAIL"]
+    assert not (sweep / "best.yaml").exists()  # nothing completed: no winner
+    # summarize on its own says the same, with the same exit code.
+    again = run_cli("summarize", str(sweep), cwd=sweep, timeout=60)
+    assert again.returncode == 3 and again.stderr.strip().splitlines() == [
+        f"error: 2 of 2 trials did not complete (2 failed); see {sweep / 'summary.md'}"
+    ]
 
 
 def _tpe_command(sweep: Path, *extra: str) -> list[str]:
@@ -233,9 +272,19 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
                 break
             time.sleep(0.2)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the sweeper and its workers, mid-trial
+        workers = [
+            int(pid)
+            for pid in subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True, text=True).stdout.split()
+        ]
+        # The sweep's own process, mid-trial (its workers run in process groups of their own).
+        os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert first.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
+    # Its workers died with it (PR_SET_PDEATHSIG): none runs on, none starts another trial.
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers and not any(Path(f"/proc/{pid}").exists() for pid in workers)
     assert 4 <= len(done_before) < 12
     interrupted = [t.number for t in _study(sweep, "xor_tpe").trials if t.state.name == "RUNNING"]
     assert interrupted
@@ -374,6 +423,25 @@ def test_summarize_names_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
     empty = run_cli("summarize", str(tmp_path), cwd=tmp_path, timeout=60)
     assert empty.returncode == 2 and empty.stderr.startswith("error: no run directories in ")
     assert not (tmp_path / "summary.csv").exists()
+
+
+def test_a_storage_url_that_is_no_url_is_one_line_without_its_password(tmp_path: Path) -> None:
+    sweep = tmp_path / "nothing"
+    url = "postgresql+psycopg://postgres:Hunter2Secret@127.0.0.1:notaport/nodb"
+    code, out, err = call_cli(
+        "train",
+        "-m",
+        "experiment=xor",
+        "hparams_search=xor_tpe",
+        f"hydra.sweeper.storage={url}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: hydra.sweeper.storage=postgresql+psycopg://postgres:***@127.0.0.1:notaport/nodb: not a database URL "
+        "(invalid literal for int() with base 10: 'notaport'); e.g. postgresql+psycopg://user:password@host:5432/database"
+    ]
+    assert "Hunter2Secret" not in out + err and not sweep.exists()
 
 
 def test_optuna_sweeper_without_a_search_space_says_so_and_writes_nothing(tmp_path: Path) -> None:

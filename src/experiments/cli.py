@@ -1,8 +1,9 @@
 """The command line's wrapper: one ``error:`` line and an exit code instead of a traceback.
 
 Exit codes: 0 done; 2 a mistake the user can fix (one line naming it and the fix); 1 a bug (its
-traceback); 130 Ctrl-C; 143 SIGTERM. ``HYDRA_FULL_ERROR=1`` (or ``EXPERIMENTS_FULL_ERROR=1``)
-keeps the full traceback of a user error too.
+traceback); 3 a multirun that ran to its end but not every trial completed (its summary written;
+one line saying how many did not, and where the summary is); 130 Ctrl-C; 143 SIGTERM.
+``HYDRA_FULL_ERROR=1`` (or ``EXPERIMENTS_FULL_ERROR=1``) keeps the full traceback of a user error too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from experiments.errors import describe, interrupted, printable
+from experiments.errors import SweepIncomplete, describe, interrupted, printable
 from experiments.redact import redact
 from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm, sigterm_raises
 
@@ -76,6 +77,10 @@ def run_cli(hydra_main: Callable[[], Any]) -> None:
             hydra_main()
     except Interrupted:
         raise  # a run recorded its interruption and printed its line (how to resume it)
+    except SweepIncomplete as err:
+        # A multirun that ran to its end with trials that did not complete: its summary is written.
+        print(f"error: {err.line}", file=sys.stderr, flush=True)
+        sys.exit(err.code)
     except (KeyboardInterrupt, SystemExit) as err:
         if wants_trace():
             raise

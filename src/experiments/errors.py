@@ -15,6 +15,25 @@ class UserError(Exception):
     """A mistake in a config, a command line or an input file: reported as one line, exit code 2."""
 
 
+# How a multirun ends when it ran to its end but not every trial completed (docs/runs.md).
+INCOMPLETE_EXIT = 3
+
+
+class SweepIncomplete(SystemExit):
+    """A multirun that ran to its end with trials that did not complete (failed, interrupted,
+    killed, lost), or whose study's database went away: exit code 3, and ``line`` as the one
+    ``error:`` line. Raised once the sweep's summary is written (``experiments.summarize``), turned
+    into that line by the command line's wrapper (``experiments.cli``).
+
+    A ``SystemExit``, so that no ``except Exception`` on its way (Hydra turns an exception of a
+    callback into a warning) takes it for an error, and a caller that knows nothing of it still
+    exits with its code."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(INCOMPLETE_EXIT)
+        self.line = line
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest choice (case aside), or '' when nothing is close."""
     options = list(choices)
@@ -48,7 +67,16 @@ def first_line(err: BaseException) -> str:
 def printable(text: str) -> str:
     """``text`` without control characters (ANSI escapes included), for a line about a file
     someone else may have written: what reaches the terminal is only what it says."""
-    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|\x1b\[[0-9;?]*[ -/]*[@-~]", "", text)
+    # Whole escape sequences first (CSI, and OSC up to its BEL or ST), then any control character left.
+    return re.sub(
+        r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", text
+    )
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: its lines joined with " / ", control characters removed
+    (a reason from an exception or a file may hold several lines, or escape sequences)."""
+    return " / ".join(line.strip() for line in printable(str(text)).splitlines() if line.strip())
 
 
 def describe(err: BaseException) -> str | None:

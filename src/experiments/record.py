@@ -46,7 +46,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import OmegaConf
 
 from experiments.callbacks import NonFiniteError
-from experiments.errors import UserError, describe, interrupted, printable
+from experiments.errors import UserError, describe, interrupted, one_line, printable
 from experiments.redact import redact, redacted
 from experiments.runs import check_no_links, read_json, read_metrics, write_atomic, write_json
 from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm
@@ -335,13 +335,13 @@ def run_job(cfg: Any, job: Callable[[RunRecord], dict[str, Any]], cli: bool = Tr
             raise
         if describe(err) is None:  # a bug, not a setting: keep its traceback in the run's log
             logging.getLogger("experiments.train").exception("trial failed; the sweep goes on")
-        print(f"failed: {ending.reason} | {run_dir}")
+        print(f"failed: {one_line(ending.reason or '')} | {run_dir}")
         return None
     finally:
         record.close()
     if metrics["status"] == "failed":
         if not record.multirun:
             raise UserError(f"{metrics['error']} (run directory {record.run_dir})")
-        print(f"failed: {metrics['error']} | {record.run_dir}")
+        print(f"failed: {one_line(metrics['error'])} | {record.run_dir}")
         return None
     return metrics

@@ -2,10 +2,16 @@
 
 Writes ``summary.csv``, ``summary.md`` and ``best.yaml`` into the sweep directory from its run
 directories (``metrics.json``, ``config.yaml``, ``.hydra/overrides.yaml``). Every multirun calls it
-at its end through the Hydra callback :class:`SummarizeSweep` (``hydra.callbacks`` in conf/hydra/).
+at its end through the Hydra callback :class:`SummarizeSweep` (``hydra.callbacks`` in conf/hydra/),
+and the sweep plugins when a signal stops the sweep or its study's database goes away
+(:func:`finish_sweep`: the one place that says how a multirun ended, and with which exit code).
 A grid sweep also gets ``objective.png`` (the objective of every setting, mean ± std over seeds);
 an Optuna sweep gets Optuna's own figures (:func:`plot_study`, called by the sweeper). ``summary.md``
 shows whichever of them the folder holds.
+
+A sweep folder is data that anyone may have written: a damaged file makes its trial's row say so
+(status ``damaged``), every text that reaches a table or the terminal is one printable line, and
+best.yaml's command is quoted for a shell (``shlex.quote``).
 """
 
 from __future__ import annotations
@@ -13,22 +19,37 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import shlex
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.errors import UserError
+from experiments.errors import INCOMPLETE_EXIT, SweepIncomplete, UserError, one_line, printable
 from experiments.plotting import pyplot
-from experiments.runs import read_history, read_metrics, write_atomic
+from experiments.runs import METRICS, read_history, read_metrics, write_atomic
 from experiments.sweeps import SWEEPER_TARGET
 
-# Completed runs first (sorted by the objective), then pruned, failed, and unfinished ones.
-_STATUS_ORDER = {"completed": 0, "pruned": 1, "failed": 2, "incomplete": 3}
+# Completed runs first (sorted by the objective), then pruned, failed, stopped, unfinished and
+# unreadable ones.
+_STATUS_ORDER = {
+    "completed": 0,
+    "pruned": 1,
+    "failed": 2,
+    "interrupted": 3,
+    "killed": 4,
+    "incomplete": 5,
+    "damaged": 6,
+}
+# The statuses of a trial that count as done: a pruned trial is one the search decided to stop.
+COMPLETE = ("completed", "pruned")
+BEST_HEADER = "# The best run of this sweep; rerun it with the command below."
 _SEED_KEYS = {"seed"}
 # Pictures of a sweep, in the order summary.md shows them.
 OPTUNA_FIGURES = {
@@ -57,36 +78,74 @@ def _history_length(run_dir: Path) -> tuple[int | None, float | None]:
 
 
 def _run_dirs(sweep_dir: Path) -> list[Path]:
-    dirs = [d for d in sweep_dir.iterdir() if d.is_dir() and (d / ".hydra" / "overrides.yaml").is_file()]
+    """The trial folders of a sweep: those with Hydra's overrides, or with a record of how the
+    trial ended (a trial whose worker was killed before Hydra's files were written)."""
+    dirs = [
+        d
+        for d in sweep_dir.iterdir()
+        if d.is_dir() and ((d / ".hydra" / "overrides.yaml").is_file() or (d / METRICS).is_file())
+    ]
     return sorted(dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
 
 
+def _read_yaml(path: Path) -> tuple[Any, str | None]:
+    """A YAML file as plain data, read safely (no tags, no interpolations resolved), or ``None``
+    and why it could not be read."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")), None
+    except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: not UTF-8
+        reason = one_line(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        return None, f"cannot read {path.parent.name}/{path.name}: {reason[:120]}"
+
+
+def _overrides(run_dir: Path) -> tuple[list[str], str | None]:
+    """A trial's overrides (``.hydra/overrides.yaml``), or ``[]`` and what is wrong with the file."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return [], None
+    loaded, problem = _read_yaml(path)
+    if problem is not None:
+        return [], problem
+    if not isinstance(loaded, list) or not all(isinstance(o, (str, int, float, bool)) for o in loaded):
+        return [], ".hydra/overrides.yaml is not a list of overrides"
+    return [str(o) for o in loaded], None
+
+
 def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], str, str]:
-    """The rows of a sweep (one per run directory), its monitored metric and its mode (min or max)."""
+    """The rows of a sweep (one per run directory), its monitored metric and its mode (min or max).
+
+    A trial folder without ``metrics.json`` is ``incomplete`` (its process is still running, or
+    was lost); one whose ``metrics.json`` or overrides cannot be read is ``damaged``."""
     monitor, mode = "val/loss", "min"
     rows = []
     for run_dir in _run_dirs(sweep_dir):
-        overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
-        config_path = run_dir / "config.yaml"
-        config = OmegaConf.load(config_path) if config_path.is_file() else None
-        if isinstance(config, DictConfig):  # a run's config.yaml: a mapping
-            monitor, mode = str(config.get("monitor", monitor)), str(config.get("monitor_mode", mode))
+        overrides, damage = _overrides(run_dir)
+        config, _ = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else (None, None)
+        if isinstance(config, dict):  # a run's config.yaml: a mapping (a damaged one is only not read)
+            monitor = str(config.get("monitor", monitor))
+            mode = str(config.get("monitor_mode", mode))
         metrics = read_metrics(run_dir)
-        diagnosis = metrics.get("diagnosis") or {}
-        epochs, seconds = metrics.get("epochs"), metrics.get("fit_seconds")
+        status = metrics.get("status", "incomplete")
+        if (run_dir / METRICS).is_file() and not metrics:
+            damage = damage or f"{METRICS} is damaged (not a JSON object)"
+        elif not isinstance(status, str):
+            damage = damage or f"{METRICS} holds no status"
+        diagnosis = metrics.get("diagnosis")
+        test = metrics.get("test")
+        epochs, seconds = _number(metrics.get("epochs")), _number(metrics.get("fit_seconds"))
         if epochs is None:  # pruned or failed mid-fit: how far it got is in its history
             epochs, seconds = _history_length(run_dir)
         rows.append(
             {
                 "run": run_dir.name,
                 "overrides": overrides,
-                "status": metrics.get("status", "incomplete"),
+                "status": "damaged" if damage else status,
                 "best": _number(metrics.get("best")),
-                "test": {k: _number(v) for k, v in (metrics.get("test") or {}).items()},
-                "epochs": epochs,
+                "test": {str(k): _number(v) for k, v in test.items()} if isinstance(test, dict) else {},
+                "epochs": int(epochs) if epochs is not None and math.isfinite(epochs) else None,
                 "seconds": seconds,
-                "diagnosis": diagnosis.get("verdict", ""),
-                "error": metrics.get("error", ""),
+                "diagnosis": str(diagnosis.get("verdict", "")) if isinstance(diagnosis, dict) else "",
+                "error": damage or str(metrics.get("error") or ""),
             }
         )
     return rows, monitor, mode
@@ -95,7 +154,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], str, str]:
 def _sort_key(row: dict[str, Any], mode: str) -> tuple[int, float]:
     best = row["best"]
     if row["status"] != "completed" or best is None or not math.isfinite(best):
-        return (_STATUS_ORDER.get(row["status"], 3) + 1, 0.0)
+        return (_STATUS_ORDER.get(row["status"], len(_STATUS_ORDER)) + 1, 0.0)
     return (0, best if mode == "min" else -best)
 
 
@@ -111,7 +170,12 @@ def _fmt(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return one_line(str(value))
+
+
+def _text(value: Any) -> Any:
+    """A cell of summary.csv: text as one printable line, numbers as they are."""
+    return one_line(value) if isinstance(value, str) else value
 
 
 def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -146,17 +210,17 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
     def write_csv(handle: Any) -> None:
         writer = csv.writer(handle)
-        writer.writerow(header)
+        writer.writerow([_text(h) for h in header])
         for row in rows:
-            writer.writerow(cells(row, row["overrides"]))
+            writer.writerow([_text(c) for c in cells(row, row["overrides"])])
 
     write_atomic(sweep_dir / "summary.csv", write_csv)
 
     shown = [[o for o in r["overrides"] if o.partition("=")[0] in varying] or r["overrides"] for r in rows]
     lines = [
-        f"Sweep {sweep_dir}: {len(rows)} runs, sorted by {monitor} ({mode}).",
+        f"Sweep {printable(str(sweep_dir))}: {len(rows)} runs, sorted by {_fmt(monitor)} ({_fmt(mode)}).",
         "",
-        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(_fmt(h).replace("|", "\\|") for h in header) + " |",
         "|" + "|".join(" --- " for _ in header) + "|",
     ]
     for row, overrides in zip(rows, shown):
@@ -184,7 +248,7 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
     if completed:
         winner = completed[0]
-        command = "python -m experiments.train " + " ".join(_quote(o) for o in winner["overrides"])
+        command = " ".join(["python -m experiments.train", *(shlex.quote(o) for o in winner["overrides"])])
         best = {
             "command": command,
             "overrides": winner["overrides"],
@@ -193,11 +257,65 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "best": winner["best"],
             "test": winner["test"],
         }
-        best_text = "# The best run of this sweep; rerun it with the command below.\n" + OmegaConf.to_yaml(best)
+        best_text = f"{BEST_HEADER}\n" + OmegaConf.to_yaml(best)
         write_atomic(sweep_dir / "best.yaml", lambda h: h.write(best_text))
     else:
-        (sweep_dir / "best.yaml").unlink(missing_ok=True)
+        _remove_own(sweep_dir / "best.yaml", BEST_HEADER.encode())
     return rows
+
+
+def _remove_own(path: Path, mark: bytes) -> None:
+    """Remove a file that an earlier summary wrote (it begins with ``mark``), now out of date; a
+    file of that name that someone else put there stays."""
+    try:
+        with path.open("rb") as handle:
+            ours = mark in handle.read(1024)
+    except OSError:
+        return
+    if ours:
+        path.unlink(missing_ok=True)
+
+
+def incomplete_line(rows: list[dict[str, Any]], sweep_dir: Path) -> str | None:
+    """``N of M trials did not complete (1 failed, 1 killed); see <sweep dir>/summary.md``, or None
+    when every trial completed (or was pruned)."""
+    missing = Counter(str(r["status"]) for r in rows if r["status"] not in COMPLETE)
+    if not missing:
+        return None
+    what = ", ".join(
+        f"{n} {one_line(status)}" for status, n in sorted(missing.items(), key=lambda s: _STATUS_ORDER.get(s[0], 9))
+    )
+    return (
+        f"{sum(missing.values())} of {len(rows)} trials did not complete ({what}); "
+        f"see {printable(str(sweep_dir / 'summary.md'))}"
+    )
+
+
+def finish_sweep(sweep_dir: Path, problem: str | None = None, stopped: bool = False) -> None:
+    """Summarise a multirun however it ended, and say how it ended: the one place that does.
+
+    Writes summary.csv, summary.md and best.yaml for what the trial folders hold and prints the
+    ``summary:`` line. Then, unless a signal stopped the sweep (``stopped``: its caller ends with
+    the signal's line and code, 130 or 143), raises :class:`~experiments.errors.SweepIncomplete`
+    (exit code 3, one line) when a trial did not complete, or with ``problem`` (a sweep that could
+    not run to its end, e.g. its study's database went away); returns when every trial completed."""
+    rows = summarize(sweep_dir) if sweep_dir.is_dir() and _run_dirs(sweep_dir) else []
+    if rows:
+        completed = sum(r["status"] == "completed" for r in rows)
+        pruned = sum(r["status"] == "pruned" for r in rows)
+        also = f", {pruned} pruned" if pruned else ""
+        where = printable(str(sweep_dir / "summary.md"))
+        print(f"summary: {completed}/{len(rows)} runs completed{also} | {where}", flush=True)
+    if stopped:
+        return
+    line = incomplete_line(rows, sweep_dir)
+    if problem is not None:
+        done = sum(r["status"] in COMPLETE for r in rows)
+        line = f"{problem}; {done} trials of this sweep folder completed" + (
+            f" (see {printable(str(sweep_dir / 'summary.md'))})" if rows else ""
+        )
+    if line is not None:
+        raise SweepIncomplete(line)
 
 
 def _is_optuna_sweep(sweep_dir: Path) -> bool:
@@ -210,15 +328,15 @@ def _is_optuna_sweep(sweep_dir: Path) -> bool:
 
 def plot_settings(rows: list[dict[str, Any]], monitor: str, mode: str, path: Path) -> bool:
     """A grid sweep's picture: the best ``monitor`` of every setting (its overrides less ``seed``),
-    mean ± std over its seeds, best setting on top. False (and no file) without a completed run."""
+    mean ± std over its seeds, best setting on top. False (and no file of ours) without a completed run."""
     completed = [r for r in rows if r["status"] == "completed" and r["best"] is not None and math.isfinite(r["best"])]
     if not completed:
-        path.unlink(missing_ok=True)
+        _remove_own(path, b"Matplotlib")  # matplotlib names itself in the PNGs it writes
         return False
     varying = _varying(rows) - _SEED_KEYS
     groups: dict[str, list[float]] = {}
     for row in completed:
-        setting = " ".join(o for o in row["overrides"] if o.partition("=")[0] in varying) or "all runs"
+        setting = one_line(" ".join(o for o in row["overrides"] if o.partition("=")[0] in varying)) or "all runs"
         groups.setdefault(setting, []).append(row["best"])
     stats = [(k, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()]
     stats.sort(key=lambda s: s[1], reverse=mode != "min")
@@ -229,7 +347,7 @@ def plot_settings(rows: list[dict[str, Any]], monitor: str, mode: str, path: Pat
     ax.set_yticks(positions, [f"{s[0]} (n={s[3]})" for s in stats], fontsize=8)
     ax.set_xlabel(f"best {monitor} ({mode}), mean ± std over seeds")
     ax.grid(alpha=0.3, axis="x")
-    ax.set_title(path.parent.name)
+    ax.set_title(printable(path.parent.name))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -274,31 +392,30 @@ def plot_study(study: Any, sweep_dir: str | Path) -> list[Path]:
     return written
 
 
-def _quote(override: str) -> str:
-    return f"'{override}'" if any(c in override for c in " []()$,*?") else override
-
-
 class SummarizeSweep(Callback):
-    """Hydra callback: summarise the sweep directory when a multirun ends."""
+    """Hydra callback: summarise the sweep directory when a multirun ends, and end the command with
+    exit code 3 and one line when a trial did not complete (:func:`finish_sweep`)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        if sweep_dir.is_dir() and _run_dirs(sweep_dir):
-            rows = summarize(sweep_dir)
-            done = sum(r["status"] == "completed" for r in rows)
-            print(f"summary: {done}/{len(rows)} runs completed | {sweep_dir / 'summary.md'}", flush=True)
+        finish_sweep(Path(str(config.hydra.sweep.dir)))
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Exit code 0 when every trial completed (or was pruned), 3 (and one line) when one did not,
+    2 for a folder that is not a sweep's."""
     parser = argparse.ArgumentParser(prog="python -m experiments.summarize", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="the folder of a multirun (holds one folder per run)")
     args = parser.parse_args(argv)
     try:
-        summarize(args.sweep_dir)
+        rows = summarize(args.sweep_dir)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print((args.sweep_dir / "summary.md").read_text(), end="")
+    print((args.sweep_dir / "summary.md").read_text(encoding="utf-8"), end="", flush=True)
+    line = incomplete_line(rows, args.sweep_dir)
+    if line is not None:
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(INCOMPLETE_EXIT)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,16 @@ sweeper's process, a forked worker, or a SLURM job that reads the same storage.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from experiments.errors import causes, one_line
 
 SWEEPER_TARGET = "hydra_plugins.experiments_sweeper.optuna_sweeper.OptunaSweeper"
 
@@ -55,3 +61,41 @@ def optuna_trial(study: Any, number: int) -> Any:
 
     frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     return None if frozen is None else optuna.trial.Trial(study, frozen._trial_id)  # private: optuna 4-5
+
+
+def storage_error(err: BaseException) -> BaseException | None:
+    """The database error that ``err`` comes from (SQLAlchemy's, or Optuna's StorageInternalError,
+    which says "invalid data in the commit" whatever went wrong), innermost first; None for any
+    other error. Looked up only where SQLAlchemy and Optuna are loaded (a sweep)."""
+    kinds = tuple(
+        kind
+        for module, name in (("sqlalchemy.exc", "SQLAlchemyError"), ("optuna.exceptions", "StorageInternalError"))
+        if (kind := getattr(sys.modules.get(module), name, None)) is not None
+    )
+    found = [e for e in causes(err) if kinds and isinstance(e, kinds)]
+    return found[-1] if found else None
+
+
+def storage_problem(err: BaseException) -> str:
+    """What went wrong with the study's database, in one line (the driver's own words)."""
+    inner = storage_error(err) or err
+    text = str(getattr(inner, "orig", None) or inner).strip()
+    return one_line(text.splitlines()[0] if text else type(inner).__name__)[:200]
+
+
+@contextlib.contextmanager
+def quiet_heartbeat_failures() -> Iterator[None]:
+    """While inside, a database error in a thread (Optuna's heartbeat thread, when the database goes
+    away) ends that thread without a traceback: the sweep's own next call to the database meets the
+    same error and says it in one line. Any other error of a thread is printed as before."""
+    previous = threading.excepthook
+
+    def hook(args: Any) -> None:
+        if args.exc_value is None or storage_error(args.exc_value) is None:
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous

@@ -25,7 +25,7 @@ from experiments.engine import Trainer as EngineTrainer
 from experiments.errors import UserError
 from experiments.models.common import ShapeError
 from experiments.models.window import Windowed
-from experiments.sweeps import SWEEPER_TARGET, open_storage, optuna_trial, storage_url
+from experiments.sweeps import SWEEPER_TARGET, open_storage, optuna_trial, storage_error, storage_problem, storage_url
 from experiments.tasks import Task, task_for
 
 
@@ -223,9 +223,17 @@ def pruning_callbacks(monitor: str) -> list[Any]:
     import optuna  # only for a trial of an Optuna sweep (0.4 s to import)
 
     url = storage_url(sweeper.get("storage"), hydra_cfg.sweep.dir)
-    # The pruner is not stored with the study: each trial builds the sweep's own.
-    study = optuna.load_study(
-        study_name=sweeper.study_name, storage=open_storage(url), pruner=instantiate(sweeper.pruner)
-    )
-    trial = optuna_trial(study, int(hydra_cfg.job.num))
+    try:
+        # The pruner is not stored with the study: each trial builds the sweep's own.
+        study = optuna.load_study(
+            study_name=sweeper.study_name, storage=open_storage(url), pruner=instantiate(sweeper.pruner)
+        )
+        trial = optuna_trial(study, int(hydra_cfg.job.num))
+    except Exception as err:
+        if storage_error(err) is None:
+            raise
+        raise UserError(
+            f"the study's database failed: {storage_problem(err)}; run the sweep's command again once it is "
+            "back (the study continues)"
+        ) from None
     return [] if trial is None else [OptunaPruning(trial, monitor)]

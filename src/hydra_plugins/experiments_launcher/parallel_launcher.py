@@ -5,9 +5,9 @@ Why our own: the trials of this project are mostly small models trained with one
 core idle. hydra-joblib-launcher runs jobs in loky workers, which are *spawned*: each imports
 torch and Lightning again (2-3 s, as long as a whole XOR trial), and with ``n_jobs=-1`` it takes
 every core even when each trial is a DDP job or runs on the one GPU. Forked workers start at once
-with everything imported and the composed Hydra state; the standard library's
-``ProcessPoolExecutor`` carries the jobs and their results (its workers are not daemons, so a job
-may still start DataLoader workers or processes of its own).
+with everything imported and the composed Hydra state; each job runs in a process of its own,
+``n_jobs`` at a time, supervised by the launching process (``workers.py``: no process pool, whose
+one dead worker ends all the others), and may still start DataLoader workers or processes of its own.
 
 ``n_jobs: auto`` (the default) decides per launch, from each job's trainer settings:
 
@@ -23,31 +23,48 @@ then share the GPUs round-robin (several small jobs per GPU). The choice is writ
 job's Hydra config (``hydra.launcher.n_jobs``), where ``trainer.num_threads=auto`` reads it to
 share the cores.
 
-Ctrl-C reaches the whole process group: a job takes it as any run does (it stops at the next
-batch end and records itself as interrupted), its worker then exits, and the multirun ends with
-one line instead of a traceback per worker; jobs not yet started are not started.
+How a grid sweep ends (``experiments.summarize.finish_sweep`` says it, and writes the summary for
+every ending):
+
+- every job's process ended: Hydra's ``on_multirun_end`` summarises; exit code 0 when every trial
+  completed, 3 and one line when one failed, was interrupted or killed;
+- a job's process killed (SIGKILL, out of memory) or stopped by a signal sent to it alone: its trial
+  is recorded (``killed``, or ``interrupted`` by the run itself) with one line, and the other jobs
+  go on;
+- Ctrl-C or SIGTERM to the sweep: passed on to each running job once (the jobs run in process
+  groups of their own), each stops as a run does and records itself, no other job starts, the
+  summary is written, and the command ends with one line and 130 or 143;
+- the launching process killed: its jobs' processes die with it (``PR_SET_PDEATHSIG``).
+
+The sweep folder is taken first (``sweep_folder.py``): a second sweep into the folder of a live one,
+or a grid sweep into another sweep's folder, is refused in one line before anything is written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import traceback
+from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments.errors import UserError, interrupted
-from experiments.signals import Terminated
+from experiments.errors import interrupted, one_line
+from experiments.runs import read_metrics
+from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm, sigterm_raises
+from experiments.summarize import finish_sweep
+from experiments.sweeps import SWEEPER_TARGET
+from hydra_plugins.experiments_launcher.sweep_folder import SweepLock, refuse_another_sweep
+from hydra_plugins.experiments_launcher.workers import PassedOn, ending, record_lost, start_worker
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +72,10 @@ AUTO = "auto"
 # The launch in progress, as the forked workers inherit it: a job's overrides and Hydra's state
 # travel by fork, not by pickling (the task function hydra.main wraps can't be pickled).
 _LAUNCH: dict[str, Any] = {}
+TERMINATED = (
+    "interrupted (SIGTERM); the jobs that were running stopped and no other started; run the same "
+    "command again to continue the sweep"
+)
 
 
 class ParallelLauncher(Launcher):
@@ -70,11 +91,31 @@ class ParallelLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        # Whether this launcher ends the sweep (a grid sweep); under our Optuna sweeper, which
+        # launches one trial at a time, the sweeper does.
+        self.ends_sweep = True
+        self.lock: SweepLock | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.task_function = task_function
         self.hydra_context = hydra_context
+        self.ends_sweep = OmegaConf.select(config, "hydra.sweeper._target_") != SWEEPER_TARGET
+        if self.ends_sweep:
+            # Before Hydra's sweeper writes multirun.yaml into the folder: a live sweep there is
+            # refused (the lock), and so is another sweep's folder.
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            self.lock = SweepLock(sweep_dir).acquire()
+            try:
+                refuse_another_sweep(sweep_dir, config)
+            except BaseException:
+                self.lock.release()
+                raise
+
+    @property
+    def sweep_dir(self) -> Path:
+        assert self.config is not None
+        return Path(str(self.config.hydra.sweep.dir))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
@@ -97,13 +138,15 @@ class ParallelLauncher(Launcher):
         )
         for idx, overrides in enumerate(job_overrides):
             log.info(f"\t#{initial_job_idx + idx} : {' '.join(filter_overrides(overrides))}")
-        _LAUNCH.update(launcher=self, jobs=list(job_overrides), first=initial_job_idx)
+        _LAUNCH.update(launcher=self, jobs=list(job_overrides), first=initial_job_idx, gpus=list(gpus))
         try:
-            if workers == 1:
+            if not self.ends_sweep:  # a trial of our Optuna sweeper: it reads how the job ended
                 return [_run_job(i) for i in range(len(job_overrides))]
+            if workers == 1:
+                return self._launch_here(len(job_overrides))
             if gpus:
                 log.info(f"GPUs {', '.join(gpus)} shared by {workers} workers")
-            return self._launch_forked(len(job_overrides), workers, gpus)
+            return self._launch_forked(len(job_overrides), workers)
         finally:
             _LAUNCH.clear()
 
@@ -133,69 +176,153 @@ class ParallelLauncher(Launcher):
             kinds.add(composed[key])
         return kinds.pop() if len(kinds) == 1 else "many"
 
-    def _launch_forked(self, count: int, workers: int, gpus: Sequence[str] = ()) -> list[JobReturn]:
+    def _launch_here(self, count: int) -> list[JobReturn]:
+        """The jobs one after another in this process (jobs on several devices, DDP, n_jobs=1)."""
+        results, lost = [], []
+        for position in range(count):
+            try:
+                result = _run_job(position)
+            except BaseException as err:
+                signum = signal.SIGINT if interrupted(err) else signal.SIGTERM if is_sigterm(err) else None
+                if signum is not None:
+                    self._stopped(signum)
+                if not isinstance(err, SystemExit):
+                    raise
+                # A job refused in one line (printed) before it recorded anything: the others go on.
+                lost.append(f"job {_LAUNCH['first'] + position} ended with exit code {err.code}")
+                continue
+            if result.status == JobStatus.FAILED:
+                lost.append(f"job {_LAUNCH['first'] + position} failed: {_failed(result)}")
+            else:
+                results.append(result)
+        self._ended(lost)
+        return results
+
+    def _launch_forked(self, count: int, workers: int) -> list[JobReturn]:
+        """The jobs in forked processes, ``workers`` at a time, supervised here (module docstring)."""
         sys.stdout.flush()
         sys.stderr.flush()
         context = multiprocessing.get_context("fork")
-        stop = _LAUNCH["stop"] = context.Event()
-        # Each worker takes the next GPU, round-robin, when it starts (before any CUDA call).
-        _LAUNCH.update(gpus=list(gpus), started=context.Value("i", 0))
-        # Ctrl-C reaches every worker too, and each running job stops as a run does; this process
-        # only tells the workers not to start another job, and waits for them (a KeyboardInterrupt
-        # raised here would leave them running; a worker that exits breaks the pool, whose manager
-        # then sends SIGTERM to the jobs still recording themselves). SIGTERM (a scheduler's
-        # preemption, or kill) reaches only this process: it passes it on to the workers, whose jobs
-        # stop as a run does, and then ends with the code of SIGTERM.
-        received: list[int] = []
+        waiting = list(range(count))
+        running: dict[int, _Job] = {}  # by slot: slot i runs on GPU i (round-robin) when jobs use one
+        results: dict[int, JobReturn] = {}
+        lost: list[str] = []
+        with PassedOn(lambda: [job.process.pid or 0 for job in running.values()]) as signals:
+            while running or (waiting and not signals.received):
+                for slot in range(workers):
+                    if slot not in running and waiting and not signals.received:
+                        with signals.holding():
+                            running[slot] = _Job.start(context, waiting.pop(0), slot)
+                if not running:
+                    break
+                ready = multiprocessing.connection.wait(
+                    [job.reader for job in running.values()] + [job.process.sentinel for job in running.values()]
+                )
+                for slot, job in list(running.items()):
+                    if job.reader in ready or job.process.sentinel in ready:
+                        job.read()
+                    if job.done:
+                        del running[slot]
+                        self._settle(job, results, lost, stopped=bool(signals.received))
+        if signals.stopped_by is not None:
+            self._stopped(signals.stopped_by)
+        self._ended(lost)
+        return [results[position] for position in sorted(results)]
 
-        def note(signum: int, _: Any) -> None:
-            received.append(signum)
-            stop.set()
-            if signum == signal.SIGTERM:
-                for worker in multiprocessing.active_children():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(worker.pid or 0, signal.SIGTERM)
+    def _settle(self, job: _Job, results: dict[int, JobReturn], lost: list[str], stopped: bool) -> None:
+        """What a job's ended process left: its result, or one line for a job that did not end as a
+        run does (killed; stopped by a signal sent to it alone)."""
+        kind, value = job.outcome if job.outcome is not None else ("died", None)
+        number = _LAUNCH["first"] + job.position
+        if kind == "result" and isinstance(value, JobReturn):
+            results[job.position] = value
+        elif kind == "interrupted":
+            how = ending(job.process.exitcode)
+            if stopped:  # the sweep's own stop: its line says it
+                pass
+            elif job.dir is None or not job.dir.is_dir():  # a signal sent to this job alone, so early
+                lost.append(f"job {number} {how} before it made its folder")
+            else:  # a signal sent to this job alone: the sweep goes on
+                line = record_lost(job.dir, how, job.process.pid, "interrupted") or one_line(
+                    str(read_metrics(job.dir).get("error") or how)
+                )
+                print(f"interrupted: {line} | {job.dir}", flush=True)
+        elif kind == "died":
+            how = ending(job.process.exitcode)
+            killed = record_lost(job.dir, how, job.process.pid) if job.dir is not None else None
+            if killed is not None:
+                print(f"killed: {killed} | {job.dir}", flush=True)
+            elif job.dir is None or not job.dir.is_dir():
+                lost.append(f"job {number} {how} before it made its folder")
+        elif not (job.dir is not None and read_metrics(job.dir).get("status")):
+            # "failed" before its run recorded anything: the job's process said why (a traceback,
+            # or its one line); its folder, if it has one, may be another process's.
+            lost.append(f"job {number}: {value}")
 
-        previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
-                futures = [pool.submit(_run_job_in_worker, i) for i in range(count)]
-                results = [_result(f) for f in futures]
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-        if signal.SIGTERM in received:
-            print(
-                "error: interrupted (SIGTERM); the jobs that were running stopped and no other started; "
-                "continue one with resume=<job dir>",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(128 + signal.SIGTERM)
-        if received or any(r is INTERRUPTED for r in results):
-            raise KeyboardInterrupt
-        lost = [_LAUNCH["first"] + i for i, r in enumerate(results) if r is None]
+    def _stopped(self, signum: int) -> None:
+        """Ctrl-C or SIGTERM stopped the sweep: the summary of what completed, then the signal's
+        line and exit code (run_cli says it for Ctrl-C)."""
+        finish_sweep(self.sweep_dir, stopped=True)
+        if signum == signal.SIGTERM:
+            print(f"error: {TERMINATED}", file=sys.stderr, flush=True)
+            raise Interrupted(SIGTERM_EXIT)  # its line is said
+        raise KeyboardInterrupt
+
+    def _ended(self, lost: list[str]) -> None:
+        """Every job ran: jobs that left no trial folder end the sweep here (the summary, one line,
+        exit code 3); otherwise Hydra's on_multirun_end does."""
         if lost:
-            # The pool ends every worker once one has died: the jobs that had not ended are lost.
-            raise UserError(
-                f"a worker of this multirun died (killed, or out of memory), and jobs {lost} did not "
-                f"finish; rerun them (resume=<job dir>), or the multirun with hydra.launcher.n_jobs=1"
-            )
-        return [r for r in results if isinstance(r, JobReturn)]
+            finish_sweep(self.sweep_dir, problem=f"{len(lost)} jobs left no trial folder ({'; '.join(lost)[:400]})")
 
 
-INTERRUPTED = "interrupted"
+class _Job:
+    """A job's process, as the launching process sees it: its trial folder once it says which,
+    then how it ended. (No dataclass: Hydra's plugin scan imports this module in a way that
+    dataclasses cannot look up.)"""
+
+    def __init__(self, position: int, process: Any, reader: Any) -> None:
+        self.position = position
+        self.process = process
+        self.reader = reader
+        self.dir: Path | None = None
+        self.outcome: tuple[str, Any] | None = None
+        self.done = False
+
+    @classmethod
+    def start(cls, context: Any, position: int, slot: int) -> _Job:
+        reader, writer = context.Pipe(duplex=False)
+        number = _LAUNCH["first"] + position
+        process = context.Process(target=_job_process, args=(position, slot, writer, os.getpid()), name=f"job-{number}")
+        process.start()
+        writer.close()  # the job's end of the pipe is the job's alone: its end is seen as EOF here
+        return cls(position, process, reader)
+
+    def read(self) -> None:
+        """Take what the job sent; once its process has ended, and its pipe is drained, it is done."""
+        while True:
+            try:
+                if not self.reader.poll():
+                    break
+                kind, value = self.reader.recv()
+            except (EOFError, OSError):
+                self.done = True
+                break
+            if kind == "dir":
+                self.dir = Path(value)
+            else:
+                self.outcome = (kind, value)
+        if self.done or not self.process.is_alive():
+            self.process.join()
+            self.done = True
+            self.reader.close()
 
 
-def _result(future: Future) -> JobReturn | str | None:
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        return None
-
-
-def _terminate_job(signum: int, frame: Any) -> None:
-    raise Terminated
+def _failed(result: JobReturn) -> str:
+    """A job whose task function raised past its run's record (a bug): its traceback, and why in a line."""
+    err = result._return_value  # private: hydra 1.3 -- the exception (return_value re-raises it)
+    if isinstance(err, BaseException):
+        traceback.print_exception(type(err), err, err.__traceback__)
+    return one_line(f"{type(err).__name__}: {err}")[:200]
 
 
 def _device_kind(trainer: Any) -> str:
@@ -222,28 +349,17 @@ def _visible_gpus() -> list[str]:
     return visible[:count] if visible else [str(i) for i in range(count)]
 
 
-def _start_worker() -> None:
-    """A new worker: its GPU (when the jobs use one), and no signals between jobs."""
-    gpus, started = _LAUNCH.get("gpus"), _LAUNCH.get("started")
-    if gpus and started is not None:
-        with started.get_lock():
-            index = started.value
-            started.value += 1
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-    _between_jobs()
+def _start_worker(slot: int) -> None:
+    """A job's process, before its job: the GPU of its slot (when the jobs use one)."""
+    gpus = _LAUNCH.get("gpus")
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
 
 
-def _between_jobs() -> None:
-    # Between jobs a worker ignores Ctrl-C and SIGTERM: the launching process stops the launch.
-    # (During a job, Lightning's own SIGTERM handler stops fitting at the next batch.)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _run_job(position: int) -> JobReturn:
-    """Job ``position`` of the launch in progress, run in this process, as Hydra's basic launcher does."""
+def _job_config(position: int) -> DictConfig:
+    """The Hydra config of job ``position`` of the launch in progress, set as the current one."""
     launcher: ParallelLauncher = _LAUNCH["launcher"]
-    assert launcher.config is not None and launcher.hydra_context is not None and launcher.task_function is not None
+    assert launcher.config is not None and launcher.hydra_context is not None
     idx = _LAUNCH["first"] + position
     sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
         launcher.config, list(_LAUNCH["jobs"][position])
@@ -252,35 +368,50 @@ def _run_job(position: int) -> JobReturn:
         sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
         sweep_config.hydra.job.num = idx
     HydraConfig.instance().set_config(sweep_config)
+    return sweep_config
+
+
+def _run_job(position: int, sweep_config: DictConfig | None = None) -> JobReturn:
+    """Job ``position`` of the launch in progress, run in this process, as Hydra's basic launcher does."""
+    launcher: ParallelLauncher = _LAUNCH["launcher"]
+    assert launcher.hydra_context is not None and launcher.task_function is not None
     return run_job(
         hydra_context=launcher.hydra_context,
-        config=sweep_config,
+        config=sweep_config if sweep_config is not None else _job_config(position),
         task_function=launcher.task_function,
         job_dir_key="hydra.sweep.dir",
         job_subdir_key="hydra.sweep.subdir",
     )
 
 
-def _run_job_in_worker(position: int) -> JobReturn | str:
-    """:func:`_run_job` in a forked worker: not started after Ctrl-C, and ``INTERRUPTED`` when Ctrl-C stopped it."""
-    if _LAUNCH["stop"].is_set():
-        return INTERRUPTED
+def _job_process(position: int, slot: int, pipe: Any, parent: int) -> None:
+    """A job's forked process: it tells the launching process its trial folder, runs the job as a
+    command would (Ctrl-C and SIGTERM stop it as they stop a run), sends how it ended, and exits."""
+    start_worker(parent)
+    _start_worker(slot)
+    code = 0
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        # SIGTERM passed on by the launching process ends the job as it ends a run, also before the
-        # run has put its own handler in place (a SIGTERM ignored then was lost, and the job ran on).
-        signal.signal(signal.SIGTERM, _terminate_job)
-        if _LAUNCH["stop"].is_set():  # a signal came while the worker still ignored it
-            return INTERRUPTED
-        return _run_job(position)
-    except BaseException as err:
-        # Ctrl-C surfaces as KeyboardInterrupt, or as the SystemExit Lightning raises after one;
-        # SIGTERM as the run's own Terminated or Lightning's SystemExit. The job has recorded
-        # itself, and the launching process says so once. Once that process has asked the workers
-        # to stop, whatever the signal broke on its way out (Hydra wraps it in a
-        # ConfigCompositionException while composing) is that stop.
-        if not (interrupted(err) or _LAUNCH["stop"].is_set()):
-            raise
-        return INTERRUPTED
-    finally:
-        _between_jobs()
+        with sigterm_raises():
+            config = _job_config(position)
+            pipe.send(("dir", str(Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir))))
+            result = _run_job(position, config)
+        if result.status == JobStatus.FAILED:
+            outcome: tuple[str, Any] = ("failed", _failed(result))
+        else:
+            outcome = ("result", result)
+    except BaseException as err:  # every ending is sent to the launching process
+        if interrupted(err) or is_sigterm(err):
+            # The run recorded itself; the launching process says what stopped the sweep.
+            outcome, code = ("interrupted", None), SIGINT_EXIT if interrupted(err) else SIGTERM_EXIT
+        elif isinstance(err, SystemExit):  # a job refused in one line (printed) before it recorded anything
+            outcome, code = ("failed", f"ended with exit code {err.code}"), 2
+        else:
+            traceback.print_exc()
+            outcome, code = ("failed", one_line(f"{type(err).__name__}: {err}")[:200]), 1
+    try:
+        pipe.send(outcome)
+    except (OSError, ValueError):  # the launching process is gone: nobody to tell
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # not multiprocessing's exit, which would wait for threads a job left running

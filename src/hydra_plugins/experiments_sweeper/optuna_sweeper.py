@@ -20,9 +20,20 @@ with SQLAlchemy 2. Keeping Hydra's sweeper interface means users sweep the way t
 - Trial N runs as Hydra job N (its directory is ``<sweep dir>/N``); a trial that raises, diverges
   to NaN or is pruned is told to Optuna as FAIL (with ``fail_reason``) or PRUNED and the search goes on.
 - ``n_jobs`` worker processes (forked, each running one trial at a time) share the study through
-  its storage, which is how Optuna itself parallelises.
+  its storage, which is how Optuna itself parallelises. They are supervised as the parallel
+  launcher's jobs are (``hydra_plugins/experiments_launcher/workers.py``): they die with the
+  sweep's process, Ctrl-C and SIGTERM reach each of them once, and how each ended is read from its
+  exit status. A worker killed or stopped alone costs only its trial, which Optuna fails and runs
+  again (at once for a stopped one, after ``grace_period`` for a killed one); a trial whose
+  heartbeats came late (a stopped process) is failed by another worker and its late result dropped.
+- However the sweep ends, its summary is written (``experiments.summarize.finish_sweep``): exit
+  code 0 when every trial completed or was pruned, 3 and one line when one did not or the study's
+  database went away (each database error is one line, and the same command continues the study
+  once the database is back), 130 or 143 when Ctrl-C or SIGTERM stopped it.
 - When the sweep ends, Optuna's matplotlib figures of the study go into the sweep directory
   (``experiments.summarize.plot_study``), and ``summary.md`` links them.
+- One sweep at a time writes into a sweep folder (``sweep_folder.SweepLock``): a second one is
+  refused in one line before anything is written.
 """
 
 from __future__ import annotations
@@ -30,15 +41,13 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
-import shutil
 import signal
 import socket
 import sys
 import time
 import traceback
-import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +61,42 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.errors import UserError, interrupted
-from experiments.redact import redact, redacted
+from experiments.errors import UserError, interrupted, one_line
+from experiments.redact import redacted
 from experiments.runs import read_metrics
-from experiments.summarize import plot_study
-from experiments.sweeps import open_storage, storage_url
+from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Terminated, is_sigterm, sigterm_raises
+from experiments.summarize import finish_sweep, plot_study
+from experiments.sweeps import open_storage, quiet_heartbeat_failures, storage_error, storage_problem, storage_url
+from hydra_plugins.experiments_launcher.sweep_folder import SweepLock
+from hydra_plugins.experiments_launcher.workers import PassedOn, ending, record_lost, start_worker
+from hydra_plugins.experiments_sweeper.study import (
+    SURPLUS,
+    drop_replaced_runs,
+    fail_stale_trials,
+    fail_unstarted_trials,
+    frozen,
+    hide_password,
+    place,
+    quiet_optuna_warnings,
+    retry_callback,
+    stale_callback_argument,
+    state,
+    tally,
+)
 
 log = logging.getLogger(__name__)
 
-# How a worker stopped by Ctrl-C exits (the shell's code for SIGINT).
-INTERRUPTED_EXIT = 130
-SURPLUS = "surplus: other workers took the study's last trials first; not run"
+# How a worker exits when the study's database failed (it sends the reason first): BSD's EX_TEMPFAIL.
+DATABASE_FAILED = 75
 
 
 class TrialFailed(Exception):
     """A trial that raised, diverged or gave no finite objective: Optuna records it as FAIL."""
+
+
+class SweepProblem(Exception):
+    """Why a sweep could not run to its end (its study's database failed, a worker crashed): the
+    sweep is summarised and the command ends with this line and exit code 3."""
 
 
 class OptunaSweeper(Sweeper):
@@ -149,23 +179,25 @@ class OptunaSweeper(Sweeper):
         heartbeat = {
             "heartbeat_interval": self.heartbeat_interval,
             "grace_period": self.grace_period,
-            _stale_callback_argument(): _retry_callback(self.max_retry),
+            stale_callback_argument(): retry_callback(self.max_retry),
         }
         try:
             return open_storage(url, **heartbeat)
         except ImportError as err:  # no driver for this database
             raise UserError(
-                f"hydra.sweeper.storage={_hide_password(url)}: {err}; install its driver "
+                f"hydra.sweeper.storage={hide_password(url)}: {err}; install its driver "
                 "(PostgreSQL: pip install 'psycopg[binary]')"
             ) from err
-        except Exception as err:
-            import sqlalchemy.exc
-
-            if not isinstance(err, (sqlalchemy.exc.SQLAlchemyError, ValueError)):  # ValueError: a bad port
-                raise
-            reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        except ValueError as err:  # SQLAlchemy's URL parser: a port that is no number, ...
             raise UserError(
-                f"hydra.sweeper.storage={_hide_password(url)}: cannot open the study's database: {reason}"
+                f"hydra.sweeper.storage={hide_password(url)}: not a database URL ({one_line(str(err))[:120]}); "
+                "e.g. postgresql+psycopg://user:password@host:5432/database"
+            ) from err
+        except Exception as err:
+            if storage_error(err) is None:
+                raise
+            raise UserError(
+                f"hydra.sweeper.storage={hide_password(url)}: cannot open the study's database: {storage_problem(err)}"
             ) from err
 
     def _open_study(self, storage: Any) -> Any:
@@ -181,91 +213,125 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        _quiet_optuna_warnings()
+        quiet_optuna_warnings()
         space, fixed = self._search_space(arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         url = storage_url(self.storage, sweep_dir)
         if self.storage:  # a bad URL is refused before any folder is made
             storage = self._storage(url)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        # As Hydra's BasicSweeper saves it, with the password of any URL (the storage's) masked.
-        OmegaConf.save(redacted(OmegaConf.to_container(self.config)), sweep_dir / "multirun.yaml")
-        if not self.storage:
-            storage = self._storage(url)
-        study = self._open_study(storage)
-        _drop_replaced_runs(study, sweep_dir)
-        log.info(
-            f"Optuna study {self.study_name!r} in {_hide_password(url)}: {_tally(study)[1]}/{self.n_trials} trials done"
-        )
-        if self.n_jobs <= 1:
-            self._work(study, space, fixed, sweep_dir)
-        else:
-            storage.remove_session()  # the workers open their own connections after the fork
-            storage.engine.dispose()
-            self._fork_workers(url, space, fixed, sweep_dir)
-            study = self._open_study(self._storage(url))
-        _drop_replaced_runs(study, sweep_dir)
-        if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
-            log.info(f"Best trial {study.best_trial.number}: {study.best_value} with {study.best_trial.params}")
-        plot_study(study, sweep_dir)
-        return study
+        # One sweep at a time in a folder: a second one is refused before multirun.yaml is written.
+        lock = SweepLock(sweep_dir).acquire()
+        try:
+            # As Hydra's BasicSweeper saves it, with the password of any URL (the storage's) masked.
+            OmegaConf.save(redacted(OmegaConf.to_container(self.config)), sweep_dir / "multirun.yaml")
+            if not self.storage:
+                storage = self._storage(url)
+            study = self._open_study(storage)
+            drop_replaced_runs(study, sweep_dir)
+            log.info(
+                f"Optuna study {self.study_name!r} in {hide_password(url)}: {tally(study)[1]}/{self.n_trials} trials done"
+            )
+            if self.n_jobs <= 1:
+                with quiet_heartbeat_failures():
+                    self._work(study, space, fixed, sweep_dir)
+            else:
+                storage.remove_session()  # the workers open their own connections after the fork
+                storage.engine.dispose()
+                self._fork_workers(url, space, fixed, sweep_dir)
+                study = self._open_study(self._storage(url))
+            drop_replaced_runs(study, sweep_dir)
+            if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+                log.info(f"Best trial {study.best_trial.number}: {study.best_value} with {study.best_trial.params}")
+            plot_study(study, sweep_dir)
+            return study  # Hydra's on_multirun_end then summarises the sweep and says how it ended
+        except BaseException as err:
+            self._ended(err, url, sweep_dir)
+            raise
+        finally:
+            lock.release()
+
+    def _ended(self, err: BaseException, url: str, sweep_dir: Path) -> None:
+        """A sweep that did not run to its end: its summary for what completed, then the signal's
+        line and code (run_cli says it) for Ctrl-C and SIGTERM, or one line and exit code 3 for a
+        database that failed or a worker that crashed; a bug of ours keeps its traceback."""
+        if interrupted(err) or is_sigterm(err):
+            finish_sweep(sweep_dir, stopped=True)
+        elif isinstance(err, SweepProblem):
+            finish_sweep(sweep_dir, problem=str(err))
+        elif storage_error(err) is not None:
+            finish_sweep(sweep_dir, problem=_database_failed(err, url))
 
     def _fork_workers(self, url: str, space: dict[str, Any], fixed: list[str], sweep_dir: Path) -> None:
-        # Forked (not spawned) so that each worker keeps the composed Hydra state and task function;
-        # they share nothing but the study's storage.
+        """``n_jobs`` forked workers (each keeps the composed Hydra state and task function; they
+        share nothing but the study's storage), supervised until each has ended."""
         sys.stdout.flush()
         sys.stderr.flush()
         context = multiprocessing.get_context("fork")
-        workers = [
-            context.Process(target=self._worker_main, args=(url, space, fixed, sweep_dir), name=f"optuna-worker-{i}")
-            for i in range(self.n_jobs)
-        ]
-        for worker in workers:
-            worker.start()
-        # Ctrl-C reaches the whole process group: each worker exits at once with code 130 (see
-        # _worker_main), and their trials are settled when the same command resumes the study. This
-        # process only notes it, and says so once they are gone; a KeyboardInterrupt raised here at
-        # a random point could be swallowed by a finaliser, with a traceback and the sweep going on.
-        interrupted: list[int] = []
-        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
-        try:
-            for worker in workers:
-                worker.join()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        if interrupted or any(w.exitcode == INTERRUPTED_EXIT for w in workers):
+        workers: list[_Worker] = []
+        with PassedOn(lambda: [w.process.pid or 0 for w in workers if not w.done]) as signals:
+            for index in range(self.n_jobs):
+                with signals.holding():
+                    workers.append(_Worker.start(context, self, index, (url, space, fixed, sweep_dir)))
+            while running := [w for w in workers if not w.done]:
+                ready = multiprocessing.connection.wait(
+                    [w.reader for w in running] + [w.process.sentinel for w in running]
+                )
+                for worker in running:
+                    if worker.reader in ready or worker.process.sentinel in ready:
+                        worker.read()
+                    if worker.done and not signals.received:
+                        worker.say_how_it_ended(sweep_dir, self.grace_period)
+        if signals.stopped_by == signal.SIGTERM:
+            raise Terminated
+        if signals.stopped_by == signal.SIGINT:
             raise KeyboardInterrupt
-        failed = [w.name for w in workers if w.exitcode != 0]
+        failed = [w.database for w in workers if w.database]
         if failed:
-            raise RuntimeError(f"sweep workers {failed} stopped with an error (see their traceback above)")
+            raise SweepProblem(_database_failed(failed[0], url))
+        crashed = [w.process.name for w in workers if w.process.exitcode == 1]
+        if crashed:
+            raise SweepProblem(f"sweep workers {crashed} stopped with an error (its traceback is above)")
 
-    def _worker_main(self, url: str, space: dict[str, Any], fixed: list[str], sweep_dir: Path) -> None:
+    def _worker_main(
+        self, parent: int, pipe: Any, url: str, space: dict[str, Any], fixed: list[str], sweep_dir: Path
+    ) -> None:
+        """A forked worker: trials until the study has ``n_trials``; its ending in its exit status
+        (0, 130, 143, ``DATABASE_FAILED`` after sending the reason, 1 after a traceback)."""
+        start_worker(parent)
         import torch
 
-        # Ctrl-C ends a worker at once, quietly: its trial is an interrupted one, which the next run
-        # of the same command settles (failed, parameters queued again), like a worker that was killed.
-        signal.signal(signal.SIGINT, lambda *_: os._exit(INTERRUPTED_EXIT))
         # Each worker trains on its share of the cores instead of all workers fighting over all.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_jobs))
+        code = 0
         try:
-            study = self._open_study(self._storage(url))
-            # Forked workers would otherwise draw the same "random" parameters from one seed.
-            study.sampler.reseed_rng()
-            self._work(study, space, fixed, sweep_dir)
-        except BaseException as err:
-            if interrupted(err):  # Ctrl-C: the sweep process says so, in one line
-                os._exit(INTERRUPTED_EXIT)
-            traceback.print_exc()
-            sys.stderr.flush()
-            os._exit(1)
+            with sigterm_raises(), quiet_heartbeat_failures():
+                study = self._open_study(self._storage(url))
+                # Forked workers would otherwise draw the same "random" parameters from one seed.
+                study.sampler.reseed_rng()
+                self._work(study, space, fixed, sweep_dir, lambda number: pipe.send(("trial", number)))
+        except BaseException as err:  # every ending is told to the sweep's process
+            if interrupted(err):
+                code = SIGINT_EXIT
+            elif is_sigterm(err):
+                code = SIGTERM_EXIT
+            elif storage_error(err) is not None:
+                code = DATABASE_FAILED
+                pipe.send(("database", storage_problem(err)))
+            else:
+                traceback.print_exc()
+                code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # not multiprocessing's exit, which would wait for threads a trial left running
 
-    def _work(self, study: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path) -> None:
+    def _work(self, study: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path, started: Any = None) -> None:
         """Run trials, one ``study.optimize`` call each (Optuna's heartbeats and its retry of stale
-        trials come with it), until the study holds ``n_trials`` finished ones."""
+        trials come with it), until the study holds ``n_trials`` finished ones. ``started(number)``
+        is told each trial's number as it starts."""
         waiting_logged = False
         while True:
-            _fail_stale_trials(study)
-            counted, done = _tally(study)
+            fail_stale_trials(study)
+            counted, done = tally(study)
             if done >= self.n_trials:
                 return
             queued = any(t.state.name == "WAITING" for t in counted)
@@ -276,46 +342,61 @@ class OptunaSweeper(Sweeper):
                     running = [t.number for t in counted if t.state.name == "RUNNING"]
                     log.info(f"waiting for trials {running} of other workers (stale after {self.grace_period} s)")
                     waiting_logged = True
-                _fail_unstarted_trials(study, self.heartbeat_interval + self.grace_period)
+                fail_unstarted_trials(study, self.heartbeat_interval + self.grace_period)
                 time.sleep(1.0)
                 continue
             waiting_logged = False
             current: list[int] = []
             try:
                 study.optimize(
-                    lambda trial: self._objective(study, trial, space, fixed, sweep_dir, current),  # noqa: B023 - runs now (n_trials=1)
+                    lambda trial: self._objective(study, trial, space, fixed, sweep_dir, current, started),  # noqa: B023 - runs now (n_trials=1)
                     n_trials=1,
                     catch=(TrialFailed,),
                     gc_after_trial=False,
                 )
             except ValueError as err:
-                # Another worker found this trial's heartbeat late (a busy machine) and failed it;
-                # Optuna queued its parameters again, so this worker's result is not told.
-                frozen = _frozen(study, current[0]) if current else None
-                if frozen is None or frozen.state.name != "FAIL" or "Cannot tell" not in str(err):
+                # Another worker found this trial's heartbeat late (a busy or stopped machine) and
+                # failed it; Optuna queued its parameters again, so this worker's result is not told.
+                late = frozen(study, current[0]) if current else None
+                if late is None or late.state.name != "FAIL" or "Cannot tell" not in str(err):
                     raise
                 log.warning(
-                    f"trial {frozen.number} was declared stale while it ran (heartbeat later than "
-                    f"{self.grace_period} s); its parameters run again as a new trial"
+                    f"trial {late.number} was declared stale while it ran (heartbeat later than "
+                    f"{self.grace_period} s); its result is dropped, its parameters run again as a new trial"
                 )
-            except KeyboardInterrupt:
-                # Optuna has failed the trial; queue its parameters again, as for a dead worker.
-                if current:
-                    frozen = _frozen(study, current[0])
-                    if frozen is not None and frozen.state.name == "FAIL":
-                        _retry_callback(self.max_retry)(study, frozen)
-                        _drop_replaced_runs(study, sweep_dir)
+            except BaseException as err:
+                if current and (interrupted(err) or is_sigterm(err)):
+                    self._requeue(study, current[0], sweep_dir)
                 raise
 
+    def _requeue(self, study: Any, number: int, sweep_dir: Path) -> None:
+        """A trial stopped by Ctrl-C or SIGTERM: failed (Optuna does so for Ctrl-C only) and its
+        parameters queued again, as for a dead worker; its half run goes."""
+        trial = frozen(study, number)
+        if trial is not None and trial.state.name == "RUNNING":
+            study.tell(number, state=state("FAIL"))
+            trial = frozen(study, number)
+        if trial is not None and trial.state.name == "FAIL":
+            retry_callback(self.max_retry)(study, trial)
+            drop_replaced_runs(study, sweep_dir)
+
     def _objective(
-        self, study: Any, trial: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path, current: list[int]
+        self,
+        study: Any,
+        trial: Any,
+        space: dict[str, Any],
+        fixed: list[str],
+        sweep_dir: Path,
+        current: list[int],
+        started: Any = None,
     ) -> float:
         """Run trial ``trial.number`` as Hydra job ``trial.number``; its objective, or PRUNED or FAIL."""
         import optuna
 
         current.append(trial.number)
-        place = _place(study, trial.number)
-        if place >= self.n_trials:
+        if started is not None:
+            started(trial.number)
+        if place(study, trial.number) >= self.n_trials:
             trial.set_user_attr("fail_reason", SURPLUS)
             study.stop()
             raise TrialFailed(SURPLUS)
@@ -324,6 +405,11 @@ class OptunaSweeper(Sweeper):
         overrides = fixed + [f"{key}={value}" for key, value in params.items()]
         log.info(f"trial {trial.number}: {' '.join(overrides)}")
         (result,) = self.launcher.launch([overrides], initial_job_idx=trial.number)
+        late = frozen(study, trial.number)
+        if late is not None and late.state.name != "RUNNING":
+            # Failed as stale by another worker meanwhile: nothing of this trial is told (the
+            # sweep's warning says so, in _work).
+            raise TrialFailed(f"trial {trial.number} was failed by another worker while it ran")
         run_dir = Path(str(result.hydra_cfg.hydra.runtime.output_dir)) if result.hydra_cfg else None
         metrics = read_metrics(run_dir) if run_dir else {}
         if result.status == JobStatus.FAILED and not metrics.get("error"):
@@ -331,107 +417,92 @@ class OptunaSweeper(Sweeper):
             metrics = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         status, value = metrics.get("status"), metrics.get("best")
         if status == "pruned":
-            trial.set_user_attr("pruned", metrics.get("error", ""))
-            raise optuna.TrialPruned(metrics.get("error", ""))
+            trial.set_user_attr("pruned", one_line(str(metrics.get("error", ""))))
+            raise optuna.TrialPruned(one_line(str(metrics.get("error", ""))))
         if status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
             return float(value)
-        reason = metrics.get("error") or (
-            f"objective {value!r} is not a finite number" if status == "completed" else "no metrics.json"
+        reason = one_line(
+            str(
+                metrics.get("error")
+                or (f"objective {value!r} is not a finite number" if status == "completed" else "no metrics.json")
+            )
         )
         trial.set_user_attr("fail_reason", reason)
         log.warning(f"trial {trial.number} failed: {reason}")
         raise TrialFailed(reason)
 
 
+class _Worker:
+    """An Optuna worker process, as the sweep's process sees it: the trial it runs, and how it ended.
+    (No dataclass: Hydra's plugin scan imports this module in a way that dataclasses cannot look up.)"""
+
+    def __init__(self, process: Any, reader: Any) -> None:
+        self.process = process
+        self.reader = reader
+        self.trial: int | None = None
+        self.database: str | None = None  # why the study's database failed, as the worker saw it
+        self.done = False
+
+    @classmethod
+    def start(cls, context: Any, sweeper: OptunaSweeper, index: int, args: tuple[Any, ...]) -> _Worker:
+        reader, writer = context.Pipe(duplex=False)
+        process = context.Process(
+            target=sweeper._worker_main, args=(os.getpid(), writer, *args), name=f"optuna-worker-{index}"
+        )
+        process.start()
+        writer.close()
+        return cls(process, reader)
+
+    def read(self) -> None:
+        while True:
+            try:
+                if not self.reader.poll():
+                    break
+                kind, value = self.reader.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "trial":
+                self.trial = value
+            elif kind == "database":
+                self.database = value
+        if not self.process.is_alive():
+            self.process.join()
+            self.reader.close()
+            self.done = True
+
+    def say_how_it_ended(self, sweep_dir: Path, grace_period: int) -> None:
+        """One line for a worker that ended otherwise than its sweep (killed, or stopped alone)."""
+        code = self.process.exitcode
+        if code in (0, 1, DATABASE_FAILED):
+            return  # done; a traceback is above; the sweep's line says it
+        what = f"sweep worker {self.process.name} (pid {self.process.pid}) {ending(code)}"
+        if self.trial is None:
+            print(f"note: {what}", file=sys.stderr, flush=True)
+            return
+        if code is not None and code < 0:
+            record_lost(sweep_dir / str(self.trial), ending(code), self.process.pid)
+            after = f"once its heartbeat is {grace_period} s old"
+        else:
+            after = "now"
+        print(
+            f"note: {what} during trial {self.trial}; its parameters run again as a new trial ({after}, in "
+            "another worker, or when the same command runs again)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _database_failed(err: BaseException | str, url: str) -> str:
+    reason = err if isinstance(err, str) else storage_problem(err)
+    return (
+        f"the study's database ({hide_password(url)}) failed: {reason}; the sweep stopped, run the same "
+        "command again once the database is back (the study continues)"
+    )
+
+
 def _instance(node: Any) -> Any:
     """Hydra instantiates the sampler and pruner nodes with the sweeper; a plain node is built here."""
     return instantiate(node) if isinstance(node, (dict, DictConfig)) else node
-
-
-def _quiet_optuna_warnings() -> None:
-    """Heartbeats, their retry callback and fail_stale_trials are 'experimental' in Optuna 4 and 5."""
-    import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-
-
-def _retry_callback(max_retry: int | None) -> Any:
-    """Optuna's callback that queues a stale trial's parameters again (renamed in Optuna 4.9)."""
-    import optuna
-
-    retry = (
-        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-    )
-    return retry(max_retry=max_retry)
-
-
-def _stale_callback_argument() -> str:
-    """RDBStorage's keyword for that callback: failed_trial_callback before Optuna 4.9."""
-    import inspect
-
-    import optuna
-
-    parameters = inspect.signature(optuna.storages.RDBStorage).parameters
-    return (
-        "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
-    )
-
-
-def _fail_stale_trials(study: Any) -> None:
-    import optuna
-
-    optuna.storages.fail_stale_trials(study)
-
-
-def _replaced(trials: list[Any]) -> set[int]:
-    """Numbers of the trials that a retry replaced (stale or interrupted ones)."""
-    retry = _retry_callback(None)
-    return {number for t in trials for number in retry.retry_history(t)}
-
-
-def _tally(study: Any) -> tuple[list[Any], int]:
-    """The trials that count towards n_trials (all but replaced and surplus ones), and how many of
-    them are finished (complete, pruned or failed)."""
-    trials = study.get_trials(deepcopy=False)
-    replaced = _replaced(trials)
-    counted = [t for t in trials if t.number not in replaced and t.user_attrs.get("fail_reason") != SURPLUS]
-    done = sum(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in counted)
-    return counted, done
-
-
-def _place(study: Any, number: int) -> int:
-    """How many counted trials come before trial ``number``. The storage numbers trials one at a
-    time (it locks the study row), so every trial numbered before it is already there."""
-    counted, _ = _tally(study)
-    return sum(1 for t in counted if t.number < number)
-
-
-def _frozen(study: Any, number: int) -> Any:
-    return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-
-
-def _fail_unstarted_trials(study: Any, seconds: float) -> None:
-    """A worker killed between asking for a trial and its first heartbeat leaves a running trial
-    that never becomes stale: failed, and retried, once it is ``seconds`` old without a worker name."""
-    for frozen in study.get_trials(deepcopy=False, states=(_state("RUNNING"),)):
-        started = frozen.datetime_start or datetime.now()
-        if "worker" in frozen.user_attrs or (datetime.now() - started).total_seconds() < seconds:
-            continue
-        try:
-            study.tell(frozen.number, state=_state("FAIL"))
-        except Exception:  # another worker settled it first
-            continue
-        _retry_callback(None)(study, _frozen(study, frozen.number))
-
-
-def _drop_replaced_runs(study: Any, sweep_dir: Path) -> None:
-    """Remove the run directories of trials that a retry replaced: half a run, nothing in it is a result."""
-    for number in sorted(_replaced(study.get_trials(deepcopy=False))):
-        run_dir = sweep_dir / str(number)
-        if run_dir.is_dir():
-            shutil.rmtree(run_dir, ignore_errors=True)
-            log.warning(f"trial {number} stopped with its worker; its parameters ran again as a new trial")
 
 
 def _suggest(trial: Any, name: str, distribution: Any) -> Any:
@@ -442,14 +513,3 @@ def _suggest(trial: Any, name: str, distribution: Any) -> Any:
     if isinstance(distribution, dist.IntDistribution):
         return trial.suggest_int(name, distribution.low, distribution.high, log=distribution.log)
     return trial.suggest_categorical(name, distribution.choices)
-
-
-def _hide_password(url: str) -> str:
-    """The storage URL as shown in messages and logs: without its password, wherever it sits."""
-    return redact(url)
-
-
-def _state(name: str) -> Any:
-    from optuna.trial import TrialState
-
-    return TrialState[name]
