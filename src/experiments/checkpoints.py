@@ -84,6 +84,10 @@ def checkpoint_config(
         where = f"checkpoint {ckpt}"
     if not isinstance(run_cfg, DictConfig):
         raise UserError(f"{where} does not hold a run's config (a mapping of keys)")
+    missing = [key for key in ("data", "model", "trainer") if key not in run_cfg]
+    if missing:
+        what = "is empty" if not run_cfg else f"has no {', '.join(missing)}"
+        raise UserError(f"{where} {what}: not a run's config; pass the config.yaml that its run wrote")
     check_targets(run_cfg, where, trust)
     return ckpt, run_cfg, checkpoint
 
@@ -190,6 +194,11 @@ def check_targets(cfg: DictConfig, source: str, trust: Sequence[str] = ()) -> No
     """
     allowed = ALLOWED_TARGET_PREFIXES + tuple(f"{name.rstrip('.')}." for name in trust if name)
     for key, target in _targets(cfg, ""):
+        if isinstance(target, str) and target.startswith(allowed) and not _found(target):
+            raise UserError(
+                f"{source}: {key} = {target!r} cannot be imported here; check that its package is installed "
+                "or on PYTHONPATH"
+            )
         if not isinstance(target, str) or not target.startswith(allowed) or not _is_class(target):
             own = target.split(".")[0] if isinstance(target, str) and "." in target else "PACKAGE"
             raise UserError(
@@ -218,6 +227,14 @@ def _targets(node: Any, key: str) -> list[tuple[str, Any]]:
         for index in range(len(node)):
             found.extend(_targets(node._get_node(index), f"{key}[{index}]"))  # private: omegaconf 2.3
     return found
+
+
+def _found(target: str) -> bool:
+    try:
+        get_object(target)
+    except Exception:  # noqa: BLE001 - Hydra wraps the import error
+        return False
+    return True
 
 
 def _is_class(target: str) -> bool:

@@ -14,12 +14,12 @@ from omegaconf import DictConfig
 
 from experiments.cli import run_cli, user_errors_exit
 from experiments.config import CONFIG_DIR
-from experiments.restore import restore
+from experiments.restore import restore, trusted
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test ``cfg.ckpt_path``; returns the test metrics."""
-    run = restore(cfg.ckpt_path, list(cfg.get("trust") or []), cfg.get("config"))
+    run = restore(cfg.ckpt_path, trusted(cfg.get("trust")), cfg.get("config"))
     trainer = run.trainer()
     # The trainer loads the weights again after setting the run's precision (float64 stays exact).
     tested = trainer.test(

@@ -25,7 +25,7 @@ from experiments.data.contract import eval_batch_size, split_tensors
 from experiments.data.loader import InMemoryLoader
 from experiments.data.spec import DataSpec
 from experiments.errors import UserError
-from experiments.restore import restore
+from experiments.restore import restore, trusted
 from experiments.runs import write_atomic
 
 # Rows parsed at once: a big file is read in blocks of this many rows, never held as text.
@@ -59,6 +59,9 @@ def read_inputs(path: str | Path, spec: DataSpec) -> torch.Tensor:
     refused in one line that names it.
     """
     file = Path(path).expanduser()
+    if file.exists() and not file.is_file():
+        what = "a folder" if file.is_dir() else "not a regular file (a pipe or a device)"
+        raise UserError(f"inputs={file} is {what}; pass inputs=<CSV file with one sample per row>")
     if not file.is_file():
         raise UserError(f"inputs file not found: {file}; pass inputs=<CSV file with one sample per row>")
     width = math.prod(spec.input_shape)
@@ -203,7 +206,10 @@ def predict(cfg: DictConfig) -> Path:
     batch_size = cfg.get("batch_size")
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise UserError(f"batch_size={batch_size!r} must be a positive integer (or null: the run's eval batch size)")
-    run = restore(cfg.ckpt_path, list(cfg.get("trust") or []), cfg.get("config"))
+    show = cfg.get("show")
+    if not isinstance(show, int) or isinstance(show, bool) or show < 0:
+        raise UserError(f"show={show!r} must be a non-negative integer: how many predictions to print")
+    run = restore(cfg.ckpt_path, trusted(cfg.get("trust")), cfg.get("config"))
     given = read_inputs(cfg.inputs, cast(Any, run.datamodule).spec) if cfg.inputs else None
     if cfg.output:
         _check_writable(Path(cfg.output))
