@@ -92,6 +92,22 @@ class KillAt(Callback):
         self._maybe_kill(trainer, "train_epoch_start")
 
 
+class CopyCheckpointAt(Callback):
+    """Copy ``checkpoints/last.ckpt`` to ``to`` at the first training batch end at or after optimizer
+    step ``step``: with fused steps, a step checkpoint written inside a chunk is still the file
+    then (the chunk's end is no step checkpoint's), so a test can resume from inside a chunk."""
+
+    def __init__(self, step: int, to: str) -> None:
+        self.step, self.to, self.copied = step, Path(to), False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if not self.copied and trainer.global_step >= self.step:
+            import shutil
+
+            shutil.copy(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt", self.to)
+            self.copied = True
+
+
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 

@@ -124,6 +124,45 @@ def test_run_mistakes_are_the_clis_one_line_and_leave_no_run(
     )
 
 
+def test_run_leaves_the_process_as_it_found_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run seeds every generator, turns deterministic algorithms on, sets torch's threads and
+    # adds Lightning's environment variables: none of it outlives run(), also when it fails.
+    import os
+    import random
+
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+
+    def state() -> tuple:
+        return (
+            dict(os.environ),
+            torch.get_num_threads(),
+            torch.are_deterministic_algorithms_enabled(),
+            torch.backends.cudnn.benchmark,
+            torch.get_default_dtype(),
+        )
+
+    # The second fails after the run has seeded the generators (a setting refused when built).
+    for overrides in (["trainer.max_epochs=2"], ["trainer.max_epochs=2", "optimizer.lr=-1"]):
+        random.seed(1)
+        np.random.seed(1)
+        torch.manual_seed(1)
+        expected = (random.random(), np.random.rand(), torch.rand(1).item())
+        random.seed(1)
+        np.random.seed(1)
+        torch.manual_seed(1)
+        before = state()
+        try:
+            run("experiment=xor", "logger=none", "seed=7", *overrides)
+        except UserError:
+            assert overrides[-1] == "optimizer.lr=-1"
+        assert state() == before
+        assert "PL_GLOBAL_SEED" not in os.environ or "PL_GLOBAL_SEED" in before[0]
+        # The caller's next draws are the ones it would have made without the run.
+        assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
 def test_two_runs_of_one_process_get_two_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     first = run("experiment=xor", "trainer.max_epochs=2", "logger=none")

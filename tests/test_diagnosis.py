@@ -73,6 +73,34 @@ def test_validation_loss_turning_up_while_training_loss_falls_is_overfitting() -
     assert diagnose(close, baseline=2.3).verdict == "fine"
 
 
+def test_a_loss_that_blows_up_is_diverged_before_anything_else() -> None:
+    # Far above the trivial loss, or above it after having learned: the steps are too large.
+    rows = [{"epoch": i + 1, "train/loss": t, "val/loss": t} for i, t in enumerate([0.7, 3e3, 1e28])]
+    verdict = diagnose(rows, baseline=0.693)
+    assert verdict.verdict == "diverged" and "over 10 times the trivial loss" in verdict.reason
+    assert "lower optimizer.lr" in verdict.message and "gradient_clip_val" in verdict.message
+    risen = [{"epoch": i + 1, "train/loss": t, "val/loss": t} for i, t in enumerate([2.0, 0.5, 0.4, 2.5])]
+    verdict = diagnose(risen, baseline=2.3)
+    assert verdict.verdict == "diverged" and "rose from 0.4 (epoch 3) to 2.5" in verdict.reason
+    # Stuck near the trivial loss from the start is still underfitting, not diverged.
+    stuck = [{"epoch": i + 1, "train/loss": t, "val/loss": t} for i, t in enumerate([2.31, 2.4, 2.35])]
+    assert diagnose(stuck, baseline=2.3).verdict == "underfitting"
+
+
+def test_sgd_with_a_huge_learning_rate_is_diagnosed_as_diverged(compose_train) -> None:
+    diagnosis = _run(
+        compose_train,
+        "experiment=xor",
+        "optimizer=sgd",
+        "optimizer.lr=1e30",
+        "trainer.max_epochs=5",
+        "logger=none",
+        "callbacks.history.verbose=false",
+    )
+    assert diagnosis["verdict"] == "diverged", diagnosis  # was "underfitting, both near the trivial loss"
+    assert "lower optimizer.lr" in diagnosis["message"]
+
+
 def test_trivial_loss_is_label_entropy_or_target_variance() -> None:
     from experiments.data import DataSpec
     from experiments.tasks import task_kind

@@ -106,6 +106,95 @@ def test_max_steps_stops_inside_a_chunk(compose_train: Callable[..., DictConfig]
     assert saved["global_step"] == 10
 
 
+def _validated(run_dir: Path) -> list[bool]:
+    """Per row of history.csv: whether it holds the validation of its epoch."""
+    return [bool(row.get("val/loss")) for row in _history(run_dir)]
+
+
+# An epoch scheduler stepping every epoch: a stop that looks like an epoch's end would step it.
+EPOCH_SCHEDULER = ["scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5"]
+
+
+def test_max_steps_inside_an_epoch_stops_the_same_way_for_every_k(
+    compose_train: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    # Step 12 is batch 4 of epoch 2's 8: inside a chunk of 3, and in the only (last) chunk of 16,
+    # which once made Lightning validate there and step the epoch scheduler.
+    for k in (1, 3, 16):
+        _train(
+            compose_train,
+            tmp_path / f"k{k}",
+            f"trainer.steps_per_execution={k}",
+            "+trainer.max_steps=12",
+            *EPOCH_SCHEDULER,
+        )
+        last = torch.load(tmp_path / f"k{k}" / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["global_step"] == 12
+    _assert_same_run(tmp_path / "k1", tmp_path / "k3")
+    _assert_same_run(tmp_path / "k1", tmp_path / "k16")
+    # Epoch 2 stopped before its validation: its row has its training values, and no validation
+    # values (not epoch 1's again).
+    assert _validated(tmp_path / "k1") == [True, False]
+    assert _history(tmp_path / "k1")[1]["train/loss"]
+
+
+def test_a_run_stopped_by_max_steps_continues_as_if_never_stopped(
+    compose_train: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    # Straight to step 20 (epoch 3, batch 4) with K=1; or to step 12 with K=16 and on to 20 with
+    # K=3: the rest of epoch 2 is trained, validated and recorded, bit for bit.
+    _train(compose_train, tmp_path / "straight", "trainer.steps_per_execution=1", "+trainer.max_steps=20")
+    run = tmp_path / "continued"
+    _train(compose_train, run, "trainer.steps_per_execution=16", "+trainer.max_steps=12")
+    _train(compose_train, run, "trainer.steps_per_execution=3", "+trainer.max_steps=20", f"resume={run}")
+    _assert_same_run(tmp_path / "straight", run)
+    assert _validated(run) == [True, True, False]
+
+
+def test_a_checkpoint_inside_a_chunk_resumes_the_same_with_another_k(
+    compose_train: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    # The step-10 checkpoint of a K=3 run lies inside a chunk (batches 0-2 of epoch 2); Lightning
+    # counted chunks, a K=1 run counts batches: resumed with K=1 (or 8), epoch 2 still validates.
+    import shutil
+
+    copy = tmp_path / "step10.ckpt"
+    keep = ["+callbacks.copy._target_=reliability_helpers.CopyCheckpointAt", "+callbacks.copy.step=10"]
+    k3 = tmp_path / "k3"
+    _train(
+        compose_train,
+        k3,
+        "trainer.steps_per_execution=3",
+        "checkpoint_every_n_steps=5",
+        *keep,
+        f"+callbacks.copy.to={copy}",
+    )
+    assert torch.load(copy, weights_only=True)["global_step"] == 10
+    _train(compose_train, tmp_path / "straight", "trainer.steps_per_execution=1")
+    for k in (1, 8):
+        resumed = tmp_path / f"resumed_k{k}"
+        shutil.copytree(k3, resumed)
+        shutil.copy(copy, resumed / "checkpoints" / "last.ckpt")
+        _train(compose_train, resumed, f"trainer.steps_per_execution={k}", f"resume={resumed}")
+        _assert_same_run(tmp_path / "straight", resumed)
+        assert _validated(resumed) == [True] * 4
+
+
+def test_epochs_without_validation_have_empty_validation_columns(
+    compose_train: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    for k in (1, 3):
+        _train(
+            compose_train, tmp_path / f"k{k}", f"trainer.steps_per_execution={k}", "trainer.check_val_every_n_epoch=2"
+        )
+    _assert_same_run(tmp_path / "k1", tmp_path / "k3")
+    assert _validated(tmp_path / "k1") == [False, True, False, True]
+    # ... in the printed epoch lines too (a dash), and read back as missing.
+    from experiments.runs import read_history
+
+    assert [("val/loss" in row) for row in read_history(tmp_path / "k1")] == [False, True, False, True]
+
+
 def test_a_task_that_steps_its_own_way_trains_unfused_and_says_so(
     compose_train: Callable[..., DictConfig], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

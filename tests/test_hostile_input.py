@@ -22,6 +22,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import selected
@@ -63,6 +64,67 @@ def test_a_read_only_run_folder_is_one_line(xor_run: Path, tmp_path: Path) -> No
     assert lines[0].startswith(f"error: cannot use {folder}/train.log: ")
     assert "hydra.run.dir=<writable folder>" in lines[0]
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A file system of ``size`` (tmpfs) mounted on ``folder``; root only."""
+    folder.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]).returncode
+    ):
+        pytest.skip("mounting a small file system needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_disk_that_fills_mid_run_is_one_line_and_leaves_whole_checkpoints(tmp_path: Path) -> None:
+    # The run folder on a 120 KB disk: it fills while a checkpoint is written (two 27 KB ones and
+    # the copy being written). Before: a truncated last.ckpt (no resume possible), a line naming a
+    # temporary file elsewhere, no status.
+    with _small_disk(tmp_path / "disk", "120k") as disk:
+        run_dir = disk / "run"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "experiments.train",
+                "experiment=xor",
+                "trainer.max_epochs=10",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: cannot write {run_dir}/"), line
+        assert f"the disk of {disk} is full; free some space" in line
+        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+        # Every file is whole: the checkpoints load, no temporary file is left.
+        for ckpt in (run_dir / "checkpoints").glob("*"):
+            assert ckpt.suffix == ".ckpt", ckpt
+            torch.load(ckpt, weights_only=True)
+        assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+        # Given room, the same run continues from its last checkpoint and completes.
+        subprocess.run(["mount", "-o", "remount,size=2m", str(disk)], check=True)
+        resumed = subprocess.run(
+            [sys.executable, "-m", "experiments.train", "experiment=xor", "trainer.max_epochs=10", f"resume={run_dir}"],
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.parametrize("name", ["../../escape", "a/b", "..", "..\\escape"])

@@ -20,7 +20,7 @@ from conftest import REPO
 
 # 128-image batches of 2500 training images (3000 less 500 for validation): 20 batches.
 CNN = ["experiment=mnist_cnn", "data.train_limit=3000", "data.val_size=500", "trainer.max_epochs=1"]
-BAR = re.compile(rb"epoch 1/1:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+) ")
+BAR = re.compile(rb"epoch 1/1:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)[ ,]")
 
 
 def _env() -> dict[str, str]:
@@ -30,10 +30,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _train_in_a_terminal(args: list[str], cwd: Path, timeout: float = 240) -> list[tuple[float, bytes]]:
-    """Run ``python -m experiments.train args`` on a 120x40 pseudo-terminal; its output, in timed pieces."""
+def _train_in_a_terminal(
+    args: list[str], cwd: Path, timeout: float = 240, columns: int = 120
+) -> list[tuple[float, bytes]]:
+    """Run ``python -m experiments.train args`` on a ``columns``x40 pseudo-terminal; its output, in timed pieces."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     process = subprocess.Popen(
         [sys.executable, "-m", "experiments.train", *args],
         cwd=cwd,
@@ -108,3 +110,13 @@ def test_a_terminal_shows_a_moving_bar_within_two_seconds_and_a_pipe_shows_none(
     out = piped.stdout + piped.stderr
     assert "%|" not in out and "batch/s" not in out and "\r" not in out
     assert re.search(r"\n1 \d\.\d{4} \d\.\d{4} \d\.\d{4} \d\.\d{4}\n", piped.stdout)
+
+
+def test_a_narrow_terminal_keeps_the_loss_in_view(tmp_path: Path) -> None:
+    # 40 columns: the bar itself shrinks, and what does not fit is cut after the loss (the times).
+    args = ["experiment=xor", "trainer.max_epochs=30", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    text = b"".join(p for _, p in _train_in_a_terminal(args, tmp_path, columns=40)).decode(errors="replace")
+    frames = [f for f in re.split(r"[\r\n]", text) if re.match(r"epoch \d+/\d+: ", f)]
+    with_loss = [f for f in frames if re.search(r"\d+/1, loss=\d\.\d{4}", f)]
+    assert with_loss, frames[-5:]
+    assert all(len(f.rstrip()) <= 40 for f in frames), [f for f in frames if len(f.rstrip()) > 40][:3]

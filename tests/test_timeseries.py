@@ -131,6 +131,40 @@ def test_bad_csv_is_a_clear_user_error(tmp_path: Path, header: str, row: str, me
         ETTDataModule(data_dir=str(tmp_path), download=False).setup()
 
 
+HEADER = b"date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT\n"
+GOOD = b"2016-07-01 00:00:00,1,2,3,4,5,6,7\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (HEADER + GOOD + b"2016-07-01 01:00:00,1,2,3,4,5,6,7\xe9\n", r"line 3 is not UTF-8 text \(byte 0xe9\)"),
+        (HEADER + GOOD + b"2016-07-01 01:00:00,1,2,3,\x00,5,6,7\n", r"line 3: '\\x00' is not a number"),
+        (HEADER + GOOD + b"2016-07-01 01:00:00,1,2,nan,4,5,6,7\n", r"line 3: a value is not finite"),
+        (HEADER + GOOD + b"2016-07-01 01:00:00,1,2,,4,5,6,7\n", r"line 3: '' is not a number"),
+        (HEADER + GOOD + b"2016-07-01 01:00:00,1,2\n", r"line 3: 3 fields, expected 8"),
+        (HEADER + GOOD + b"\n" + b"2016-07-01 01:00:00,1,2,3,4,inf,6,7\n", r"line 4: a value is not finite"),
+        (HEADER, r"has no data rows"),
+        (b"", r"missing columns"),
+        (bytes(range(256)) * 4, r"line 2 is not UTF-8 text \(byte 0x80\)"),
+    ],
+    ids=["latin-1", "nul-byte", "nan", "empty-value", "truncated-row", "blank-line", "header-only", "empty", "binary"],
+)
+def test_a_damaged_ett_file_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "ETTh1.csv").write_bytes(content)
+    with pytest.raises(UserError, match=message) as refused:
+        ETTDataModule(data_dir=str(tmp_path), download=False).setup()
+    assert str(tmp_path / "ETTh1.csv") in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_ett_file_with_a_byte_order_mark_and_a_last_blank_line_is_read(tmp_path: Path) -> None:
+    from experiments.data.ett import ETT_COLUMNS, read_csv_columns
+
+    (tmp_path / "ETTh1.csv").write_bytes(b"\xef\xbb\xbf" + HEADER + GOOD + b"\r\n\n")
+    values = read_csv_columns(tmp_path / "ETTh1.csv", ETT_COLUMNS)
+    assert values.tolist() == [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]]
+
+
 def test_sine_series_is_reproducible_from_its_seed() -> None:
     assert torch.equal(SineDataModule(seed=1).load_series(), SineDataModule(seed=2).load_series())
     first, again, other = (SineDataModule(num_rows=500, series_seed=s).load_series() for s in (3, 3, 4))

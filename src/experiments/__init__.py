@@ -8,6 +8,7 @@ Models (``experiments.models``), data modules (``experiments.data``) and task mo
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,7 +20,12 @@ __all__ = ["Metrics", "Run", "load_run", "run"]
 def __getattr__(name: str) -> Any:
     # Imported on first use, so that `import experiments.models` stays free of Lightning and Hydra.
     if name in __all__:
+        had_cache_dir = "TORCHINDUCTOR_CACHE_DIR" in os.environ
         from experiments import api
 
+        if (
+            not had_cache_dir
+        ):  # importing Lightning sets it (torch's compiler cache); torch sets it again when it needs it
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
         return getattr(api, name)
     raise AttributeError(f"module 'experiments' has no attribute {name!r}")

@@ -10,8 +10,10 @@
 ``run`` composes the config with the same search path, defaults and overrides as the CLI (``config_dir``
 is ``--config-dir``), gets the same run folder (``outputs/<name>/runs/<time>_<pid>`` under the current
 folder, with ``.hydra/`` and ``train.log``), applies the same checks and prints the same lines. It
-does not touch the caller's logging or warnings settings beyond the run, and a mistake in the
-overrides raises :class:`~experiments.errors.UserError` with the CLI's one line.
+does not touch the caller's logging or warnings settings beyond the run, and leaves the process as
+it found it (random generators, torch's threads and deterministic settings, environment
+variables); a mistake in the overrides raises :class:`~experiments.errors.UserError` with the
+CLI's one line.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ def run(*overrides: str, config_dir: str | os.PathLike[str] | None = None) -> Me
         search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
 
     _wait_for_a_new_second()
+    with _caller_state_kept():
+        return _run(overrides, search_path)
+
+
+def _run(overrides: Sequence[str], search_path: Any) -> Metrics:
     global_hydra, hydra_config = GlobalHydra.instance(), HydraConfig.instance()
     saved = (global_hydra.hydra, hydra_config.cfg, version.getbase())
     global_hydra.clear()
@@ -115,6 +122,48 @@ def run(*overrides: str, config_dir: str | os.PathLike[str] | None = None) -> Me
     if isinstance(result, _Failed):
         raise _one_line(result.error) from None
     return result
+
+
+@contextmanager
+def _caller_state_kept() -> Iterator[None]:
+    """The process as the caller had it, once ``run()`` returns (or raises): a run seeds every
+    generator (Python, NumPy, torch, CUDA), turns deterministic algorithms on, sets torch's
+    threads and adds environment variables (Lightning's ``PL_GLOBAL_SEED``, ``PL_SEED_WORKERS``,
+    ``CUBLAS_WORKSPACE_CONFIG``): the caller's own draws, settings and environment go on as if
+    the run had not happened."""
+    import random
+
+    import numpy as np
+
+    environ = dict(os.environ)
+    generators = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    settings = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.get_float32_matmul_precision(),
+        torch.get_default_dtype(),
+    )
+    try:
+        yield
+    finally:
+        for name in [n for n in os.environ if n not in environ]:
+            del os.environ[name]
+        os.environ.update(environ)
+        random.setstate(generators[0])
+        np.random.set_state(generators[1])
+        torch.set_rng_state(generators[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        threads, deterministic, warn_only, cudnn_deterministic, benchmark, matmul, dtype = settings
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_deterministic, benchmark
+        torch.set_float32_matmul_precision(matmul)
+        torch.set_default_dtype(dtype)
 
 
 def _job(cfg: DictConfig, log: _RunLogHandler) -> Metrics | _Failed:

@@ -1,4 +1,5 @@
-"""A verdict on a run's learning curves: overfitting, underfitting or fine, with the primer's remedies.
+"""A verdict on a run's learning curves: diverged, overfitting, underfitting or fine, with the primer's
+remedies.
 
 The rules read the per-epoch rows of ``history.csv`` (``train/loss``, ``val/loss``) and compare them
 with the loss of a trivial predictor, which the task kind defines (``Task.trivial_loss``: the class
@@ -15,6 +16,12 @@ from typing import Any
 
 import torch
 
+# The training loss ending this many times above the trivial loss: the steps made it worse than
+# predicting nothing, the mark of a learning rate far too large (a diverging run).
+DIVERGE_FACTOR = 10.0
+# ... or ending above the trivial loss and this many times above its own lowest value: it had
+# learned something and then blew up.
+DIVERGE_RISE = 2.0
 # Both losses above this fraction of the trivial loss: the model has barely learned anything.
 UNDERFIT_FRACTION = 0.5
 # Validation loss this far (relative) above its own minimum, while the training loss kept falling...
@@ -26,6 +33,10 @@ RISE_GAP_FRACTION = 0.05
 GAP_FRACTION = 0.1
 
 REMEDIES = {
+    "diverged": (
+        "the steps are too large: lower optimizer.lr (by 10x at a time), or clip the gradients "
+        "(trainer.gradient_clip_val=1.0)"
+    ),
     "overfitting": (
         "regularise: dropout (model.dropout=0.3), weight decay (optimizer=adamw optimizer.weight_decay=0.05), "
         "early stopping (callbacks=[default,early_stopping]), augmentation (data.augment=true for MNIST) "
@@ -41,7 +52,7 @@ REMEDIES = {
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """The verdict (``overfitting``, ``underfitting`` or ``fine``), why, and what to try."""
+    """The verdict (``diverged``, ``overfitting``, ``underfitting`` or ``fine``), why, and what to try."""
 
     verdict: str
     reason: str
@@ -89,6 +100,19 @@ def diagnose(rows: Sequence[dict[str, Any]], baseline: float) -> Diagnosis | Non
         return Diagnosis(name, reason, REMEDIES[name], round(baseline, 6))
 
     final_train = train[-1][1]
+    lowest_epoch, lowest_train = min(train, key=lambda p: p[1])
+    if final_train > DIVERGE_FACTOR * baseline:
+        return verdict(
+            "diverged",
+            f"train/loss {final_train:.4g} after {train[-1][0]} epoch(s) is over {DIVERGE_FACTOR:g} times "
+            f"the trivial loss {baseline:.4g}",
+        )
+    if final_train > baseline and final_train > DIVERGE_RISE * lowest_train:
+        return verdict(
+            "diverged",
+            f"train/loss rose from {lowest_train:.4g} (epoch {lowest_epoch}) to {final_train:.4g} "
+            f"(epoch {train[-1][0]}), above the trivial loss {baseline:.4g}",
+        )
     best_epoch, best_val = min(val, key=lambda p: p[1]) if val else (train[-1][0], final_train)
     if final_train >= UNDERFIT_FRACTION * baseline and best_val >= UNDERFIT_FRACTION * baseline:
         return verdict(

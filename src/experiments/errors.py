@@ -147,11 +147,20 @@ def disk_problem(err: BaseException) -> str | None:
     and torch's writer reports a full disk as a RuntimeError about its zip file."""
     import errno
 
-    for e in causes(err):
-        if isinstance(e, OSError) and (e.filename or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)):
+    chain = causes(err)
+    # A full disk fails every write after the first (the files written on the way out): the
+    # first one that failed is the one to name.
+    full = [e for e in chain if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)]
+    if full:
+        first = next((f for f in reversed(full) if f.filename), full[-1])
+        what = f"cannot write {first.filename}" if first.filename else "cannot write"
+        return (
+            f"{what}: the disk{_mount_of(first.filename)} is full; free some space (or write elsewhere: "
+            "hydra.run.dir=<folder>)"
+        )
+    for e in chain:
+        if isinstance(e, OSError) and (e.filename or e.errno == errno.EROFS):
             what = f"cannot use {e.filename}" if e.filename else "cannot write"
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                return f"{what}: the disk is full; free some space (or write elsewhere: hydra.run.dir=<folder>)"
             return (
                 f"{what}: {e.strerror or e}; check that the path exists and is writable "
                 "(for the run directory: hydra.run.dir=<writable folder>)"
@@ -159,6 +168,18 @@ def disk_problem(err: BaseException) -> str | None:
         if isinstance(e, RuntimeError) and re.search(r"file write failed|unexpected pos", str(e)):
             return "cannot write a file: the disk is full or went away; free some space and resume the run"
     return None
+
+
+def _mount_of(filename: object) -> str:
+    """' of /mount/point' for the file system that holds ``filename`` ('' when unknown)."""
+    import os
+
+    if not isinstance(filename, str) or not filename:
+        return ""
+    folder = os.path.dirname(os.path.abspath(filename))
+    while folder != os.path.dirname(folder) and not os.path.ismount(folder):
+        folder = os.path.dirname(folder)
+    return f" of {folder}"
 
 
 def _suggest_key(err: BaseException, key: str) -> str:

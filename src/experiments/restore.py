@@ -23,7 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments.callbacks import ProgressBar
 from experiments.checkpoints import checkpoint_config, folder_of, load_weights
@@ -65,6 +65,19 @@ class Restored:
             **overrides,
         }
         return build_trainer(self.rebuilt, **options)
+
+
+def trusted(value: Any) -> list[str]:
+    """The command line's ``trust=`` as a list of package names: ``trust=my_parts`` is
+    ``trust=[my_parts]`` (not its letters); anything else is refused in one line."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    names = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else None
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise UserError(f"trust={value!r}: pass the names of your packages, trust=[my_parts] (or trust=my_parts)")
+    return names
 
 
 def restore(

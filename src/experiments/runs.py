@@ -48,17 +48,22 @@ def is_run_folder(folder: Path) -> bool:
     return any((folder / name).exists() for name in ("checkpoints", ".hydra", METRICS, ".lock", "multirun.yaml"))
 
 
-def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write a text file through a temporary file and a rename, so it is either old or complete."""
+def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write a text file through a temporary file and a rename, so it is either old or complete.
+    A failed write (a full disk) removes the temporary file and raises an ``OSError`` that names
+    ``path``, not the temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
-        with os.fdopen(fd, "w", newline="") as handle:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as handle:
             write(handle)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.callbacks import FitTime, History
+from experiments.callbacks import FitTime, History, ResumeState
 from experiments.checkpoints import check_resumable, checkpoint_to_resume, load_weights, read_checkpoint
 from experiments.cli import run_cli, user_errors_exit
 from experiments.config import (
@@ -26,6 +26,7 @@ from experiments.config import (
     build_callbacks,
     build_trainer,
     check_config,
+    check_monitor,
     instantiate_group,
     pruning_callbacks,
     settle_auto_settings,
@@ -85,11 +86,14 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)
+    if OmegaConf.select(cfg, "task._target_") is None:  # a task of one's own may log other names
+        check_monitor(str(cfg.monitor), type(task).metric_names)
     resume_from = checkpoint_to_resume(cfg, run_dir)
     if resume_from is not None:
         # Refuse a missing, unsafe or mismatched checkpoint in one line, before anything is written.
         resumed = read_checkpoint(resume_from)
         check_resumable(resumed, resume_from)
+        ResumeState.check(resumed, resume_from)
         load_weights(task, resumed, resume_from, "the model of this config")
     # FitTime: fit seconds summed over every segment of a resumed run (kept in its checkpoints).
     clock = FitTime()

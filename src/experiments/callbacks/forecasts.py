@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,6 +12,7 @@ import torch
 from experiments.callbacks.figures import FigureCallback
 from experiments.engine.tensorboard import log_png, tensorboard_loggers
 from experiments.plotting import pyplot
+from experiments.runs import write_atomic
 
 Example = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -64,9 +66,11 @@ class ForecastFigure(FigureCallback):
         figure = plot_forecasts([examples[i] for i in picks])
         run_dir = Path(trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        figure.savefig(run_dir / self.filename, dpi=100)
+        png = io.BytesIO()  # written in one piece: a full disk leaves no half picture
+        figure.savefig(png, format="png", dpi=100)
+        write_atomic(run_dir / self.filename, lambda handle: handle.write(png.getbuffer()), binary=True)
         if tensorboard_loggers(trainer):
-            log_png(trainer, "test/forecasts", (run_dir / self.filename).read_bytes())
+            log_png(trainer, "test/forecasts", png.getvalue())
         pyplot().close(figure)
 
 

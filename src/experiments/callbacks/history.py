@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from experiments.engine.tensorboard import log_png, tensorboard_loggers
+from experiments.errors import printable
 from experiments.plotting import pyplot
 from experiments.runs import write_atomic
 
@@ -38,6 +40,8 @@ class History(Callback):
         verbose: bool = True,
         min_write_interval: float = 1.0,
     ) -> None:
+        if not min_write_interval >= 0:
+            raise ValueError(f"min_write_interval must be >= 0 seconds, got {min_write_interval}")
         self.dirpath = Path(dirpath)
         self.min_write_interval = min_write_interval
         self._written = -math.inf
@@ -46,6 +50,13 @@ class History(Callback):
         self.verbose = verbose
         self.rows: list[dict[str, Any]] = []
         self._epoch_start = 0.0
+        # The epoch whose validation ran last (Lightning's callback_metrics keep an earlier
+        # validation's values through epochs that don't validate).
+        self._validated_epoch: int | None = None
+        self._added = False  # whether this fit added a row (a resume with nothing left adds none)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._added = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()  # a run resumed inside an epoch starts timing here
@@ -53,10 +64,16 @@ class History(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}
+        validated = self._validated_epoch == trainer.current_epoch
         for name, value in sorted(trainer.callback_metrics.items()):
-            row[name] = float(value)
+            if validated or not name.startswith("val/"):  # an epoch without validation has none
+                row[name] = float(value)
         model = getattr(pl_module, "model", pl_module)
         # The model's own single-number parameters (Linear's w and b), unless the config names others.
         for name in self.parameters or list(getattr(model, "reported_parameters", ())):
@@ -67,6 +84,7 @@ class History(Callback):
         # The prefetched validation of the next epoch doesn't exist yet; rows of resumed runs
         # replace the epochs they repeat.
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        self._added = True
         if trainer.is_global_zero:
             if time.monotonic() - self._written >= self.min_write_interval:
                 self._write_csv()
@@ -99,7 +117,9 @@ class History(Callback):
         print(" ".join([str(row["epoch"]), *values]), flush=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self.rows:
+        # A fit that ended no epoch (a resume with nothing left to train) leaves the files as
+        # they are: its checkpoint's rows may lack the last, partial epoch of a max_steps stop.
+        if trainer.is_global_zero and self.rows and self._added:
             self._write_csv()
             path = self.dirpath / "learning_curves.png"
             # The main metric is the task kind's (Task.metric_names), where it names one.
@@ -116,7 +136,19 @@ class History(Callback):
         return {"rows": self.rows}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows = list(state_dict.get("rows", []))
+        # The rows of a checkpoint that anyone may have written: numbers under printable names
+        # only, so that nothing but a run's history reaches history.csv and the terminal.
+        rows = state_dict.get("rows")
+        self.rows = [_clean_row(row) for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+        self.rows = [row for row in self.rows if isinstance(row.get("epoch"), int)]
+
+
+def _clean_row(row: dict[Any, Any]) -> dict[str, Any]:
+    return {
+        printable(str(name)): value
+        for name, value in row.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and printable(str(name))
+    }
 
 
 def _fmt(value: Any) -> str:
@@ -152,9 +184,11 @@ def plot_learning_curves(
     # Fixed margins: tight_layout renders the figure once more to measure it, a third of the time
     # of drawing this picture at the end of every run.
     fig.subplots_adjust(left=0.13 / len(panels), right=0.98, bottom=0.12, top=0.88, wspace=0.25)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The fastest zlib level: a tenth of the drawing time for a file a tenth larger.
-    fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})
+    # The fastest zlib level: a tenth of the drawing time for a file a tenth larger. Drawn into
+    # memory and written in one piece: a full disk leaves the previous picture, not half of one.
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, pil_kwargs={"compress_level": 1})
+    write_atomic(path, lambda handle: handle.write(png.getbuffer()), binary=True)
     if keep_open:
         return fig
     plt.close(fig)

@@ -10,6 +10,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar as LightningProgressBar
 
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix} [{elapsed}<{remaining}, {rate_fmt}]"
+
 
 class ProgressBar(LightningProgressBar):
     """A bar for training, validation, test and predict when stdout is a terminal; nothing otherwise.
@@ -22,6 +24,8 @@ class ProgressBar(LightningProgressBar):
 
     def __init__(self, refresh_seconds: float = 0.25, enabled: bool | None = None) -> None:
         super().__init__()
+        if not refresh_seconds >= 0:
+            raise ValueError(f"refresh_seconds must be >= 0 seconds, got {refresh_seconds}")
         self.refresh_seconds = refresh_seconds
         self._terminal = _stdout_is_terminal() if enabled is None else enabled
         self._enabled = self._terminal
@@ -61,6 +65,10 @@ class ProgressBar(LightningProgressBar):
             nrows=lines,
             mininterval=0,
             smoothing=0.3,
+            # The loss before the times: a line too wide for the terminal is cut at its right end
+            # (tqdm shrinks the bar itself to one character first), so a narrow terminal keeps
+            # the epoch, the batches done and the loss.
+            bar_format=_BAR_FORMAT if total is not None else None,
         )
         self._next_draw = 0.0
 

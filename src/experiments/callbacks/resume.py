@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from experiments.errors import UserError, printable
+
 
 class ResumeState(Callback):
     """Saves what a Lightning checkpoint lacks for an exact resume, and puts it back.
@@ -44,6 +46,35 @@ class ResumeState(Callback):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._to_restore = checkpoint.get(self.KEY)
+
+    @classmethod
+    def check(cls, checkpoint: dict[str, Any], path: Any) -> None:
+        """Refuse, in one line, a checkpoint whose saved random state or loader positions could
+        not be put back (a damaged or crafted file): tried on generators of their own, so that
+        nothing of this process changes, before anything is trained or written."""
+        import random
+
+        import numpy as np
+        import torch
+
+        state = checkpoint.get(cls.KEY)
+        if state is None:
+            return
+        try:
+            random.Random().setstate(state["python"])
+            kind, keys, position, has_gauss, cached = state["numpy"]
+            np.random.RandomState().set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+            torch.Generator().set_state(state["torch"])
+            if not all(isinstance(s, torch.Tensor) for s in state.get("cuda", [])):
+                raise TypeError("the CUDA states are not tensors")
+            loaders = state["train_loaders"]
+            if not isinstance(loaders, list) or not all(isinstance(s, dict) for s in loaders):
+                raise TypeError("the train loader positions are not a list of mappings")
+        except Exception as err:  # noqa: BLE001 - whatever is wrong with it, it is the file's fault
+            raise UserError(
+                f"checkpoint {path} holds a damaged {cls.KEY} ({type(err).__name__}: {printable(str(err))[:120]}); "
+                "continue from a checkpoint that a run wrote"
+            ) from None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._to_restore is None:

@@ -11,7 +11,7 @@ from experiments.config.build import (
     pruning_callbacks,
     settle_auto_settings,
 )
-from experiments.config.checks import SEED_RANGE, check_added_keys, check_config, check_options
+from experiments.config.checks import SEED_RANGE, check_added_keys, check_config, check_monitor, check_options
 from experiments.config.paths import CONFIG_DIR, IN_CLONE, PACKAGE_DIR, PROJECT_ROOT, data_root, run_directory
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "build_trainer",
     "check_added_keys",
     "check_config",
+    "check_monitor",
     "check_options",
     "data_root",
     "instantiate_group",

@@ -5,7 +5,9 @@ settings that would train nothing or forever."""
 from __future__ import annotations
 
 import inspect
+import math
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,7 +38,11 @@ def _hint_text(hint: Any) -> str:
     if hint is type(None):
         return "null"
     if origin is not None:
-        return getattr(origin, "__name__", str(origin)).replace("Sequence", "list")
+        name = getattr(origin, "__name__", str(origin)).replace("Sequence", "list")
+        elements = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if name in ("list", "tuple") and elements:  # list of int: what goes inside it, too
+            return f"{name} of {' or '.join(dict.fromkeys(_hint_text(a) for a in elements))}"
+        return name
     return getattr(hint, "__name__", str(hint))
 
 
@@ -92,8 +98,49 @@ def _check_node(key: str, node: DictConfig, supplied: frozenset[str] | set[str] 
             plain = tuple(plain)
         try:
             check_type(plain, hints[name])
+            if _misplaced_bool(plain, hints[name]):  # typeguard takes True for an int, as Python does
+                raise TypeCheckError("a bool for a number")
         except TypeCheckError:
+            if isinstance(plain, str) and _only_values(hints[name]):  # a name from a list (precision)
+                choices = _hint_text(hints[name]).replace(" or ", ", ")
+                raise UserError(f"{key}.{name}={plain!r} is not one of: {choices}") from None
             raise UserError(f"{key}.{name}={plain!r} has the wrong type: expected {_hint_text(hints[name])}") from None
+
+
+def _only_values(hint: Any) -> bool:
+    """Whether ``hint`` lists values (``Literal``s, and null), no open type such as str or int."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal or hint is type(None):
+        return True
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return all(_only_values(h) for h in typing.get_args(hint))
+    return False
+
+
+def _takes_bool(hint: Any) -> bool:
+    """Whether ``hint`` names a bool in its own right (not only as the int that a bool also is)."""
+    if hint is bool or hint is Any or hint is object:
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return any(isinstance(v, bool) for v in typing.get_args(hint))
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return any(_takes_bool(h) for h in typing.get_args(hint))
+    return False
+
+
+def _misplaced_bool(value: Any, hint: Any) -> bool:
+    """Whether ``value`` holds a bool (``batch_size=true``, ``hidden=[true]``) where ``hint`` wants a number."""
+    if isinstance(value, bool):
+        return not _takes_bool(hint)
+    if isinstance(value, (list, tuple)) and value:
+        options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+        for option in options:
+            args = typing.get_args(option)
+            if typing.get_origin(option) in (list, tuple, Sequence) and args:
+                element = args[0]
+                return any(_misplaced_bool(v, element) for v in value)
+    return False
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -103,9 +150,16 @@ def check_config(cfg: DictConfig) -> None:
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:
                 _check_node(f"{group}.{name}", node)
+                patience = node.get("patience")  # EarlyStopping's, or a callback of one's own
+                if _number(patience) and patience < 0:
+                    raise UserError(
+                        f"{group}.{name}.patience={patience} must be >= 0: the epochs without improvement to wait"
+                    )
     if "seed" not in cfg:
         _check_seed(None)
     _check_training_length(cfg.trainer)
+    _check_trainer_ranges(cfg.trainer)
+    _check_validation_runs(cfg)
     _check_callbacks_choice(cfg)
     check_added_keys("train")
 
@@ -169,6 +223,86 @@ def _check_training_length(trainer: DictConfig) -> None:
     if steps == 0:
         raise UserError(
             "trainer.max_steps=0 trains nothing; pass a positive trainer.max_steps, or -1 for no step limit"
+        )
+
+
+# Trainer options that Lightning takes without a word (or fails on deep inside a fit) when out of
+# range: (option, whether null is allowed, the rule, what the value means / how to fix it).
+_POSITIVE_INTS = (
+    ("accumulate_grad_batches", False, "1 steps after every batch"),
+    ("check_val_every_n_epoch", True, "1 validates after every epoch"),
+    ("log_every_n_steps", True, "Lightning's default is 50"),
+)
+
+
+def _check_trainer_ranges(trainer: DictConfig) -> None:
+    """Refuse trainer options whose value has no meaning (``check_val_every_n_epoch=0``, a
+    negative ``gradient_clip_val``) in one line, before Lightning divides by them or ignores them."""
+    for name, nullable, hint in _POSITIVE_INTS:
+        value = trainer.get(name)
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            null = " (or null)" if nullable else ""
+            raise UserError(f"trainer.{name}={value!r} must be a positive integer{null}: {hint}")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and not (_number(clip) and 0 <= clip < math.inf):
+        raise UserError(
+            f"trainer.gradient_clip_val={clip!r} must be a finite number >= 0 (0 or null: no clipping); pass e.g. "
+            "trainer.gradient_clip_val=1.0"
+        )
+    interval = trainer.get("val_check_interval")
+    if interval is not None and _number(interval) and not interval > 0:
+        raise UserError(
+            f"trainer.val_check_interval={interval!r} must be positive: a fraction of an epoch (0.5) or a "
+            "number of batches (100); to validate less often use trainer.check_val_every_n_epoch"
+        )
+    sanity = trainer.get("num_sanity_val_steps")
+    if _number(sanity) and sanity < -1:
+        raise UserError(f"trainer.num_sanity_val_steps={sanity} must be >= 0, or -1 for every validation batch")
+    for name in ("min_epochs", "min_steps"):
+        value = trainer.get(name)
+        if _number(value) and value < 0:
+            raise UserError(f"trainer.{name}={value} must be >= 0 (or null: no minimum)")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_validation_runs(cfg: DictConfig) -> None:
+    """A ``val/`` monitor (the best checkpoint, early stopping, a sweep's objective) needs a
+    validation: refuse settings under which none ever runs, rather than finish with best=None."""
+    monitor, trainer = str(cfg.get("monitor")), cfg.trainer
+    if not monitor.startswith("val/"):
+        return
+    limit = trainer.get("limit_val_batches")
+    if limit is not None and not isinstance(limit, bool) and isinstance(limit, (int, float)) and limit == 0:
+        why = f"trainer.limit_val_batches={limit} runs no validation"
+    else:
+        every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+        if not (isinstance(every, int) and isinstance(epochs, int) and 0 < epochs < every):
+            return
+        why = f"trainer.check_val_every_n_epoch={every} validates after none of the trainer.max_epochs={epochs} epochs"
+    raise UserError(
+        f"monitor={monitor} is never logged: {why}; let validation run, or monitor a training value (monitor=train/loss)"
+    )
+
+
+def check_monitor(monitor: str, metric_names: Sequence[str]) -> None:
+    """Refuse a ``train/`` or ``val/`` monitor that the task does not log (``val/accuracy`` for
+    ``val/acc``) before training, rather than after the first epoch; ``metric_names`` are the
+    names the task logs beside ``loss``."""
+    split, _, name = monitor.partition("/")
+    logged = [f"{s}/{n}" for s in ("val", "train") for n in ("loss", *metric_names)]
+    if split == "test":
+        raise UserError(
+            f"monitor={monitor} is logged only after training, by the test; monitor a validation value "
+            f"(one of: {', '.join(logged)})"
+        )
+    if split in ("train", "val") and name and monitor not in logged:
+        raise UserError(
+            f"monitor={monitor} is not logged by this task{suggest(monitor, logged)}; choose one of: {', '.join(logged)}"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import tempfile
 import urllib.error
@@ -111,9 +112,26 @@ def fetch(url: str, path: Path, timeout: float = 60.0) -> None:
 def read_csv_columns(path: Path, expected: list[str]) -> torch.Tensor:
     """The numeric columns of a CSV whose header is exactly ``expected`` (the first column skipped).
 
-    Read with the standard library: pandas would be a dependency for one small file.
+    Read with the standard library: pandas would be a dependency for one small file. Any damage
+    (not UTF-8 text, a binary file, a row of another length, a value that is not a finite
+    number) raises one :class:`UserError` that names the file and the line.
     """
-    with path.open(newline="") as handle:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark (a spreadsheet's "CSV UTF-8") is no column
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise UserError(
+            f"{path} line {line} is not UTF-8 text (byte {raw[err.start]:#04x}); replace the file with the original"
+        ) from None
+    try:
+        return _parse_csv(path, text, expected)
+    except csv.Error as err:
+        raise UserError(f"{path} is not a CSV text file ({err}); replace the file with the original") from None
+
+
+def _parse_csv(path: Path, text: str, expected: list[str]) -> torch.Tensor:
+    with io.StringIO(text, newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header != expected:
@@ -133,13 +151,18 @@ def read_csv_columns(path: Path, expected: list[str]) -> torch.Tensor:
                 f"{path}: {problem}; the header must be {','.join(expected)} (replace the file with the original)"
             )
         rows: list[list[float]] = []
-        for line, record in enumerate(reader, start=2):
+        lines: list[int] = []
+        for record in reader:
+            line = reader.line_num
+            if not record:  # a blank line (one at the end, say) holds no row
+                continue
             if len(record) != len(expected):
                 raise UserError(
                     f"{path} line {line}: {len(record)} fields, expected {len(expected)}; fix or replace the file"
                 )
             try:
                 rows.append([float(value) for value in record[1:]])
+                lines.append(line)
             except ValueError:
                 bad = next(v for v in record[1:] if not _is_number(v))
                 raise UserError(f"{path} line {line}: {bad!r} is not a number; fix or replace the file") from None
@@ -147,8 +170,8 @@ def read_csv_columns(path: Path, expected: list[str]) -> torch.Tensor:
         raise UserError(f"{path} has no data rows; replace it with the original file")
     values = torch.tensor(rows, dtype=torch.float64)
     if not torch.isfinite(values).all():
-        line = int(torch.nonzero(~torch.isfinite(values).all(dim=1))[0]) + 2
-        raise UserError(f"{path} line {line}: a value is not finite (nan or inf); fix or replace the file")
+        row = int(torch.nonzero(~torch.isfinite(values).all(dim=1))[0])
+        raise UserError(f"{path} line {lines[row]}: a value is not finite (nan or inf); fix or replace the file")
     return values
 
 

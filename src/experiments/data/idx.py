@@ -77,6 +77,8 @@ def read_idx(path: Path, magic: int, item_shape: Sequence[int] | None = None, da
             f"{dataset} file {path} holds items of shape {shape[1:]}, expected {tuple(item_shape)}; "
             "replace it with a fresh copy, or set data.image_shape to its shape"
         )
+    if shape[0] == 0:
+        raise UserError(f"{dataset} file {path} holds 0 items (a valid header, no data); replace it with a fresh copy")
     if len(raw) != header + math.prod(shape):
         raise UserError(
             f"{dataset} file {path} has {len(raw) - header} data bytes, expected {math.prod(shape)}; "

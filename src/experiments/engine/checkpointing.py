@@ -1,18 +1,59 @@
 """Checkpoints written by time: Lightning's ModelCheckpoint that takes a checkpoint when Lightning
-says so, and writes it to disk at most every ``min_write_interval`` seconds."""
+says so, and writes it to disk at most every ``min_write_interval`` seconds; and the writer of
+every checkpoint file, which leaves either the previous complete file or the new one."""
 
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 from weakref import proxy
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing a local file through a temporary file in its own
+    folder and a rename.
+
+    Lightning's writes through fsspec's transaction, whose temporary file lies in the system's
+    temp folder: on a full disk the copy into the run folder left a truncated ``last.ckpt`` (no
+    resume possible), and the error named the temporary file. Here a failed write leaves the
+    previous complete checkpoint, removes its temporary file (freeing the space for the run's
+    status), and raises an ``OSError`` that names the checkpoint. Remote paths (``s3://``) are
+    Lightning's.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the permissions of any new file
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(buffer.getbuffer())
+            os.replace(tmp, target)
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            raise OSError(err.errno, err.strerror, str(target)) from err
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return None
 
 
 class ModelCheckpoint(LightningModelCheckpoint):
@@ -61,14 +102,16 @@ class ModelCheckpoint(LightningModelCheckpoint):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if (
-            trainer.received_sigterm
+            (trainer.received_sigterm or 0 <= trainer.max_steps <= trainer.global_step)
             and self.monitor is None
             and self._every_n_train_steps == 0  # private: lightning 2.6
             and not trainer.is_last_batch
             and not self._should_skip_saving_checkpoint(trainer)  # private: lightning 2.6
         ):
-            # SIGTERM (preemption): Lightning raises at the end of this batch; take last.ckpt here, at
-            # the point where its own step checkpoints are taken, so that the resume loses nothing.
+            # SIGTERM (preemption): Lightning raises at the end of this batch; max_steps reached
+            # inside an epoch: training stops here. Take last.ckpt here, at the point where its own
+            # step checkpoints are taken, so that a resume (with more max_steps) goes on inside the
+            # epoch and loses nothing; taken at the epoch's end, Lightning would skip the rest of it.
             # (At an epoch's last batch it is taken at the epoch's end: see _stops_after_this_epoch.)
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))  # private: lightning 2.6
             return

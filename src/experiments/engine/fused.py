@@ -41,12 +41,14 @@ class Chunk:
     inside a chunk records exactly how many batches the model has seen.
     """
 
-    __slots__ = ("_batches", "size", "start")
+    __slots__ = ("_batches", "size", "start", "stops_early")
 
-    def __init__(self, batches: Iterator[Any], start: int, size: int) -> None:
+    def __init__(self, batches: Iterator[Any], start: int, size: int, stops_early: bool = False) -> None:
         self._batches = batches
         self.start = start
         self.size = size
+        # Cut short by max_steps before the end of the epoch: training stops inside the epoch.
+        self.stops_early = stops_early
 
     def __len__(self) -> int:
         return self.size
@@ -87,9 +89,10 @@ class ChunkedLoader:
         batches = iter(self.loader)
         while position < self.batches_per_epoch:
             end = min((position // self.steps + 1) * self.steps, self.batches_per_epoch)
+            full = end
             if self.steps_left is not None:  # max_steps: the last chunk ends on the last step
                 end = min(end, position + max(self.steps_left(), 1))
-            yield Chunk(batches, position, end - position)
+            yield Chunk(batches, position, end - position, stops_early=end < full)
             position = end
 
     def state_dict(self) -> dict[str, Any]:
@@ -109,6 +112,7 @@ class FusedSteps(Callback):
         self._in_chunk = False
         self._saved_logs: dict[str, Any] | None = None
         self._saved_samples: dict[str, Any] = {}
+        self._lightning_counts: tuple[Any, Any] | None = None  # see _not_the_epochs_last
 
     @property
     def state_key(self) -> str:
@@ -135,6 +139,7 @@ class FusedSteps(Callback):
         datamodule.train_dataloader = self._chunked_train_dataloader
 
     def uninstall(self) -> None:
+        self._restore_lightning_counts()
         self.logs = None
         for name in (
             "log",
@@ -213,6 +218,9 @@ class FusedSteps(Callback):
             self.logs.load_state_dict(self._saved_logs or {}, self._saved_samples, pl_module.device)
             self._saved_logs, self._saved_samples = None, {}
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_lightning_counts()
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.logs is not None:
             self.logs.flush_epoch()
@@ -222,6 +230,12 @@ class FusedSteps(Callback):
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         raise_pending_ctrl_c()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Lightning counts the batches it is handed, which are chunks here: counted again in
+        # chunks of this fit's K (1 when this fit does not fuse), so that a checkpoint of any K
+        # resumes the same (else its epoch's validation is skipped, or the rest of its epoch).
+        _count_in_chunks_of(checkpoint, self.steps if self.logs is not None else 1)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # A checkpoint taken while training still holds the finished progress of the last
@@ -253,6 +267,8 @@ class FusedSteps(Callback):
             return self.training_step(batch, batch_idx, *args)
         logs = self.logs
         assert logs is not None
+        if batch.stops_early:
+            self._not_the_epochs_last()
         logs.active = True
         self._in_chunk = True
         try:
@@ -267,6 +283,26 @@ class FusedSteps(Callback):
             logs.active = False
             self._in_chunk = False
             logs.flush_steps()
+
+    def _not_the_epochs_last(self) -> None:
+        """Show Lightning a chunk cut short by ``max_steps`` as what it is with one step per
+        Lightning step: a batch inside the epoch. Lightning counts chunks, and a cut chunk in the
+        epoch's last place looks to it like the epoch's end: it would validate there and step the
+        epoch schedulers, which an unfused run stopping at the same step does not do. Its counts
+        are put back when the next epoch starts or the fit ends."""
+        trainer = self.trainer
+        fit_loop = trainer.fit_loop
+        progress = fit_loop.epoch_loop.batch_progress
+        progress.is_last_batch = False
+        if progress.current.ready >= fit_loop.max_batches and self._lightning_counts is None:
+            self._lightning_counts = (fit_loop.max_batches, trainer.val_check_batch)
+            fit_loop.max_batches = progress.current.ready + 1
+            trainer.val_check_batch = float("inf")
+
+    def _restore_lightning_counts(self) -> None:
+        if self._lightning_counts is not None:
+            self.trainer.fit_loop.max_batches, self.trainer.val_check_batch = self._lightning_counts
+            self._lightning_counts = None
 
     def _transfer(self, batch: Any) -> Any:
         for name, hook in self.batch_hooks:
@@ -354,6 +390,30 @@ def _as_if_after_previous_chunk(checkpoint: dict[str, Any]) -> None:
         done = progress[part]["completed"]
         progress[part].update(ready=done, started=done, processed=done, completed=done - 1)
     progress["is_last_batch"] = False
+
+
+def _count_in_chunks_of(checkpoint: dict[str, Any], steps: int) -> None:
+    """Rewrite the training batch counters of a checkpoint into chunks of ``steps`` batches, from
+    the train loader's own position (in batches) that the checkpoint holds.
+
+    A position inside an epoch is ``floor(position / steps)`` chunks done (the chunk it falls in
+    counts as not started, see :func:`_as_if_after_previous_chunk`), an epoch's end
+    ``ceil(position / steps)``. The counters move together, so Lightning sees the same kind of
+    restart (at a batch's end, at the epoch's end) as the checkpoint was written at. Without a
+    loader position (a loader that is not an in-memory one) the checkpoint is left as it is.
+    """
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = loops.get("epoch_loop.batch_progress")
+    loaders = (loops.get("state_dict") or {}).get("combined_loader") or []
+    positions = [state.get("batches_done") for state in loaders if isinstance(state, dict)]
+    if progress is None or len(positions) != 1 or not isinstance(positions[0], int):
+        return
+    done = positions[0]
+    chunks = -(-done // steps) if progress.get("is_last_batch") else done // steps
+    shift = chunks - progress["current"]["ready"]
+    for part in ("total", "current"):
+        for key in ("ready", "started", "processed", "completed"):
+            progress[part][key] += shift
 
 
 def _is_callback_hook(hook: Any) -> bool:

@@ -12,8 +12,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
+from experiments.engine.checkpointing import AtomicCheckpointIO
 from experiments.engine.fused import FusedSteps, cannot_fuse
 from experiments.engine.process import fitting_process_state
 from experiments.engine.tuning import AUTO, check_setting, decide, step_flops
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 # Lightning's step counter, by which it logs); and the tasks log their training values per epoch
 # (Task.log_split), so an epoch of one batch (XOR) loses nothing by it either.
 _CHUNKS_BELOW_LOG_INTERVAL = r"The number of training batches \(\d+\) is smaller than the logging interval"
+# Lightning warns of checkpoints already in the folder it writes to: a resumed run's own.
+_CHECKPOINTS_FOLDER_NOT_EMPTY = r"Checkpoint directory .* exists and is not empty"
 # Lightning hints at srun on every run of a machine that has SLURM installed; outside a SLURM job
 # there is nothing to run it in.
 _SRUN_HINT = r"The `srun` command is available on your system but is not used"
@@ -61,6 +65,8 @@ class Trainer(L.Trainer):
         kwargs["callbacks"] = [self._fused, *_as_list(kwargs.get("callbacks"))]
         with _quiet_outside_slurm_jobs():
             super().__init__(*args, **kwargs)
+        if type(self.strategy.checkpoint_io) is TorchCheckpointIO:  # not a writer the user chose
+            self.strategy.checkpoint_io = AtomicCheckpointIO()
         self.steps_per_execution = steps_per_execution
         self.num_threads = num_threads
         self.processes = max(1, int(processes))
@@ -90,7 +96,9 @@ class Trainer(L.Trainer):
 
     def fit(self, model: L.LightningModule, *args: Any, datamodule: Any = None, **kwargs: Any) -> None:
         steps, _ = self.settle(model, datamodule)
-        with ctrl_c_at_batch_ends(), self._process_state(model, datamodule):
+        with ctrl_c_at_batch_ends(), self._process_state(model, datamodule), warnings.catch_warnings():
+            if kwargs.get("ckpt_path") is not None:  # a resumed run's folder holds its own checkpoints
+                warnings.filterwarnings("ignore", message=_CHECKPOINTS_FOLDER_NOT_EMPTY)
             fused = self._fused
             fused.steps = steps
             if not self._can_fuse(model, datamodule, bool(args) or "train_dataloaders" in kwargs, steps):
