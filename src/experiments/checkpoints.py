@@ -154,8 +154,8 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
         last = run_dir / LAST
         if not last.is_file():
             raise UserError(
-                f"resume={resume}: no {LAST} in the run directory {run_dir}; resume works for single "
-                "runs (not -m), in the directory that resume= chose"
+                f"resume={resume}: no {LAST} in the run directory {run_dir}; pass resume=latest or the "
+                "folder of a run that wrote one"
             )
         return last
     return Path(str(ckpt_path)).expanduser() if ckpt_path else None

@@ -57,20 +57,25 @@ class ModelCheckpoint(LightningModelCheckpoint):
         candidates["step"] = step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
         return candidates
 
+    @property
+    def takes_sigterm_checkpoint(self) -> bool:
+        """Whether this callback takes ``last.ckpt`` at the batch or epoch end after a SIGTERM (the
+        epoch checkpoint of the latest state): the engine's Trainer lets Lightning's loops stop for
+        the signal only once it has (:meth:`experiments.engine.Trainer.received_sigterm`)."""
+        steps = self._every_n_train_steps  # private: lightning 2.6
+        return self.monitor is None and steps == 0 and (self.every_n_epochs or 0) >= 1
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if (
-            trainer.received_sigterm
-            and self.monitor is None
-            and self._every_n_train_steps == 0  # private: lightning 2.6
-            and not trainer.is_last_batch
-            and not self._should_skip_saving_checkpoint(trainer)  # private: lightning 2.6
-        ):
-            # SIGTERM (preemption): Lightning raises at the end of this batch; take last.ckpt here, at
-            # the point where its own step checkpoints are taken, so that the resume loses nothing.
-            # (At an epoch's last batch it is taken at the epoch's end: see _stops_after_this_epoch.)
-            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))  # private: lightning 2.6
+        if _sigterm_pending(trainer) and self.takes_sigterm_checkpoint and not trainer.is_last_batch:
+            # SIGTERM (preemption): take last.ckpt here, at the point where Lightning's own step
+            # checkpoints are taken, and let Lightning stop at the end of this batch, so that the
+            # resume loses nothing. (At an epoch's last batch it is taken at the epoch's end: see
+            # _stops_after_this_epoch.)
+            if not self._should_skip_saving_checkpoint(trainer):  # private: lightning 2.6
+                self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))  # private: lightning 2.6
+            _checkpointed_for_sigterm(trainer)
             return
         if (
             trainer.is_last_batch
@@ -89,6 +94,8 @@ class ModelCheckpoint(LightningModelCheckpoint):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)  # private: lightning 2.6
             self._save_last_checkpoint(trainer, candidates)  # private: lightning 2.6
+        if self.takes_sigterm_checkpoint and _sigterm_pending(trainer):
+            _checkpointed_for_sigterm(trainer)  # taken above (_stops_after_this_epoch): stop now
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:  # private: lightning 2.6
         if self.min_write_interval <= 0:
@@ -165,8 +172,20 @@ def _stops_after_this_epoch(trainer: L.Trainer) -> bool:
     """Whether fitting ends with the epoch that is ending (max_epochs, max_steps or a stop request)."""
     last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
     # SIGTERM: Lightning raises once this epoch has ended.
-    stopping = trainer.should_stop or trainer.received_sigterm
+    stopping = trainer.should_stop or _sigterm_pending(trainer)
     return bool(stopping or last_epoch or 0 <= trainer.max_steps <= trainer.global_step)
+
+
+def _sigterm_pending(trainer: L.Trainer) -> bool:
+    """SIGTERM arrived: the engine's Trainer tells it before its loops stop for it; Lightning's own
+    Trainer stops at once (its ``received_sigterm``)."""
+    return bool(getattr(trainer, "sigterm_pending", trainer.received_sigterm))
+
+
+def _checkpointed_for_sigterm(trainer: L.Trainer) -> None:
+    taken = getattr(trainer, "sigterm_checkpointed", None)
+    if taken is not None:
+        taken()
 
 
 def _own_tensors(checkpoint: dict[str, Any]) -> dict[str, Any]:
