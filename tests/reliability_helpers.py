@@ -295,3 +295,19 @@ class TermAfterCheckpoints(Checkpoint):
     def on_validation_batch_start(self, trainer: L.Trainer, *args: object) -> None:
         if not trainer.sanity_checking:
             self._send(trainer, "validation_batch_start")
+
+
+class SleepInFirstSlurmStart(Callback):
+    """Sleep ``seconds`` at the end of every training epoch in the first start of a SLURM job (not
+    after a requeue, not outside SLURM): a run that lasts until its job is requeued or reaches its
+    time limit, without keeping a core busy, and then ends quickly. Its results are unchanged."""
+
+    def __init__(self, seconds: float) -> None:
+        first_start = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0
+        self.seconds = seconds if first_start else 0.0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.seconds:
+            import time
+
+            time.sleep(self.seconds)

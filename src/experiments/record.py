@@ -54,13 +54,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import ListConfig, OmegaConf, open_dict
 
 from experiments.errors import UserError, describe, interrupted
-from experiments.runs import read_json, read_metrics, save_config, write_atomic, write_json
+from experiments.runs import HOLDER, LOCK, read_json, read_metrics, save_config, write_atomic, write_json
 from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm
 
-LOCK = ".lock"
-# Who holds the lock: written after taking it, removed before releasing it. Found with the lock
-# free, it is the record of a process that ended without a word (SIGKILL, out of memory).
-HOLDER = ".lock.holder.json"
 # Files a run folder holds before its run has written anything of its own.
 BOOKKEEPING = {".hydra", "train.log", LOCK, HOLDER}
 

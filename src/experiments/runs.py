@@ -17,6 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 METRICS = "metrics.json"
 HISTORY = "history.csv"
+# The lock of a run folder (one writer at a time, experiments.record), and the record of who holds
+# it: written after taking the lock, removed before releasing it. Found with the lock free, it is
+# the record of a process that ended without a word (SIGKILL, out of memory, a lost node).
+LOCK = ".lock"
+HOLDER = ".lock.holder.json"
 
 
 def write_atomic(path: Path, write: Callable[[Any], None]) -> None:

@@ -15,6 +15,7 @@ import csv
 import math
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -278,8 +279,15 @@ def _quote(override: str) -> str:
     return f"'{override}'" if any(c in override for c in " []()$,*?") else override
 
 
+# How a multirun ends when it ran to its end but not every trial completed (or was pruned): the
+# summary is written, and a script sees that something needs a look.
+INCOMPLETE_EXIT = 3
+
+
 class SummarizeSweep(Callback):
-    """Hydra callback: summarise the sweep directory when a multirun ends."""
+    """Hydra callback: summarise the sweep directory when a multirun ends, and end the command with
+    exit code 3 (:data:`INCOMPLETE_EXIT`) and one line when a trial failed, was interrupted, killed
+    or lost."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -287,6 +295,17 @@ class SummarizeSweep(Callback):
             rows = summarize(sweep_dir)
             done = sum(r["status"] == "completed" for r in rows)
             print(f"summary: {done}/{len(rows)} runs completed | {sweep_dir / 'summary.md'}", flush=True)
+            others = Counter(r["status"] for r in rows if r["status"] not in ("completed", "pruned"))
+            if others:
+                how = ", ".join(f"{n} {status}" for status, n in sorted(others.items()))
+                print(
+                    f"error: {sum(others.values())} of {len(rows)} runs did not complete ({how}); see "
+                    f"{sweep_dir / 'summary.md'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                # A SystemExit passes Hydra's callback guard (which turns exceptions into warnings).
+                raise SystemExit(INCOMPLETE_EXIT)
 
 
 def main(argv: list[str] | None = None) -> None:

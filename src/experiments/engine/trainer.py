@@ -200,7 +200,7 @@ def _without_slurm_requeue(plugins: Any) -> Any:
     except RuntimeError as err:  # e.g. srun --ntasks=2 without --ntasks-per-node
         tasks = os.environ.get("SLURM_NTASKS", "N")
         raise UserError(
-            f"SLURM: {' '.join(str(err).split())}; start one process per device with srun --ntasks-per-node={tasks} "
+            f"SLURM: {' '.join(str(err).split()).rstrip('.')}; start one process per device with srun --ntasks-per-node={tasks} "
             f"(and trainer.devices={tasks} with a DDP trainer, e.g. trainer=ddp_cpu), or one process with srun --ntasks=1"
         ) from None
     return [*given, environment]
