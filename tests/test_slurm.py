@@ -478,3 +478,77 @@ def test_sbatch_refusals_and_lightnings_srun_refusal_are_one_line(tmp_path: Path
         ]
         * 2
     ), done.stderr[-3000:]
+
+
+# Without a cluster ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("launcher", "expected"),
+    [
+        ("slurm", ["--cpus-per-task=2", "--mem=4GB", "--time=60", "--requeue", "--signal=USR2@120"]),
+        ("slurm_gpu", ["--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB", "--time=60"]),
+    ],
+)
+def test_launcher_configs_say_what_they_would_submit(
+    launcher: str, expected: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sbatch script each preset renders: a CPU node's by default (no GPU asked, which a CPU
+    node refuses), a GPU node's with slurm_gpu."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the [slurm] extra: pip install -e '.[test]'")
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from experiments.config import CONFIG_DIR
+    from hydra_plugins.experiments_slurm.slurm_launcher import SlurmLauncher
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["experiment=xor", f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path}"],
+            return_hydra_config=True,
+        )
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert params.pop("_target_") == "hydra_plugins.experiments_slurm.slurm_launcher.SlurmLauncher"
+    params.update(name="train", submitit_folder=str(tmp_path / ".submitit" / "%j"))
+    # submitit looks for srun before it builds a SLURM executor; a stand-in lets it build one anywhere.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    executor = SlurmLauncher(**params)._executor()  # the parameters as the launcher hands them to submitit
+    script = _make_sbatch_string(
+        command="python -m experiments.train", folder=str(tmp_path), **executor._executor.parameters
+    )
+    for line in [*expected, "--nodes=1", "--ntasks-per-node=1", "--job-name=train"]:
+        assert f"#SBATCH {line}\n" in script, script
+    if launcher == "slurm":
+        assert "gpus" not in script, script
+
+
+def test_without_the_slurm_extra_choosing_the_launcher_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra imports every plugin module in every app: ours imports without hydra-submitit-launcher,
+    and building the launcher then says what to install."""
+    import importlib.util
+
+    from experiments.errors import UserError
+
+    for name in (
+        "hydra_plugins.hydra_submitit_launcher.config",
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+    ):
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it raises ImportError
+    path = Path(__file__).parents[1] / "src" / "hydra_plugins" / "experiments_slurm" / "slurm_launcher.py"
+    spec = importlib.util.spec_from_file_location("slurm_launcher_without_the_extra", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(UserError) as refusal:
+        module.SlurmLauncher(timeout_min=60)
+    assert str(refusal.value) == (
+        "hydra/launcher=slurm needs hydra-submitit-launcher and submitit: pip install "
+        "'lightning-hydra-experiments[slurm]' (pip install -e '.[slurm]' in a clone)"
+    )

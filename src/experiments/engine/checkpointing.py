@@ -44,6 +44,8 @@ class ModelCheckpoint(LightningModelCheckpoint):
         self._last_write = -math.inf
         self._taking = False
         self._owed = False
+        # SIGTERM arrived, as every rank agrees (rank 0's word): this callback takes last.ckpt and stops.
+        self._sigterm = False
 
     def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:  # private: lightning 2.6
         # Lightning deep-copies every logged value at each save (a tenth of an XOR run); a clone of
@@ -68,7 +70,9 @@ class ModelCheckpoint(LightningModelCheckpoint):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if _sigterm_pending(trainer) and self.takes_sigterm_checkpoint and not trainer.is_last_batch:
+        if self.takes_sigterm_checkpoint:
+            self._sigterm = _sigterm_agreed(trainer)
+        if self._sigterm and not trainer.is_last_batch:
             # SIGTERM (preemption): take last.ckpt here, at the point where Lightning's own step
             # checkpoints are taken, and let Lightning stop at the end of this batch, so that the
             # resume loses nothing. (At an epoch's last batch it is taken at the epoch's end: see
@@ -88,13 +92,15 @@ class ModelCheckpoint(LightningModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.takes_sigterm_checkpoint:
+            self._sigterm = _sigterm_agreed(trainer)  # read by _stops_after_this_epoch
         super().on_train_epoch_end(trainer, pl_module)
         if self._owed:
             self._owed = False
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)  # private: lightning 2.6
             self._save_last_checkpoint(trainer, candidates)  # private: lightning 2.6
-        if self.takes_sigterm_checkpoint and _sigterm_pending(trainer):
+        if self._sigterm:
             _checkpointed_for_sigterm(trainer)  # taken above (_stops_after_this_epoch): stop now
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:  # private: lightning 2.6
@@ -104,8 +110,13 @@ class ModelCheckpoint(LightningModelCheckpoint):
         if self.monitor is None:
             # The latest state (last.ckpt) is taken only when it is written: when the interval has
             # passed, and at the epoch where the run stops. Copying it at every epoch only to drop
-            # the copy at the next cost a tenth of an XOR run.
-            if due or _stops_after_this_epoch(trainer):
+            # the copy at the next cost a tenth of an XOR run. Every rank of a distributed run takes
+            # part in a save (a barrier): rank 0's clock and signals decide for all, as Lightning's
+            # own train_time_interval does, or ranks that decided otherwise would wait forever.
+            write = due or _stops_after_this_epoch(trainer, self._sigterm)
+            if trainer.world_size > 1:
+                write = bool(trainer.strategy.broadcast(write, src=0))
+            if write:
                 super()._save_checkpoint(trainer, filepath)  # private: lightning 2.6
                 self._last_write = time.monotonic()
             return None
@@ -168,18 +179,24 @@ class ModelCheckpoint(LightningModelCheckpoint):
             self._pending = (pending["path"], pending["checkpoint"])
 
 
-def _stops_after_this_epoch(trainer: L.Trainer) -> bool:
-    """Whether fitting ends with the epoch that is ending (max_epochs, max_steps or a stop request)."""
+def _stops_after_this_epoch(trainer: L.Trainer, sigterm: bool) -> bool:
+    """Whether fitting ends with the epoch that is ending (max_epochs, max_steps, a stop request,
+    or ``sigterm``: Lightning stops once this epoch has ended)."""
     last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
-    # SIGTERM: Lightning raises once this epoch has ended.
-    stopping = trainer.should_stop or _sigterm_pending(trainer)
+    stopping = trainer.should_stop or sigterm
     return bool(stopping or last_epoch or 0 <= trainer.max_steps <= trainer.global_step)
 
 
-def _sigterm_pending(trainer: L.Trainer) -> bool:
-    """SIGTERM arrived: the engine's Trainer tells it before its loops stop for it; Lightning's own
-    Trainer stops at once (its ``received_sigterm``)."""
-    return bool(getattr(trainer, "sigterm_pending", trainer.received_sigterm))
+def _sigterm_agreed(trainer: L.Trainer) -> bool:
+    """SIGTERM arrived, as rank 0 sees it (every rank of a distributed run calls this at the same
+    point and gets the same answer, so that all of them save, and stop, together). The engine's
+    Trainer tells it before its loops stop for it; Lightning's own Trainer stops at once."""
+    pending = bool(getattr(trainer, "sigterm_pending", trainer.received_sigterm))
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([int(pending)], device=trainer.strategy.root_device)
+        torch.distributed.broadcast(flag, src=0)
+        pending = bool(flag.item())
+    return pending
 
 
 def _checkpointed_for_sigterm(trainer: L.Trainer) -> None:

@@ -78,10 +78,12 @@ class Trainer(L.Trainer):
         points after the checkpoint callbacks have run (after the epoch-end hooks, inside
         validation); stopping there left ``last.ckpt`` behind by up to its ``min_write_interval``
         (207 steps of XOR once in 8 SIGTERMs). Now the run goes on to the next batch or epoch end,
-        where the checkpoint is taken, and stops there: a SIGTERM loses nothing.
-        In a distributed run Lightning's own rule holds (rank 0 decides, at each batch start)."""
+        where the checkpoint is taken, and stops there: a SIGTERM loses nothing. In a distributed
+        run every rank follows rank 0's signal (the checkpoint callback asks all of them at once),
+        where Lightning let each rank stop on its own signal, and ranks that stopped at different
+        batches aborted or waited forever."""
         received = self.sigterm_pending
-        if not received or self._sigterm_checkpointed or self.world_size > 1 or self.state.fn != TrainerFn.FITTING:
+        if not received or self._sigterm_checkpointed or self.state.fn != TrainerFn.FITTING:
             return received
         callbacks = getattr(self, "callbacks", [])  # Lightning's callback connector sets them
         return not any(getattr(c, "takes_sigterm_checkpoint", False) for c in callbacks)
