@@ -85,6 +85,8 @@ SBATCH_FIXES = (
 # How often a finished job's state is asked of SLURM at most (submitit's default: every 10 minutes
 # late in a long sweep, so a job that ends without a result was noticed up to 10 minutes late).
 STATE_POLL_SECONDS = 30
+# How often squeue is asked whether a job still runs, on a cluster without accounting.
+QUEUE_POLL_SECONDS = 10
 
 
 class _NotInstalled(Launcher):
@@ -110,6 +112,7 @@ class SlurmLauncher(_Base):
     def __init__(self, cancel_on_interrupt: bool = True, **params: Any) -> None:
         super().__init__(**params)
         self.cancel_on_interrupt = cancel_on_interrupt
+        self._no_accounting = False
 
     # The submitting side ----------------------------------------------------------------------
 
@@ -142,6 +145,16 @@ class SlurmLauncher(_Base):
         ids = sorted({job.job_id.split("_")[0] for job in jobs})
         # A job that ended without a result is noticed by asking SLURM (sacct) for its state.
         submitit.SlurmJob.watcher._delay_s = STATE_POLL_SECONDS  # private: submitit 1.5
+        self._no_accounting = not _accounting(jobs[0].job_id)
+        if self._no_accounting:
+            # submitit would ask sacct every few seconds, and print its refusal each time.
+            submitit.SlurmJob.watcher.update = lambda: None  # type: ignore[method-assign]
+            print(
+                "note: this cluster keeps no job accounting (sacct fails): a job that ends without a result "
+                f"is noticed with squeue, within {QUEUE_POLL_SECONDS} s",
+                file=sys.stderr,
+                flush=True,
+            )
         print(
             f"slurm: submitted {len(jobs)} trial(s) as job {' '.join(ids)} (logs in {sweep_dir / '.submitit'}); "
             f"cancel with: scancel {' '.join(ids)}",
@@ -190,12 +203,19 @@ class SlurmLauncher(_Base):
         """The trial's return, or, for a job that ended without one, what its run recorded."""
         import submitit
 
+        asked = time.monotonic()
         while not job.done():
             time.sleep(1)
+            if self._no_accounting and time.monotonic() - asked > QUEUE_POLL_SECONDS:
+                # submitit would wait for ever for a job that ended without a result: squeue lists
+                # a job until it has ended.
+                asked = time.monotonic()
+                if not _queued(job.job_id):
+                    break
         status = read_metrics(folder).get("status")
         # An interrupted trial leaves no result on purpose; any other may still be on its way to
-        # this file system, which submitit waits for.
-        if job.task(0).paths.result_pickle.exists() or status not in ("interrupted", "killed"):
+        # this file system, which submitit waits for (when SLURM has said the job ended).
+        if job.task(0).paths.result_pickle.exists() or (job.done() and status not in ("interrupted", "killed")):
             try:
                 returned: JobReturn = job.results()[0]
             except submitit.core.utils.UncompletedJobError as err:
@@ -206,10 +226,11 @@ class SlurmLauncher(_Base):
                 why = f"{type(returned._return_value).__name__}: {returned._return_value}"  # private: hydra 1.3
         else:
             why = ""
-        status = _record_lost(folder, overrides, f"slurm: job {job.job_id} ended {job.state} without a result")
+        ended = f"ended {job.state}" if job.state != "UNKNOWN" else "left the queue"
+        status = _record_lost(folder, overrides, f"slurm: job {job.job_id} {ended} without a result")
         reason = f" ({why})" if why else ""
         print(
-            f"slurm: job {job.job_id} (trial {number}) ended {job.state}{reason}; its run: {status} | {folder}",
+            f"slurm: job {job.job_id} (trial {number}) {ended}{reason}; its run: {status} | {folder}",
             flush=True,
         )
         hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(folder)}, "job": {"num": number}}})
@@ -301,6 +322,19 @@ class _TimeLimitSignal:
         self.received = True
         log.warning("SLURM's signal before the time limit (or a preemption): the trial stops at its next checkpoint")
         signal.raise_signal(signal.SIGTERM)
+
+
+def _accounting(job_id: str) -> bool:
+    """Whether sacct answers (slurmdbd keeps job accounting), which submitit needs to see a job end
+    that left no result."""
+    done = subprocess.run(["sacct", "-n", "-X", "-j", job_id, "-o", "JobID"], capture_output=True, timeout=60)
+    return done.returncode == 0
+
+
+def _queued(job_id: str) -> bool:
+    """Whether SLURM still holds ``job_id`` (pending, running, completing), by squeue."""
+    done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=60)
+    return done.returncode == 0 and bool(done.stdout.strip())
 
 
 def _exit_after_result(code: int) -> None:
