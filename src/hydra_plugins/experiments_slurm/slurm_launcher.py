@@ -227,7 +227,9 @@ class SlurmLauncher(_Base):
         else:
             why = ""
         ended = f"ended {job.state}" if job.state != "UNKNOWN" else "left the queue"
-        status = _record_lost(folder, overrides, f"slurm: job {job.job_id} {ended} without a result")
+        # A job whose trial raised past its run record (why) failed; one that left no word was killed.
+        line = f"slurm: job {job.job_id} {ended}: {why}" if why else f"slurm: job {job.job_id} {ended} without a result"
+        status = _record_lost(folder, overrides, "failed" if why else "killed", line)
         reason = f" ({why})" if why else ""
         print(
             f"slurm: job {job.job_id} (trial {number}) {ended}{reason}; its run: {status} | {folder}",
@@ -350,25 +352,26 @@ def _exit_after_result(code: int) -> None:
     atexit.register(leave)
 
 
-def _record_lost(folder: Path, overrides: Sequence[str], line: str) -> str:
-    """The status of a trial whose job ended without a result, recorded where its run could not:
-    ``killed`` when its process died holding the folder (SIGKILL, a lost node) or never started
-    its run; the run's own status otherwise."""
-    metrics = read_metrics(folder)
-    status = metrics.get("status")
-    if status in EXIT_CODES:
-        return str(status)
+def _record_lost(folder: Path, overrides: Sequence[str], status: str, line: str) -> str:
+    """The status of a trial whose job ended without a result: its run's own, or ``status``
+    (``failed``: it raised past its run record; ``killed``: it died without a word), recorded
+    where its run could not: a process that died holding the folder, or a run that never began
+    (a folder then made for it, so that the summary lists it). A folder that holds another run, or
+    a run that recorded nothing but is not held, is left alone."""
+    recorded = read_metrics(folder).get("status")
+    if recorded in EXIT_CODES:
+        return str(recorded)
     holder = read_json(folder / HOLDER)
     started = (folder / ".hydra" / "overrides.yaml").is_file()
     if started and not holder:
-        return str(status or "no record")
+        return str(recorded or "no record")
     if not started:
         if folder.exists() and any(folder.iterdir()):
-            return "no record"  # a folder its trial did not take (another run's): left alone
+            return "no record"
         text = OmegaConf.to_yaml(OmegaConf.create(list(overrides)))
         write_atomic(folder / ".hydra" / "overrides.yaml", lambda handle: handle.write(text))
-    write_json(folder / "metrics.json", {"status": "killed", "error": line, **({"holder": holder} if holder else {})})
-    return "killed"
+    write_json(folder / "metrics.json", {"status": status, "error": line, **({"holder": holder} if holder else {})})
+    return status
 
 
 def _sbatch_refusal(message: str) -> str:
