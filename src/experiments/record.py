@@ -53,6 +53,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import ListConfig, OmegaConf, open_dict
 
+from experiments.checkpoints import check_resume_options
 from experiments.errors import UserError, describe, interrupted
 from experiments.runs import HOLDER, LOCK, read_json, read_metrics, save_config, write_atomic, write_json
 from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm
@@ -389,6 +390,7 @@ class RunRecord:
     def open(self) -> None:
         """Take the folder (rank 0; other ranks only read it) and decide how the run starts in it,
         or refuse in one line with nothing written."""
+        check_resume_options(self.cfg)
         if self.owner and self.hydra is not None and not self.resuming and _recorded_overrides(self.run_dir) is None:
             try:
                 self._plan()  # a folder that is no run is refused before the lock puts a file into it

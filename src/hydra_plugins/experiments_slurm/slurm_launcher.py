@@ -297,8 +297,10 @@ class SlurmLauncher(_Base):
             if rank_zero and callable(submitits):
                 submitits(time_limit.signum, None)
             raise SystemExit(SIGTERM_EXIT)
-        code = EXIT_CODES.get(str(status), 1) if rank_zero else 0
+        code = EXIT_CODES.get(str(status)) if rank_zero else 0
         if stop is not None:
+            # Lightning's SIGTERMException has no code (it would exit 0); a refusal before the run
+            # began (a user error, exit code 2) has no status.
             raise SystemExit(code or (stop.code if isinstance(stop.code, int) else SIGTERM_EXIT)) from None
         if code:
             _exit_after_result(code)
