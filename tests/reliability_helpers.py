@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
 
 from experiments.data.base import InMemoryDataModule
 from experiments.data.spec import DataSpec
@@ -295,3 +295,43 @@ class SlowSetupBlobs(BlobsDataModule):
             time.sleep(self.setup_seconds)
             self._read = True
         super().setup(stage)
+
+
+class TermAfterCheckpoints(Checkpoint):
+    """Send SIGTERM at the end of epoch ``epoch`` (1-based) after the checkpoint callbacks have taken
+    theirs (``hook="train_epoch_end"``; a ``Checkpoint``, so Lightning calls it after them), or at
+    the first validation batch of that epoch (``"validation_batch_start"``): where Lightning's loops
+    look for the signal next, past the point where ``last.ckpt`` is taken."""
+
+    def __init__(self, hook: str, epoch: int) -> None:
+        if hook not in ("train_epoch_end", "validation_batch_start"):
+            raise ValueError(f"unknown hook {hook!r}")
+        self.hook, self.epoch, self.sent = hook, epoch, False
+
+    def _send(self, trainer: L.Trainer, hook: str) -> None:
+        if hook == self.hook and not self.sent and trainer.current_epoch + 1 == self.epoch:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self._send(trainer, "train_epoch_end")
+
+    def on_validation_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if not trainer.sanity_checking:
+            self._send(trainer, "validation_batch_start")
+
+
+class SleepInFirstSlurmStart(Callback):
+    """Sleep ``seconds`` at the end of every training epoch in the first start of a SLURM job (not
+    after a requeue, not outside SLURM): a run that lasts until its job is requeued or reaches its
+    time limit, without keeping a core busy, and then ends quickly. Its results are unchanged."""
+
+    def __init__(self, seconds: float) -> None:
+        first_start = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0
+        self.seconds = seconds if first_start else 0.0
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.seconds:
+            import time
+
+            time.sleep(self.seconds)

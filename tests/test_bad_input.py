@@ -199,7 +199,7 @@ CASES = [
     (
         "resume-incompatible",
         "train",
-        ["resume={run}", "model.hidden=[16]"],
+        ["resume={run}", "model.hidden=[16]", "resume_with_changes=true"],  # told to go ahead with its changes
         ["does not fit the model of this config"],
         False,
     ),

@@ -23,6 +23,7 @@ DISTRIBUTIONS = {
     "omegaconf": "omegaconf",
     "optuna": "optuna",
     "torch": "torch",
+    "submitit": "submitit",
 }
 # Hydra's reserved config keys, and standard-library names that are public despite their underscore.
 PUBLIC = {"_target_", "_partial_", "_args_", "_convert_", "_recursive_", "_exit"}

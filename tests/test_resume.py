@@ -52,14 +52,15 @@ def test_killed_three_times_and_resumed_ends_bit_identical(tmp_path: Path) -> No
 
     steps_at_kill = []
     for number, kill in enumerate(KILLS):
-        resume = ["resume=latest"] if number else []
+        # Each segment dies elsewhere: its kill callback's overrides change, deliberately.
+        resume = ["resume=latest", "resume_with_changes=true"] if number else []
         result = run("train", *BLOBS, *kill, *resume, cwd=tmp_path)
         assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
         runs = list((tmp_path / "outputs" / "blobs" / "runs").iterdir())
         assert len(runs) == 1  # every resume continued in the same directory
         steps_at_kill.append(torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"])
     assert steps_at_kill == [10, 30, 40]
-    result = run("train", *BLOBS, "resume=latest", cwd=tmp_path)
+    result = run("train", *BLOBS, "resume=latest", "resume_with_changes=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (resumed,) = (tmp_path / "outputs" / "blobs" / "runs").iterdir()
 

@@ -124,20 +124,68 @@ def test_sigterm_mid_epoch_takes_last_ckpt_at_that_batch_end(tmp_path: Path) -> 
     assert _metrics(run_dir)["step"] == 6
 
 
+def test_sigterm_after_the_checkpoints_of_an_epoch_still_loses_nothing(tmp_path: Path) -> None:
+    # SIGTERM after last.ckpt's hook at an epoch's end (XOR: every batch is the last of its epoch),
+    # or inside validation (blobs: 2 validation batches): Lightning looks for the signal there, past
+    # the point where last.ckpt is taken, and used to stop with last.ckpt up to 5 s (its
+    # min_write_interval) behind. The run goes on to the next batch or epoch end and stops there.
+    import torch
+
+    cases = {
+        "xor": [*XOR, "trainer.max_epochs=200", "+callbacks.term.hook=train_epoch_end", "+callbacks.term.epoch=30"],
+        "blobs": [
+            *XOR,
+            "name=blobs",
+            "data._target_=reliability_helpers.BlobsDataModule",
+            "data.batch_size=32",
+            "trainer.max_epochs=6",
+            "+callbacks.term.hook=validation_batch_start",
+            "+callbacks.term.epoch=3",
+        ],
+    }
+    for name, overrides in cases.items():
+        run_dir = tmp_path / name
+        term = "+callbacks.term._target_=reliability_helpers.TermAfterCheckpoints"
+        code, _, err = call_cli("train", *overrides, term, f"hydra.run.dir={run_dir}")
+        assert code == 143, err[-2000:]
+        line = err.strip().splitlines()[-1]
+        step = _metrics(run_dir)["step"]
+        assert line.startswith(f"error: interrupted (SIGTERM) at step {step} ") and f"holds step {step};" in line, line
+        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
+        # One more epoch than the signal's (XOR: step 31), or the rest of the epoch (blobs: 3 x 8 steps).
+        assert step == {"xor": 31, "blobs": 24}[name], (name, step)
+
+
 def test_a_refused_resume_rewrites_nothing_of_the_run_it_names(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    code, _, err = call_cli("train", "-m", *XOR, "trainer.max_epochs=2", "model.hidden=[4]", f"hydra.sweep.dir={sweep}")
+    code, _, err = call_cli("train", "-m", *XOR, "trainer.max_epochs=3", "model.hidden=[4]", f"hydra.sweep.dir={sweep}")
     assert code == 0, err[-2000:]
     trial = sweep / "0"
     before = _files(trial)
-    results = (trial / "metrics.json").read_bytes()
-    # Without the trial's model.hidden=[4]: its checkpoint doesn't fit the default model.
-    code, _, err = call_cli("train", *XOR, "trainer.max_epochs=2", f"resume={trial}")
+    results, config = (trial / "metrics.json").read_bytes(), (trial / "config.yaml").read_bytes()
+    # Without the trial's model.hidden=[4]: refused, with the command that continues it unchanged.
+    code, _, err = call_cli("train", *XOR, "trainer.max_epochs=3", f"resume={trial}")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: resume={trial}: this command's overrides differ"), err
+    assert "model.hidden=[4] in the run, no model.hidden here" in lines[0]
+    assert f"continue it unchanged with: python -m experiments.train {' '.join(XOR[:2])} " in lines[0]
+    assert "'model.hidden=[4]'" in lines[0] and "resume_with_changes=true" in lines[0]
+    # Told to go ahead, its checkpoint doesn't fit the default model: refused all the same.
+    code, _, err = call_cli("train", *XOR, "trainer.max_epochs=3", f"resume={trial}", "resume_with_changes=true")
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "does not fit the model of this config" in lines[0], err
+    # Lightning's own refusal, inside the fit: a checkpoint of epoch 3 with max_epochs=1.
+    code, _, err = call_cli(
+        "train", *XOR, "trainer.max_epochs=1", "model.hidden=[4]", f"resume={trial}", "resume_with_changes=true"
+    )
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "max_epochs=1" in lines[0], err
     assert _files(trial) == before
     assert (trial / "metrics.json").read_bytes() == results
+    assert (trial / "config.yaml").read_bytes() == config
 
 
 def test_resuming_a_finished_run_keeps_its_results_and_sums_its_fit_time(tmp_path: Path) -> None:
@@ -152,11 +200,15 @@ def test_resuming_a_finished_run_keeps_its_results_and_sums_its_fit_time(tmp_pat
     assert again["val"] == first["val"] and again["val"]
     assert again["test"] == first["test"] and again["best"] == first["best"]
     assert first["fit_seconds"] <= again["fit_seconds"] < first["fit_seconds"] + 2.0
-    # Trained on: the fit time is that of both segments.
-    code, _, err = call_cli("train", *XOR, "trainer.max_epochs=40", f"resume={run_dir}")
+    # Trained on (a deliberate change of its overrides): the fit time is that of both segments,
+    # and the run records the overrides it was continued with.
+    code, _, err = call_cli("train", *XOR, "trainer.max_epochs=40", f"resume={run_dir}", "resume_with_changes=true")
     assert code == 0, err[-2000:]
     more = _metrics(run_dir)
     assert more["epochs"] == 40 and set(more["val"]) == set(first["val"])
-    assert more["fit_seconds"] > first["fit_seconds"]
+    assert more["fit_seconds"] > first["fit_seconds"] and more["restarts"] == 1
     rows = (run_dir / "history.csv").read_text().splitlines()
     assert len(rows) == 41
+    assert "trainer.max_epochs=40" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "resume" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "max_epochs: 40" in (run_dir / "config.yaml").read_text()

@@ -57,7 +57,8 @@ def test_the_payload_runs_when_unpickled_unsafely(malicious: tuple[Path, Path]) 
         ("evaluate", ["ckpt_path={run}/checkpoints/best.ckpt"]),
         ("predict", ["ckpt_path={run}/checkpoints/best.ckpt"]),
         ("train", ["experiment=xor", "ckpt_path={run}/checkpoints/last.ckpt", "hydra.run.dir={tmp}/new"]),
-        ("train", ["experiment=xor", "resume={run}"]),
+        # trained on (a completed run started again with its own overrides has nothing to load)
+        ("train", ["experiment=xor", "trainer.max_epochs=3", "resume={run}", "resume_with_changes=true"]),
     ],
     ids=["evaluate", "predict", "train-ckpt_path", "train-resume"],
 )
@@ -80,7 +81,9 @@ def test_malicious_checkpoint_is_refused_and_never_runs(
 
 def test_malicious_checkpoint_refused_on_the_command_line(malicious: tuple[Path, Path], tmp_path: Path) -> None:
     run_dir, marker = malicious
-    result = run("train", "experiment=xor", f"resume={run_dir}", cwd=tmp_path)
+    result = run(
+        "train", "experiment=xor", "trainer.max_epochs=3", f"resume={run_dir}", "resume_with_changes=true", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: cannot read checkpoint")
     assert not marker.exists()

@@ -325,63 +325,6 @@ def test_tpe_search_killed_midway_resumes_with_the_same_command_and_runs_no_tria
     assert len(_study(sweep, "xor_tpe").trials) == len(trials)
 
 
-def test_slurm_launcher_config_says_what_it_would_submit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from experiments.config import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "experiment=xor",
-                "hydra/launcher=slurm",
-                "hydra.launcher.partition=gpu",
-                "hydra.launcher.timeout_min=90",
-                f"hydra.sweep.dir={tmp_path}",
-            ],
-            return_hydra_config=True,
-        )
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    # What the launcher hands to submitit, rendered into the sbatch script submitit would submit.
-    import submitit
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-
-    # submitit looks for srun before it builds a SLURM executor; a stand-in lets it build one here.
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (fake_bin / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    params = OmegaConf.to_container(launcher, resolve=False)
-    params.pop("_target_")
-    params["name"] = "train"
-    params["submitit_folder"] = str(tmp_path / ".submitit" / "%j")
-    executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster="slurm")
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    params.pop("max_num_timeout")
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
-    script = _make_sbatch_string(
-        command="python -m experiments.train", folder=str(tmp_path), **executor._executor.parameters
-    )
-    for line in (
-        "--partition=gpu",
-        "--nodes=1",
-        "--gpus-per-node=1",
-        "--time=90",
-        "--cpus-per-task=8",
-        "--mem=32GB",
-        "--ntasks-per-node=1",
-        "--job-name=train",
-    ):
-        assert f"#SBATCH {line}\n" in script, script
-
-
 @pytest.mark.parametrize(
     ("search", "sampler"),
     [

@@ -199,18 +199,24 @@ def load_weights(module: nn.Module, checkpoint: dict[str, Any], path: str | Path
         raise UserError(f"checkpoint {path} does not fit {against}: {' '.join(str(err).split())[:300]}") from None
 
 
+def check_resume_options(cfg: DictConfig) -> None:
+    """Refuse ``resume=`` together with ``ckpt_path=``: a run continues its own folder's checkpoint,
+    or starts a new one from a file."""
+    if cfg.get("resume") and cfg.get("ckpt_path"):
+        raise UserError("pass either resume=latest|<run dir> or ckpt_path=<file>, not both")
+
+
 def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint a training run continues from: ``<run dir>/checkpoints/last.ckpt`` for
     ``resume=...``, the given file for ``ckpt_path=...``, or None for a fresh run."""
     resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
-    if resume and ckpt_path:
-        raise UserError("pass either resume=latest|<run dir> or ckpt_path=<file>, not both")
+    check_resume_options(cfg)
     if resume:
         last = run_dir / LAST
         if not last.is_file():
             raise UserError(
-                f"resume={resume}: no {LAST} in the run directory {run_dir}; resume works for single "
-                "runs (not -m), in the directory that resume= chose"
+                f"resume={resume}: no {LAST} in the run directory {run_dir}; pass resume=latest or the "
+                "folder of a run that wrote one"
             )
         return last
     return Path(str(ckpt_path)).expanduser() if ckpt_path else None

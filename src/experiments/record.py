@@ -19,6 +19,13 @@ anything is written into the folder, and a second process is refused in one line
 Hydra's own ``.hydra/`` files are therefore written here, after the lock (``hydra.output_subdir`` is
 null in ``conf/hydra/default.yaml``), and for a resumed run only once its checkpoint has been
 accepted, so that a refused command never rewrites the run it names.
+
+A folder has one run for its whole life (:func:`plan_start`): a process that starts in a folder
+holding a run of the same experiment continues it from its ``checkpoints/last.ckpt`` (a SLURM
+requeue, a resubmitted job, the same ``hydra.run.dir`` again, a sweep run again in its folder) and
+counts the restart in ``metrics.json``; a completed one has nothing left to train and keeps its
+results; another experiment's run, or a folder that is not a run, is refused before anything is
+written.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,20 +48,26 @@ from typing import Any
 import filelock
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf, open_dict
 
-from experiments.callbacks import NonFiniteError
+from experiments.checkpoints import check_resume_options
 from experiments.errors import UserError, describe, interrupted, one_line, printable
 from experiments.redact import redact, redacted
-from experiments.runs import check_no_links, read_json, read_metrics, write_atomic, write_json
+from experiments.runs import (
+    HOLDER,
+    LOCK,
+    check_no_links,
+    read_json,
+    read_metrics,
+    save_config,
+    write_atomic,
+    write_json,
+)
 from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm
 
-LOCK = ".lock"
-# Who holds the lock: written after taking it, removed before releasing it. Found with the lock
-# free, it is the record of a process that ended without a word (SIGKILL, out of memory).
-HOLDER = ".lock.holder.json"
 # Files a run folder holds before its run has written anything of its own.
 BOOKKEEPING = {".hydra", "train.log", LOCK, HOLDER}
 
@@ -138,10 +151,15 @@ class RunLock:
         )
         return previous
 
-    def release(self) -> None:
+    def release(self, holder: dict[str, Any] | None = None) -> None:
+        """Let the folder go; ``holder``: the record of the process that died holding the lock, put
+        back for the next process when this one leaves without having recorded its death."""
         if self._lock is None:
             return
-        (self.run_dir / HOLDER).unlink(missing_ok=True)
+        if holder is not None:
+            write_json(self.run_dir / HOLDER, holder)
+        else:
+            (self.run_dir / HOLDER).unlink(missing_ok=True)
         self._lock.release()
         self._lock = None
 
@@ -155,6 +173,182 @@ class RunLock:
             time.sleep(0.05)
 
 
+# Who starts in a folder ---------------------------------------------------------------------
+
+# Overrides that say how a command continues a run, not what the run trains: left out when a
+# command is compared with the run in its folder, and from the overrides a run records.
+CONTINUING = ("resume", "resume_with_changes")
+LAST = Path("checkpoints") / "last.ckpt"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def experiment_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """The overrides that define a run's experiment, by key (the last one of a key wins, as in
+    Hydra): all but ``resume=``, ``resume_with_changes=`` and ``hydra.*``.
+
+    A run is known by its overrides rather than its resolved config: two starts of one command
+    resolve to different configs (the time and process id in its folder name, the paths of the
+    machine it runs on), while its overrides are what the user chose, and what a requeued or
+    resubmitted job passes again."""
+    found: dict[str, str] = {}
+    for override in overrides:
+        key = _key(override)
+        if key not in CONTINUING and not key.startswith("hydra."):
+            found[key] = override
+    return found
+
+
+def _meaning(overrides: dict[str, str]) -> dict[str, Any]:
+    """Each override as Hydra reads it, so that spellings of one value compare equal (a sweep
+    records ``verbose=False`` for the command's ``verbose=false``)."""
+    parser = OverridesParser.create()
+    meant: dict[str, Any] = {}
+    for key, override in overrides.items():
+        try:
+            (parsed,) = parser.parse_overrides([override])
+            meant[key] = (parsed.type, parsed.package, parsed.value())
+        except Exception:  # noqa: BLE001 - an override Hydra cannot read back is compared as written
+            meant[key] = override
+    return meant
+
+
+def train_command(overrides: Iterable[str], resume: Path | None = None) -> str:
+    """``python -m experiments.train <overrides> [resume=<dir>]``, quoted for a shell."""
+    kept = [shlex.quote(o) for o in experiment_overrides(overrides).values()]
+    tail = [f"resume={shlex.quote(str(resume))}"] if resume is not None else []
+    return " ".join(["python -m experiments.train", *kept, *tail])
+
+
+@dataclass
+class Start:
+    """How a process starts in its run folder (:func:`plan_start`).
+
+    ``kind``: ``fresh`` (a new run), ``again`` (a run whose earlier start kept no checkpoint,
+    started over), ``continue`` (from its ``checkpoints/last.ckpt``), ``done`` (completed: nothing
+    left to train). ``changed``: continued with other overrides than its own
+    (``resume_with_changes=true``). ``restarts``: how often the run has been continued."""
+
+    kind: str
+    restarts: int = 0
+    changed: bool = False
+    note: str | None = None
+
+
+def plan_start(run_dir: Path, overrides: list[str], resume: bool, with_changes: bool, multirun: bool) -> Start:
+    """How a command with ``overrides`` starts in ``run_dir``, or a :class:`UserError` saying why it
+    may not (one run per folder for its whole life). Decided from the folder alone, so that every
+    process of a distributed run, and every start of a requeued job, decides the same."""
+    if multirun and resume:
+        raise UserError(
+            "resume= continues one run, not the trials of a sweep: run the sweep again in its folder "
+            "(hydra.sweep.dir=<sweep dir>) and each trial continues from its own checkpoints/last.ckpt, "
+            "or continue one trial with resume=<its folder> (without -m)"
+        )
+    recorded = _recorded_overrides(run_dir)
+    metrics = read_metrics(run_dir)
+    status = metrics.get("status")
+    restarts = metrics.get("restarts")
+    restarts = restarts if isinstance(restarts, int) and restarts >= 0 else 0
+    elsewhere = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if recorded is None:
+        if resume:  # a run folder without its overrides: its checkpoint alone is checked
+            return Start("continue", restarts + 1)
+        foreign = _not_bookkeeping(run_dir)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise UserError(
+                f"{run_dir} holds files that are not a run of this project ({shown}); nothing was written "
+                f"there: run in a new folder ({elsewhere}=<new folder>), or empty that one"
+            )
+        return Start("fresh")
+    mine, theirs = experiment_overrides(overrides), experiment_overrides(recorded)
+    changed = _meaning(mine) != _meaning(theirs)
+    command = train_command(recorded, run_dir)
+    if changed and resume and not with_changes:
+        raise UserError(
+            f"resume={run_dir}: this command's overrides differ from those the run was started with "
+            f"({_differences(theirs, mine)}); continue it unchanged with: {command}; or add "
+            "resume_with_changes=true to continue it with this command's overrides (its .hydra/overrides.yaml "
+            "and config.yaml then record them)"
+        )
+    if changed and not resume:
+        if not _not_bookkeeping(run_dir):
+            return Start("fresh")  # an earlier start that wrote nothing but its overrides
+        raise UserError(
+            f"{run_dir} holds another run ({_differences(theirs, mine)}); nothing was written there: run in a "
+            f"new folder ({elsewhere}=<new folder>), or continue that run with: {command}"
+        )
+    last = run_dir / LAST
+    if status == "completed" and not changed:
+        return Start(
+            "done",
+            restarts,
+            note=f"{run_dir} holds this run, completed: nothing left to train, its results stay as they are "
+            f"(to train it further: {command} resume_with_changes=true trainer.max_epochs=<more>)",
+        )
+    if last.is_file() or resume:  # resume= without a last.ckpt is refused by checkpoint_to_resume
+        how = metrics.get("error") or status or "stopped without a record of how"
+        return Start(
+            "continue",
+            restarts + 1,
+            changed,
+            note=f"{run_dir} holds this run ({how}); continuing it from its {LAST} (restart {restarts + 1})",
+        )
+    return Start(
+        "again",
+        note=f"{run_dir} holds an earlier start of this run that kept no checkpoint "
+        f"({status or 'no record of how it ended'}); starting it again from the beginning",
+    )
+
+
+def _recorded_overrides(run_dir: Path) -> list[str] | None:
+    """The overrides a run folder recorded (``.hydra/overrides.yaml``), or None without them."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    try:
+        recorded = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - YAML and OmegaConf errors alike: the file is damaged
+        raise UserError(
+            f"cannot read {path} ({' '.join(str(err).split())[:120]}); it does not say which run {run_dir} "
+            "holds: run in a new folder (hydra.run.dir=<new folder>)"
+        ) from None
+    if not isinstance(recorded, ListConfig):
+        raise UserError(f"{path} is not a list of overrides; run in a new folder (hydra.run.dir=<new folder>)")
+    return [str(o) for o in recorded]
+
+
+def _not_bookkeeping(run_dir: Path) -> list[str]:
+    """What ``run_dir`` holds beyond the files of a run that has written nothing yet."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in BOOKKEEPING)
+
+
+def _drop_empty_log(run_dir: Path) -> None:
+    """Hydra opens the log file (``train.log``) in the run folder before any of our code runs; in a
+    folder that is no run, and that this command leaves alone, an empty one is its doing."""
+    log = run_dir / "train.log"
+    if log.is_file() and log.stat().st_size == 0:
+        log.unlink(missing_ok=True)
+
+
+def _differences(run: dict[str, str], command: dict[str, str]) -> str:
+    """What sets two experiments apart, shortly: ``the run has x=1, this command x=2; ...``."""
+    parts = []
+    meant_run, meant_command = _meaning(run), _meaning(command)
+    for key in sorted(set(run) | set(command)):
+        if meant_run.get(key) != meant_command.get(key):
+            parts.append(f"{run.get(key) or f'no {key}'} in the run, {command.get(key) or f'no {key}'} here")
+        if len(parts) == 3:
+            parts.append("...")
+            break
+    return "; ".join(parts)
+
+
 # The job ------------------------------------------------------------------------------------
 
 
@@ -164,10 +358,12 @@ def _rank_zero() -> bool:
 
 
 class RunRecord:
-    """A run folder while one process trains in it: its lock, Hydra's files, the trainer's
-    progress for the ending line. Made by :func:`run_job`; ``train`` calls :meth:`started`."""
+    """A run folder while one process trains in it: its lock, how the run starts there
+    (:func:`plan_start`), Hydra's files, the trainer's progress for the ending line. Made by
+    :func:`run_job`; ``train`` calls :meth:`started`, and :meth:`accepted` once training has begun."""
 
     def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
         self.run_dir = Path(cfg.paths.output_dir)
         self.resuming = bool(cfg.get("resume"))
         self.trainer: Any = None
@@ -176,37 +372,91 @@ class RunRecord:
         self.hydra: dict[str, str] | None = None
         self.overrides: list[str] = []
         self.multirun = False
+        self.start = Start("fresh")
         if HydraConfig.initialized():
             hydra_cfg = HydraConfig.instance().cfg
             self.multirun = HydraConfig.get().mode == RunMode.MULTIRUN
             self.overrides = [str(o) for o in HydraConfig.get().overrides.task]
-            # As Hydra writes them (run_job), taken before the run changes its config; with the
+            # As Hydra writes them (run_job), taken before the run changes its config; the
+            # overrides without those that only say how this command continues the run; with the
             # password of any URL (the Optuna storage's) masked.
+            overrides = [o for o in self.overrides if _key(o) not in CONTINUING]
             self.hydra = {
                 name: OmegaConf.to_yaml(redacted(OmegaConf.to_container(node)))
                 for name, node in (
                     ("config.yaml", copy.deepcopy(cfg)),
                     ("hydra.yaml", hydra_cfg),
-                    ("overrides.yaml", HydraConfig.get().overrides.task),
+                    ("overrides.yaml", OmegaConf.create(overrides)),
                 )
             }
         self._hydra_written = False
+        self.began = False  # training has begun (accepted)
+
+    @property
+    def restarts(self) -> int:
+        """How often this run has been continued from its ``last.ckpt`` (requeued, resubmitted, resumed)."""
+        return self.start.restarts
+
+    @property
+    def starts_over(self) -> bool:
+        """Whether an earlier start of this run left files but no checkpoint (its curves are hidden)."""
+        return self.start.kind == "again"
 
     def open(self) -> None:
+        """Take the folder (rank 0; other ranks only read it) and decide how the run starts in it,
+        or refuse in one line with nothing written."""
+        check_resume_options(self.cfg)
+        if self.owner and self.hydra is not None and not self.resuming and _recorded_overrides(self.run_dir) is None:
+            try:
+                self._plan()  # a folder that is no run is refused before the lock puts a file into it
+            except UserError:
+                _drop_empty_log(self.run_dir)
+                raise
+        previous = self.lock.acquire() if self.owner else None
+        try:
+            if self.owner:
+                check_no_links(self.run_dir)  # a received run folder's links would carry writes out of it
+            self.start = self._plan() if self.hydra is not None else Start("continue" if self.resuming else "fresh")
+        except BaseException:
+            self.lock.release(holder=previous)  # the next process records the death it found
+            raise
+        if self.start.kind == "continue" and not self.resuming:
+            with open_dict(self.cfg):  # train() continues it as resume= does
+                self.cfg.resume = str(self.run_dir)
+        self.resuming = self.start.kind == "continue"
         if not self.owner:
             return
-        previous = self.lock.acquire()
-        check_no_links(self.run_dir)  # a received run folder's links would carry writes out of it
-        if previous is not None:
-            self._record_killed(previous)
-        if not self.resuming:
+        implicit = not bool(self.overrides and any(_key(o) == "resume" for o in self.overrides))
+        killed = self._record_killed(previous) if previous is not None else None
+        if killed is not None:
+            print(f"note: {killed}", file=sys.stderr, flush=True)
+        elif self.start.note and (implicit or self.start.kind == "done"):
+            print(f"note: {self.start.note}", file=sys.stderr, flush=True)
+        if self.start.kind in ("fresh", "again"):
             self._write_hydra_files()
 
+    def _plan(self) -> Start:
+        return plan_start(
+            self.run_dir,
+            self.overrides,
+            self.resuming,
+            bool(self.cfg.get("resume_with_changes")),
+            self.multirun,
+        )
+
     def started(self, trainer: Any) -> None:
-        """The run's checks passed and it is about to train: the folder is this command's now."""
+        """The run's checks passed and it is about to train (its files are written by then, or by
+        :meth:`accepted` for a run continued with other overrides)."""
         self.trainer = trainer
-        if self.owner:
+
+    def accepted(self, cfg: Any) -> None:
+        """Training has begun (or had nothing left to do): Lightning restored the checkpoint of a
+        continued run whole. A run continued with other overrides (``resume_with_changes=true``)
+        records them now, so that a refused resume never rewrites the run it names."""
+        self.began = True
+        if self.owner and self.start.changed and not self._hydra_written:
             self._write_hydra_files()
+            save_config(cfg, self.run_dir)
 
     def close(self) -> None:
         self.lock.release()
@@ -215,13 +465,13 @@ class RunRecord:
         if self.hydra is None or self._hydra_written:
             return
         folder = self.run_dir / ".hydra"
-        folder.mkdir(parents=True, exist_ok=True)
         for name, text in self.hydra.items():
-            write_atomic(folder / name, functools.partial(_write_text, text))  # a link is replaced, not followed
+            # Whole or not at all: the other ranks of a distributed run read overrides.yaml meanwhile.
+            write_atomic(folder / name, functools.partial(_write_text, text=text))  # a link is replaced, not followed
         self._hydra_written = True
 
-    def _record_killed(self, previous: dict[str, Any]) -> None:
-        last = self.run_dir / "checkpoints" / "last.ckpt"
+    def _record_killed(self, previous: dict[str, Any]) -> str:
+        """Record, and return the line saying, that the folder's previous process died holding it."""
         line = printable(
             f"the previous process of {self.run_dir} (pid {previous.get('pid')} on {previous.get('host')}, since "
             f"{previous.get('since')}) ended without recording how: killed (SIGKILL, out of memory or a lost node)"
@@ -237,18 +487,19 @@ class RunRecord:
                     "pid": previous.get("pid"),
                     "host": previous.get("host"),
                     "since": previous.get("since"),
+                    "restarts": self.restarts - (self.start.kind == "continue"),
                 },
             )
-        what = f"; continuing from its {last.relative_to(self.run_dir)}" if self.resuming and last.is_file() else ""
-        print(f"note: {line}{what}", file=sys.stderr, flush=True)
+        if self.start.kind == "continue" and (self.run_dir / LAST).is_file():
+            return f"{line}; continuing from its {LAST} (restart {self.restarts})"
+        if self.start.kind == "again":
+            return f"{line}; it kept no checkpoint: starting it again from the beginning"
+        return line
 
     # The ending line ------------------------------------------------------------------------
 
     def resume_command(self) -> str:
-        kept = [o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "hydra.run.dir")]
-        return " ".join(
-            ["python -m experiments.train", *map(shlex.quote, kept), f"resume={shlex.quote(str(self.run_dir))}"]
-        )
+        return train_command(self.overrides, self.run_dir)
 
     def interrupted_line(self, signal_name: str) -> str:
         what = "Ctrl-C" if signal_name == "SIGINT" else signal_name
@@ -256,7 +507,7 @@ class RunRecord:
         where = ""
         if trainer is not None:
             where = f" at step {trainer.global_step} (epoch {trainer.current_epoch + 1})"
-        last = self.run_dir / "checkpoints" / "last.ckpt"
+        last = self.run_dir / LAST
         if last.is_file():
             step = _checkpoint_step(last)
             kept = f"; checkpoints/last.ckpt holds step {step}" if step is not None else ""
@@ -264,7 +515,7 @@ class RunRecord:
         return f"interrupted ({what}){where} before any checkpoint was written; run the same command again"
 
 
-def _write_text(text: str, handle: Any) -> None:
+def _write_text(handle: Any, text: str) -> None:
     handle.write(text)
 
 
@@ -278,8 +529,8 @@ def _checkpoint_step(path: Path) -> int | None:
 def _discard_or_mark_failed(record: RunRecord, err: BaseException, reason: str) -> None:
     """Leave nothing that looks like a result: an untouched single run goes, anything else is marked."""
     run_dir = record.run_dir
-    if record.resuming and isinstance(err, UserError) and not isinstance(err, NonFiniteError):
-        return  # a resume refused before it started leaves the run it named as it was
+    if record.resuming and not record.began:
+        return  # a resume refused before it started (by us or by Lightning) leaves the run as it was
     # Only bookkeeping: the run never started, so there is nothing to keep. Never delete a
     # directory that holds anything else (hydra.run.dir may point at a user's folder).
     untouched = run_dir.is_dir() and all(p.name in BOOKKEEPING for p in run_dir.iterdir())
@@ -287,7 +538,7 @@ def _discard_or_mark_failed(record: RunRecord, err: BaseException, reason: str) 
         record.close()
         shutil.rmtree(run_dir, ignore_errors=True)
     elif run_dir.is_dir():
-        write_json(run_dir / "metrics.json", {"status": "failed", "error": reason})
+        write_json(run_dir / "metrics.json", {"status": "failed", "error": reason, "restarts": record.restarts})
 
 
 def run_job(cfg: Any, job: Callable[[RunRecord], dict[str, Any]], cli: bool = True) -> dict[str, Any] | None:
@@ -304,15 +555,22 @@ def run_job(cfg: Any, job: Callable[[RunRecord], dict[str, Any]], cli: bool = Tr
     except BaseException:
         record.close()
         raise
+    if record.start.kind == "done":  # completed in this folder before: its results stay
+        record.close()
+        return read_metrics(record.run_dir)
     try:
         metrics = job(record)
     except BaseException as err:  # every ending is recorded; none is swallowed (see below)
         ending = ending_of(err)
         run_dir = record.run_dir
         if not record.owner:
+            if ending.status == "interrupted" and cli:
+                raise Interrupted(ending.code) from err  # rank 0 says it, once
             raise
         if ending.status == "pruned":
-            write_json(run_dir / "metrics.json", {"status": "pruned", "error": ending.reason})
+            write_json(
+                run_dir / "metrics.json", {"status": "pruned", "error": ending.reason, "restarts": record.restarts}
+            )
             print(f"pruned: {ending.reason} | {run_dir}")
             return None
         if ending.status == "interrupted":
@@ -324,6 +582,7 @@ def run_job(cfg: Any, job: Callable[[RunRecord], dict[str, Any]], cli: bool = Tr
                     "signal": ending.signal,
                     "error": line,
                     "step": record.trainer.global_step if record.trainer else None,
+                    "restarts": record.restarts,
                 },
             )
             if not cli or record.multirun:

@@ -40,6 +40,11 @@ RUN_FILES = frozenset(
     }
 )
 RUN_FOLDERS = frozenset({"checkpoints", ".hydra", "tensorboard"})
+# The lock of a run folder (one writer at a time, experiments.record), and the record of who holds
+# it: written after taking the lock, removed before releasing it. Found with the lock free, it is
+# the record of a process that ended without a word (SIGKILL, out of memory, a lost node).
+LOCK = ".lock"
+HOLDER = ".lock.holder.json"
 
 
 def is_run_folder(folder: Path) -> bool:

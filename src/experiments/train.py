@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.callbacks import FitTime, History, ResumeState
+from experiments.callbacks import FitTime, History, ResumeState, TrainingStarted
 from experiments.checkpoints import check_resumable, checkpoint_to_resume, load_weights, read_checkpoint
 from experiments.cli import run_cli, user_errors_exit
 from experiments.config import (
@@ -100,18 +100,22 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
     if resume_from is not None and cfg.get("resume"):
         clock.carry_over(run_dir / "metrics.json", int(resumed.get("global_step", -1)))
     callbacks = build_callbacks(cfg) + pruning_callbacks(cfg.monitor) + [clock]
+    if record is not None:
+        callbacks.append(TrainingStarted(lambda: record.accepted(cfg)))
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         if resume_from is not None:
             # TensorBoard hides what the interrupted run logged after its checkpoint, so the curves
             # of the resumed run carry on without doubled points.
             purge_tensorboard_after(logger, int(resumed.get("global_step", 0)))
+        elif record is not None and record.starts_over:
+            purge_tensorboard_after(logger, 0)  # an earlier start that kept no checkpoint
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
     settle_auto_settings(cfg, trainer, task, datamodule)  # before config.yaml: it shows the numbers
     if record is not None:
         record.started(trainer)
-    if trainer.is_global_zero:
-        save_config(cfg, run_dir)
+    if trainer.is_global_zero and (record is None or not record.resuming):
+        save_config(cfg, run_dir)  # a continued run keeps its own (see RunRecord.accepted)
 
     with ddp_job(trainer):
         # The full state (optimizer, loops, random state, loader position), read with
@@ -119,6 +123,8 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
         clock.start()
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         raise_if_terminated()  # SIGTERM after Lightning's last chance to raise it
+        if record is not None:
+            record.accepted(cfg)  # a continued run with nothing left to train never started training
         fit_seconds = clock.seconds()
 
         checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
@@ -148,6 +154,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
         "val": final_val,
         "test": test_metrics,
         "diagnosis": diagnosis.as_dict() if diagnosis else None,
+        "restarts": record.restarts if record is not None else 0,
     }
     hparam_metrics = {f"best/{cfg.monitor.replace('/', '_')}": metrics["best"], **test_metrics}
     if trainer.is_global_zero:  # other ranks' loggers are stand-ins without a writer

@@ -3,8 +3,9 @@ checkpoints for exact resumes (:class:`ResumeState`) and a guard that stops it w
 stops being finite (:class:`FiniteGuard`), a progress bar in a terminal (:class:`ProgressBar`) and
 the figures that task kinds list in their ``plots`` (:class:`FigureCallback`): the test set's
 confusion matrix in TensorBoard (:class:`ConfusionMatrix`) and forecasts against the truth
-(:class:`ForecastFigure`); the fit time of a run over all its segments (:class:`FitTime`) and the
-pruning of an Optuna trial (:class:`OptunaPruning`).
+(:class:`ForecastFigure`); the fit time of a run over all its segments (:class:`FitTime`), the
+pruning of an Optuna trial (:class:`OptunaPruning`) and a call once training has begun
+(:class:`TrainingStarted`).
 
 Their configs are one file each in ``conf/callbacks/`` (``# @package callbacks.<name>``), composed in
 ``conf/callbacks/default.yaml``; ``callbacks=[default,early_stopping]`` adds one. A callback of your
@@ -20,6 +21,7 @@ from experiments.callbacks.history import History, plot_learning_curves
 from experiments.callbacks.progress import ProgressBar
 from experiments.callbacks.pruning import OptunaPruning
 from experiments.callbacks.resume import ResumeState
+from experiments.callbacks.started import TrainingStarted
 
 __all__ = [
     "ConfusionMatrix",
@@ -32,6 +34,7 @@ __all__ = [
     "OptunaPruning",
     "ProgressBar",
     "ResumeState",
+    "TrainingStarted",
     "plot_confusion_matrix",
     "plot_forecasts",
     "plot_learning_curves",

@@ -85,6 +85,8 @@ class ModelCheckpoint(LightningModelCheckpoint):
         self._last_write = -math.inf
         self._taking = False
         self._owed = False
+        # SIGTERM arrived, as every rank agrees (rank 0's word): this callback takes last.ckpt and stops.
+        self._sigterm = False
 
     def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:  # private: lightning 2.6
         # Lightning deep-copies every logged value at each save (a tenth of an XOR run); a clone of
@@ -98,22 +100,30 @@ class ModelCheckpoint(LightningModelCheckpoint):
         candidates["step"] = step.int() if isinstance(step, torch.Tensor) else torch.tensor(trainer.global_step)
         return candidates
 
+    @property
+    def takes_sigterm_checkpoint(self) -> bool:
+        """Whether this callback takes ``last.ckpt`` at the batch or epoch end after a SIGTERM (the
+        epoch checkpoint of the latest state): the engine's Trainer lets Lightning's loops stop for
+        the signal only once it has (:meth:`experiments.engine.Trainer.received_sigterm`)."""
+        steps = self._every_n_train_steps  # private: lightning 2.6
+        return self.monitor is None and steps == 0 and (self.every_n_epochs or 0) >= 1
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if (
-            (trainer.received_sigterm or 0 <= trainer.max_steps <= trainer.global_step)
-            and self.monitor is None
-            and self._every_n_train_steps == 0  # private: lightning 2.6
-            and not trainer.is_last_batch
-            and not self._should_skip_saving_checkpoint(trainer)  # private: lightning 2.6
-        ):
-            # SIGTERM (preemption): Lightning raises at the end of this batch; max_steps reached
+        if self.takes_sigterm_checkpoint:
+            self._sigterm = _sigterm_agreed(trainer)
+        steps_reached = self.takes_sigterm_checkpoint and 0 <= trainer.max_steps <= trainer.global_step
+        if (self._sigterm or steps_reached) and not trainer.is_last_batch:
+            # SIGTERM (preemption): Lightning stops at the end of this batch; max_steps reached
             # inside an epoch: training stops here. Take last.ckpt here, at the point where its own
             # step checkpoints are taken, so that a resume (with more max_steps) goes on inside the
             # epoch and loses nothing; taken at the epoch's end, Lightning would skip the rest of it.
             # (At an epoch's last batch it is taken at the epoch's end: see _stops_after_this_epoch.)
-            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))  # private: lightning 2.6
+            if not self._should_skip_saving_checkpoint(trainer):  # private: lightning 2.6
+                self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))  # private: lightning 2.6
+            if self._sigterm:
+                _checkpointed_for_sigterm(trainer)
             return
         if (
             trainer.is_last_batch
@@ -126,12 +136,16 @@ class ModelCheckpoint(LightningModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.takes_sigterm_checkpoint:
+            self._sigterm = _sigterm_agreed(trainer)  # read by _stops_after_this_epoch
         super().on_train_epoch_end(trainer, pl_module)
         if self._owed:
             self._owed = False
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)  # private: lightning 2.6
             self._save_last_checkpoint(trainer, candidates)  # private: lightning 2.6
+        if self._sigterm:
+            _checkpointed_for_sigterm(trainer)  # taken above (_stops_after_this_epoch): stop now
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:  # private: lightning 2.6
         if self.min_write_interval <= 0:
@@ -140,8 +154,13 @@ class ModelCheckpoint(LightningModelCheckpoint):
         if self.monitor is None:
             # The latest state (last.ckpt) is taken only when it is written: when the interval has
             # passed, and at the epoch where the run stops. Copying it at every epoch only to drop
-            # the copy at the next cost a tenth of an XOR run.
-            if due or _stops_after_this_epoch(trainer):
+            # the copy at the next cost a tenth of an XOR run. Every rank of a distributed run takes
+            # part in a save (a barrier): rank 0's clock and signals decide for all, as Lightning's
+            # own train_time_interval does, or ranks that decided otherwise would wait forever.
+            write = due or _stops_after_this_epoch(trainer, self._sigterm)
+            if trainer.world_size > 1:
+                write = bool(trainer.strategy.broadcast(write, src=0))
+            if write:
                 super()._save_checkpoint(trainer, filepath)  # private: lightning 2.6
                 self._last_write = time.monotonic()
             return None
@@ -247,12 +266,30 @@ def _score(value: Any) -> torch.Tensor | None:
     return None
 
 
-def _stops_after_this_epoch(trainer: L.Trainer) -> bool:
-    """Whether fitting ends with the epoch that is ending (max_epochs, max_steps or a stop request)."""
+def _stops_after_this_epoch(trainer: L.Trainer, sigterm: bool) -> bool:
+    """Whether fitting ends with the epoch that is ending (max_epochs, max_steps, a stop request,
+    or ``sigterm``: Lightning stops once this epoch has ended)."""
     last_epoch = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
-    # SIGTERM: Lightning raises once this epoch has ended.
-    stopping = trainer.should_stop or trainer.received_sigterm
+    stopping = trainer.should_stop or sigterm
     return bool(stopping or last_epoch or 0 <= trainer.max_steps <= trainer.global_step)
+
+
+def _sigterm_agreed(trainer: L.Trainer) -> bool:
+    """SIGTERM arrived, as rank 0 sees it (every rank of a distributed run calls this at the same
+    point and gets the same answer, so that all of them save, and stop, together). The engine's
+    Trainer tells it before its loops stop for it; Lightning's own Trainer stops at once."""
+    pending = bool(getattr(trainer, "sigterm_pending", trainer.received_sigterm))
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([int(pending)], device=trainer.strategy.root_device)
+        torch.distributed.broadcast(flag, src=0)
+        pending = bool(flag.item())
+    return pending
+
+
+def _checkpointed_for_sigterm(trainer: L.Trainer) -> None:
+    taken = getattr(trainer, "sigterm_checkpointed", None)
+    if taken is not None:
+        taken()
 
 
 def _own_tensors(checkpoint: dict[str, Any]) -> dict[str, Any]:

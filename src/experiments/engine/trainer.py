@@ -14,11 +14,13 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
 from experiments.engine.checkpointing import AtomicCheckpointIO
 from experiments.engine.fused import FusedSteps, cannot_fuse
 from experiments.engine.process import fitting_process_state
 from experiments.engine.tuning import AUTO, check_setting, decide, step_flops
+from experiments.errors import UserError
 from experiments.signals import ctrl_c_at_batch_ends
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class Trainer(L.Trainer):
         # finds the callback whose state a checkpoint holds.
         kwargs["callbacks"] = [self._fused, *_as_list(kwargs.get("callbacks"))]
         with _quiet_outside_slurm_jobs():
+            kwargs["plugins"] = _without_slurm_requeue(kwargs.get("plugins"))
             super().__init__(*args, **kwargs)
         if type(self.strategy.checkpoint_io) is TorchCheckpointIO:  # not a writer the user chose
             self.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -71,6 +74,34 @@ class Trainer(L.Trainer):
         self.num_threads = num_threads
         self.processes = max(1, int(processes))
         self._settled: tuple[int, int] | None = None
+        self._sigterm_checkpointed = False
+
+    @property
+    def received_sigterm(self) -> bool:
+        """Whether Lightning's loops should stop for SIGTERM: only once ``last.ckpt`` has been taken
+        at a batch or epoch end after it (:meth:`sigterm_checkpointed`), when a checkpoint callback
+        takes it there (``takes_sigterm_checkpoint``). Lightning checks the signal at several
+        points after the checkpoint callbacks have run (after the epoch-end hooks, inside
+        validation); stopping there left ``last.ckpt`` behind by up to its ``min_write_interval``
+        (207 steps of XOR once in 8 SIGTERMs). Now the run goes on to the next batch or epoch end,
+        where the checkpoint is taken, and stops there: a SIGTERM loses nothing. In a distributed
+        run every rank follows rank 0's signal (the checkpoint callback asks all of them at once),
+        where Lightning let each rank stop on its own signal, and ranks that stopped at different
+        batches aborted or waited forever."""
+        received = self.sigterm_pending
+        if not received or self._sigterm_checkpointed or self.state.fn != TrainerFn.FITTING:
+            return received
+        callbacks = getattr(self, "callbacks", [])  # Lightning's callback connector sets them
+        return not any(getattr(c, "takes_sigterm_checkpoint", False) for c in callbacks)
+
+    @property
+    def sigterm_pending(self) -> bool:
+        """SIGTERM arrived (Lightning's signal handler saw it), whether or not the loops stop for it yet."""
+        return bool(L.Trainer.received_sigterm.fget(self))  # type: ignore[attr-defined]
+
+    def sigterm_checkpointed(self) -> None:
+        """``last.ckpt`` holds the state where SIGTERM stops the run: Lightning's loops may stop now."""
+        self._sigterm_checkpointed = True
 
     def settle(self, model: torch.nn.Module, datamodule: Any = None) -> tuple[int, int]:
         """``(steps_per_execution, num_threads)`` with ``auto`` decided from one FLOP count of a
@@ -159,6 +190,30 @@ def _step_flops_of(model: torch.nn.Module | None, datamodule: Any) -> float | No
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+def _without_slurm_requeue(plugins: Any) -> Any:
+    """``plugins`` with Lightning's SLURM environment told not to requeue, inside a SLURM step.
+
+    Lightning's own SLURM requeue (on by default) saves ``hpc_ckpt_<n>.ckpt`` at SIGUSR1, requeues
+    the job, and restores that file silently when the job starts again, past this project's checks
+    of what a run continues from. A requeued or resubmitted job continues from its folder's
+    ``last.ckpt`` instead (experiments.record). Lightning's refusal of ``srun --ntasks=N`` (it
+    needs a number of tasks per node) becomes one line."""
+    from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+
+    given = plugins if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
+    if not SLURMEnvironment.detect() or any(isinstance(p, ClusterEnvironment) for p in given):
+        return plugins
+    try:
+        environment = SLURMEnvironment(auto_requeue=False)
+    except RuntimeError as err:  # e.g. srun --ntasks=2 without --ntasks-per-node
+        tasks = os.environ.get("SLURM_NTASKS", "N")
+        raise UserError(
+            f"SLURM: {' '.join(str(err).split()).rstrip('.')}; start one process per device with srun --ntasks-per-node={tasks} "
+            f"(and trainer.devices={tasks} with a DDP trainer, e.g. trainer=ddp_cpu), or one process with srun --ntasks=1"
+        ) from None
+    return [*given, environment]
 
 
 @contextlib.contextmanager
