@@ -83,12 +83,29 @@ class ModelCheckpoint(LightningModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._idle_at_this_epoch_end(trainer):
+            return
         super().on_train_epoch_end(trainer, pl_module)
         if self._owed:
             self._owed = False
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)  # private: lightning 2.6
             self._save_last_checkpoint(trainer, candidates)  # private: lightning 2.6
+
+    def _idle_at_this_epoch_end(self, trainer: L.Trainer) -> bool:
+        """Whether the latest state (``last.ckpt``) would be neither taken nor written at this
+        epoch's end (written less than ``min_write_interval`` ago, the run going on, no step
+        checkpoint owed): then Lightning's epoch-end work (a copy of every logged value, the
+        top-k bookkeeping, 0.25 ms of a 10 ms XOR epoch) is skipped too. Its path is set by the
+        first epoch's end, which always writes."""
+        return (
+            self.monitor is None
+            and self.min_write_interval > 0
+            and not self._owed
+            and bool(self.best_model_path)
+            and time.monotonic() - self._last_write < self.min_write_interval
+            and not _stops_after_this_epoch(trainer)
+        )
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:  # private: lightning 2.6
         if self.min_write_interval <= 0:
