@@ -335,3 +335,22 @@ class SleepInFirstSlurmStart(Callback):
             import time
 
             time.sleep(self.seconds)
+
+
+class OddLogsTask(ClassificationTask):
+    """A user's task that logs beyond epoch means: a maximum and an on-step value in validation, a
+    number and a tensor at the epoch ends (what the engine's own epoch loop hands to Lightning's
+    own ``log``, or sums itself)."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        self.log("val/max_input", batch[0].max(), reduce_fx="max")
+        self.log("val/first_target", batch[1][0].float(), on_step=True, on_epoch=False)
+        self.log("val/batches", 1.0, reduce_fx="sum")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/constant", torch.tensor(2.5), prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("half_epoch", self.current_epoch / 2)
+        self.log("hidden", torch.tensor(1.0), logger=False)

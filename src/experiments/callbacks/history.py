@@ -82,8 +82,14 @@ class History(Callback):
             row[name] = number
         row["seconds"] = time.perf_counter() - self._epoch_start
         # The prefetched validation of the next epoch doesn't exist yet; rows of resumed runs
-        # replace the epochs they repeat.
-        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        # replace the epochs they repeat. A new list each epoch (a checkpoint taken in memory
+        # keeps the list it was given), filtered only when a row is repeated.
+        kept = (
+            self.rows
+            if not self.rows or self.rows[-1]["epoch"] < row["epoch"]
+            else [r for r in self.rows if r["epoch"] < row["epoch"]]
+        )
+        self.rows = [*kept, row]
         self._added = True
         if trainer.is_global_zero:
             if time.monotonic() - self._written >= self.min_write_interval:

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from experiments.engine.checkpointing import AtomicCheckpointIO
+from experiments.engine.epochs import OwnEpochs
 from experiments.engine.fused import FusedSteps, cannot_fuse
 from experiments.engine.process import fitting_process_state
 from experiments.engine.tuning import AUTO, check_setting, decide, step_flops
@@ -35,6 +36,15 @@ _CHECKPOINTS_FOLDER_NOT_EMPTY = r"Checkpoint directory .* exists and is not empt
 # Lightning hints at srun on every run of a machine that has SLURM installed; outside a SLURM job
 # there is nothing to run it in.
 _SRUN_HINT = r"The `srun` command is available on your system but is not used"
+# The engine's own arguments of :class:`Trainer`; every other one is Lightning's.
+ENGINE_SETTINGS = ("steps_per_execution", "num_threads", "processes", "own_epoch_loop")
+
+
+def lightning_settings(settings: Any) -> dict[str, Any]:
+    """The arguments of a trainer config (a mapping such as ``cfg.trainer``, resolved) that
+    Lightning's own ``Trainer`` takes: without ``_target_`` and the engine's own settings. What a
+    bare Lightning Trainer with a run's settings is built from (``scripts/bench_*.py``)."""
+    return {k: v for k, v in dict(settings).items() if k != "_target_" and k not in ENGINE_SETTINGS}
 
 
 class Trainer(L.Trainer):
@@ -47,7 +57,9 @@ class Trainer(L.Trainer):
     (Lightning's own logging restarts those sums). ``num_threads`` is torch's intra-op threads
     while fitting, testing or predicting (``auto``: one for small models, else the idle cores
     shared among ``processes``, the processes of this job on the machine). Both are decided once,
-    by :meth:`settle`. Any other argument is Lightning's.
+    by :meth:`settle`. ``own_epoch_loop``: the engine's own epoch loop on Lightning's hooks, for
+    in-memory data (:mod:`experiments.engine.epochs`); false runs Lightning's. Any other argument
+    is Lightning's.
     """
 
     def __init__(
@@ -56,6 +68,7 @@ class Trainer(L.Trainer):
         steps_per_execution: int | str = AUTO,
         num_threads: int | str = AUTO,
         processes: int = 1,
+        own_epoch_loop: bool = True,
         **kwargs: Any,
     ) -> None:
         check_setting("steps_per_execution", steps_per_execution)
@@ -73,6 +86,7 @@ class Trainer(L.Trainer):
         self.steps_per_execution = steps_per_execution
         self.num_threads = num_threads
         self.processes = max(1, int(processes))
+        self.own_epoch_loop = bool(own_epoch_loop)
         self._settled: tuple[int, int] | None = None
         self._sigterm_checkpointed = False
 
@@ -138,11 +152,16 @@ class Trainer(L.Trainer):
             # Counted in batches by the chunked loader, not in chunks by Lightning.
             self.limit_train_batches = 1.0
             fused.install(model, datamodule, limit_train_batches if limit_train_batches is not None else 1.0)
+            own = OwnEpochs(self, fused) if self.own_epoch_loop else None
+            if own is not None:
+                own.install()
             try:
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=_CHUNKS_BELOW_LOG_INTERVAL)
                     return super().fit(model, *args, datamodule=datamodule, **kwargs)  # type: ignore[misc]
             finally:
+                if own is not None:
+                    own.uninstall()
                 fused.uninstall()
                 self.limit_train_batches = limit_train_batches
 
