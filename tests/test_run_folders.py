@@ -1,4 +1,4 @@
-"""One run per folder for its whole life (experiments.record.plan_start): a command started again in
+"""One run per folder for its whole life (experiments.run_start.plan_start): a command started again in
 the folder of its own run continues it from its last.ckpt (a SLURM requeue, a resubmitted job, the
 same hydra.run.dir again) and counts the restart; a completed run keeps its results; another
 experiment's run, or a folder that is no run, is refused in one line before anything is written."""
@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from experiments.errors import UserError
-from experiments.record import plan_start
+from experiments.run_start import plan_start
 
 from reliability_helpers import call_cli, run, start
 
