@@ -291,6 +291,8 @@ def test_sigterm_to_a_multirun_stops_its_jobs_starts_no_other_and_exits_143(tmp_
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: interrupted (SIGTERM); the jobs that were running stopped")
     assert not (sweep / "2").exists() and completed_results(tmp_path) == []
+    with open(sweep / "summary.csv", newline="") as handle:  # written for what ran
+        assert [r["status"] for r in csv.DictReader(handle)] == ["interrupted", "interrupted"]
 
 
 # Secrets (issue 23, class 4) and lines built from files someone else wrote -------------------
@@ -368,8 +370,6 @@ def test_a_storage_url_that_cannot_be_opened_is_one_line_without_its_password(tm
         assert lines[0].startswith("error: hydra.sweeper.storage=postgresql+psycopg://postgres") and "***" in lines[0]
         assert "Hunter2SecretPW" not in done.stdout + done.stderr
     assert not (tmp_path / "outputs").exists()
-    with open(sweep / "summary.csv", newline="") as handle:  # written for what ran
-        assert [r["status"] for r in csv.DictReader(handle)] == ["interrupted", "interrupted"]
 
 
 OPTUNA = [

@@ -84,7 +84,7 @@ def test_own_model_on_our_experiment_through_the_cli(own_parts: Path, monkeypatc
         ),
         (
             ["model.activation=sigmoid"],
-            r"^model.activation='sigmoid' has the wrong type: expected 'tanh' or 'relu' or 'gelu'$",
+            r"^model.activation='sigmoid' is not one of: 'tanh', 'relu', 'gelu'$",
         ),
         (["model.hidden=[0]"], r"^model.hidden=\[0\] is not valid for GatedMLP: hidden must list positive layer sizes"),
         (["data.factor=2"], r"^data: factor must be between 0 and 1, got 2"),

@@ -315,7 +315,7 @@ def test_a_three_seed_sweep_with_a_requeued_trial_and_one_stopped_for_good(clust
     # for the trial that SIGTERM stopped (its job's submitit result never came).
     assert result.returncode == 3, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [
-        f"error: 1 of 3 runs did not complete (1 interrupted); see {sweep / 'summary.md'}"
+        f"error: 1 of 3 trials did not complete (1 interrupted); see {sweep / 'summary.md'}"
     ]
     job = _job_ids(sweep)[0].split("_")[0]
     assert f"slurm: submitted 3 trial(s) as job {job} " in result.stdout
@@ -351,7 +351,7 @@ def test_a_trial_longer_than_its_time_limit_completes_exactly_and_a_failing_one_
     _no_traceback(result.stdout, result.stderr)
     assert result.returncode == 3, result.stderr[-3000:]
     assert result.stderr.strip().splitlines() == [
-        f"error: 1 of 2 runs did not complete (1 failed); see {sweep / 'summary.md'}"
+        f"error: 1 of 2 trials did not complete (1 failed); see {sweep / 'summary.md'}"
     ]
     metrics = _metrics(sweep / "0")
     assert metrics["status"] == "completed" and metrics["restarts"] >= 1 and metrics["epochs"] == 400

@@ -382,7 +382,7 @@ def test_a_storage_url_that_is_no_url_is_one_line_without_its_password(tmp_path:
     assert code == 2
     assert err.strip().splitlines() == [
         "error: hydra.sweeper.storage=postgresql+psycopg://postgres:***@127.0.0.1:notaport/nodb: not a database URL "
-        "(invalid literal for int() with base 10: 'notaport'); e.g. postgresql+psycopg://user:password@host:5432/database"
+        "(invalid literal for int() with base 10: 'notaport'); e.g. postgresql+psycopg://user@host:5432/database with the password in PGPASSWORD or ~/.pgpass"
     ]
     assert "Hunter2Secret" not in out + err and not sweep.exists()
 

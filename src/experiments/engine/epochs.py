@@ -244,6 +244,7 @@ class OwnEpochs:
             module = trainer.lightning_module
             self._usable = (
                 self.fused.logs is not None
+                and self.fused.chunking  # batches come in chunks of an in-memory loader
                 and getattr(self.fused, "optimizer", None) is not None
                 and module.automatic_optimization
                 and trainer.world_size == 1
@@ -270,6 +271,8 @@ class OwnEpochs:
         progress = loop.batch_progress
         progress.is_last_batch = data_fetcher.done
         progress.increment_ready()
+        if chunk.stops_early:  # cut short by max_steps: a batch inside the epoch, not its end
+            fused._not_the_epochs_last()
         lc.on_batch_start(chunk)
         hooks.callbacks("on_train_batch_start", chunk, batch_idx)
         hooks.strategy_hook("on_train_batch_start", chunk, batch_idx)

@@ -109,6 +109,7 @@ class FusedSteps(Callback):
         self.steps = steps  # set by the Trainer once "auto" is settled
         self.limit: int | float = 1.0
         self.logs: EpochLogs | None = None  # set while installed
+        self.chunking = False  # the train loader is an in-memory one, chunked (set per fit)
         self._in_chunk = False
         self._saved_logs: dict[str, Any] | None = None
         self._saved_samples: dict[str, Any] = {}
@@ -135,6 +136,7 @@ class FusedSteps(Callback):
         module._on_before_batch_transfer = self._chunk_before_transfer  # type: ignore[method-assign]  # private: lightning 2.6
         module._apply_batch_transfer_handler = self._chunk_apply_transfer  # type: ignore[method-assign]  # private: lightning 2.6
         self.datamodule = datamodule
+        self.chunking = False  # until the train loader is known to be an in-memory one
         self._train_dataloader = datamodule.train_dataloader
         datamodule.train_dataloader = self._chunked_train_dataloader
 
@@ -153,7 +155,8 @@ class FusedSteps(Callback):
 
     def _chunked_train_dataloader(self) -> Any:
         loader = self._train_dataloader()
-        if not hasattr(loader, "start_position"):
+        self.chunking = hasattr(loader, "start_position")  # read by the engine's own epoch loop
+        if not self.chunking:
             if self.steps > 1:  # one step per Lightning step is what was asked for otherwise
                 log.warning(
                     "steps_per_execution: %s's train loader is not an in-memory loader; one step per Lightning step",

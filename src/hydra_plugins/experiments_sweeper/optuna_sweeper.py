@@ -191,7 +191,7 @@ class OptunaSweeper(Sweeper):
         except ValueError as err:  # SQLAlchemy's URL parser: a port that is no number, ...
             raise UserError(
                 f"hydra.sweeper.storage={hide_password(url)}: not a database URL ({one_line(str(err))[:120]}); "
-                "e.g. postgresql+psycopg://user:password@host:5432/database"
+                "e.g. postgresql+psycopg://user@host:5432/database with the password in PGPASSWORD or ~/.pgpass"
             ) from err
         except Exception as err:
             if storage_error(err) is None:
