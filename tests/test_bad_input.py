@@ -37,7 +37,14 @@ CASES = [
     ("hidden-not-list", "train", ["model.hidden=abc"], ["model.hidden='abc'", "expected list"], False),
     ("seed-not-int", "train", ["seed=abc"], ["seed='abc'", "expected int"], False),
     ("batch-size-float", "train", ["data.batch_size=2.5"], ["data.batch_size=2.5", "expected int"], False),
-    ("negative-lr", "train", ["optimizer.lr=-1"], ["learning rate", "-1"], False),
+    (
+        "negative-lr",
+        "train",
+        ["optimizer.lr=-1"],
+        ["optimizer.lr=-1 is not valid", "learning rate", "fix optimizer.lr"],
+        False,
+    ),
+    ("nan-lr", "train", ["optimizer.lr=nan"], ["optimizer.lr=nan is not valid", "fix optimizer.lr"], False),
     ("zero-batch-size", "train", ["data.batch_size=0"], ["batch_size must be a positive integer", "got 0"], False),
     ("negative-epochs", "train", ["trainer.max_epochs=-5"], ["max_epochs", "-5"], False),
     ("zero-epochs", "train", ["trainer.max_epochs=0"], ["trainer.max_epochs=0 trains nothing", "positive"], False),
@@ -59,8 +66,31 @@ CASES = [
         False,
     ),
     ("bad-precision", "train", ["trainer.precision=13"], ["trainer.precision=13", "bf16-mixed"], False),
-    ("bad-monitor-mode", "train", ["monitor_mode=maximum"], ["`mode` can be min, max", "maximum"], False),
-    ("negative-checkpoint-steps", "train", ["checkpoint_every_n_steps=-1"], ["every_n_train_steps=-1", ">= 0"], False),
+    ("bad-monitor-mode", "train", ["monitor_mode=maximum"], ["monitor_mode='maximum' must be min or max"], False),
+    (
+        "negative-checkpoint-steps",
+        "train",
+        ["checkpoint_every_n_steps=-1"],
+        ["checkpoint_every_n_steps=-1", ">= 0"],
+        False,
+    ),
+    (
+        "checkpoint-steps-word",
+        "train",
+        ["checkpoint_every_n_steps=often"],
+        ["checkpoint_every_n_steps='often' must be an integer >= 0"],
+        False,
+    ),
+    # a size this machine cannot allocate: one line, not torch's allocator traceback
+    ("model-too-large", "train", ["model.hidden=[100000000000]"], ["out of memory", "model.hidden"], False),
+    (
+        "max-time-word",
+        "train",
+        ["+trainer.max_time=yesterday"],
+        ["trainer.max_time='yesterday' is not a duration", "DD:HH:MM:SS"],
+        False,
+    ),
+    ("max-time-negative", "train", ["+trainer.max_time={{minutes:-1}}"], ["is not a duration"], False),
     ("gpu-without-gpu", "train", ["trainer=gpu"], ["gpu", "found"], False),
     # a monitored metric that the task does not log is refused before training
     (
@@ -332,6 +362,21 @@ CASES = [
         ["train-labels-idx1-ubyte.gz holds label 200 at item 5", "replace it"],
         False,
     ),
+    # a data file's name holding a folder or a named pipe: neither read (a pipe would block) nor downloaded over
+    (
+        "mnist-labels-a-folder",
+        "train",
+        ["experiment=mnist_mlp", "data.data_dir={mnist_folder}"],
+        ["train-labels-idx1-ubyte.gz is a folder, not a data file"],
+        False,
+    ),
+    (
+        "mnist-labels-a-pipe",
+        "train",
+        ["experiment=mnist_mlp", "data.data_dir={mnist_pipe}"],
+        ["train-labels-idx1-ubyte.gz is a named pipe, not a data file"],
+        False,
+    ),
     # an output directory that cannot be written
     ("unwritable-run-dir", "train", ["hydra.run.dir={tmp}/file/run"], ["cannot use", "hydra.run.dir="], True),
     (
@@ -391,6 +436,8 @@ DAMAGE = {
     "mnist_empty": lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:4] + bytes(4))),
     # a valid gzip whose labels stop 10 items short of what the header counts
     "mnist_short": lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:-10])),
+    "mnist_folder": lambda p: (p.unlink(), p.mkdir()),
+    "mnist_pipe": lambda p: (p.unlink(), os.mkfifo(p)),
     # item 5 of the training labels (after the 8-byte header) says 200
     "mnist_label200": lambda p: p.write_bytes(
         gzip.compress((lambda raw: raw[:13] + bytes([200]) + raw[14:])(gzip.decompress(p.read_bytes())))

@@ -151,6 +151,22 @@ def test_a_run_stopped_by_max_steps_continues_as_if_never_stopped(
     assert _validated(run) == [True, True, False]
 
 
+@pytest.mark.parametrize(("first_k", "then_k"), [(1, 1), (3, 1), (16, 3)])
+def test_a_run_stopped_by_max_steps_at_an_epochs_end_continues_as_if_never_stopped(
+    compose_train: Callable[..., DictConfig], tmp_path: Path, first_k: int, then_k: int
+) -> None:
+    # Step 16 is the last batch of epoch 2. Lightning took any checkpoint of a run with max_steps as
+    # one inside an epoch: continued, epoch 2's end ran again with no batch and no validation (an
+    # empty history row in place of the real one), and one more shuffle changed every later epoch.
+    _train(compose_train, tmp_path / "straight", "trainer.steps_per_execution=1", "+trainer.max_steps=28")
+    run = tmp_path / "continued"
+    _train(compose_train, run, f"trainer.steps_per_execution={first_k}", "+trainer.max_steps=16")
+    assert _validated(run) == [True, True]
+    _train(compose_train, run, f"trainer.steps_per_execution={then_k}", "+trainer.max_steps=28", f"resume={run}")
+    _assert_same_run(tmp_path / "straight", run)
+    assert _validated(run) == [True, True, True, False]
+
+
 def test_a_checkpoint_inside_a_chunk_resumes_the_same_with_another_k(
     compose_train: Callable[..., DictConfig], tmp_path: Path
 ) -> None:
@@ -384,3 +400,14 @@ def test_sample_metrics_that_give_a_batch_mean_are_refused_in_one_line(
         match=r"MeanAccuracy.sample_metrics\(\)\['acc'\] has shape \(\) for \d+ samples; it must give one value per sample",
     ):
         trainer.fit(task, datamodule=datamodule)
+
+
+def test_a_batch_size_larger_than_the_data_trains_one_batch_of_all_of_it(
+    compose_train: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    # steps_per_execution=auto counts a step's FLOPs on a zero batch of the batch size: a batch size
+    # of 10^12 once asked torch for 8 TB there (a 59-line traceback) where the loader makes one batch
+    # of the 256 samples. The count is made on at most 512 rows and scaled.
+    _train(compose_train, tmp_path / "all", "data.batch_size=256", "trainer.max_epochs=2")
+    _train(compose_train, tmp_path / "huge", "data.batch_size=1000000000000", "trainer.max_epochs=2")
+    _assert_same_run(tmp_path / "all", tmp_path / "huge")

@@ -93,6 +93,9 @@ def describe(err: BaseException) -> str | None:
 
     if isinstance(err, UserError):
         return str(err)
+    memory = memory_problem(err)
+    if memory is not None:
+        return memory
     if isinstance(err, InstantiationException):
         inner = err.__cause__ or err.__context__
         full_key = re.search(r"full_key: (\S+)", str(err))
@@ -138,6 +141,34 @@ def describe(err: BaseException) -> str | None:
     if isinstance(err, (ConfigCompositionException, OverrideParseException, OmegaConfBaseException)):
         return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return None
+
+
+def memory_problem(err: BaseException) -> str | None:
+    """One line for an allocation that failed (a model or a batch too large for this machine's
+    memory), also where Hydra wraps it in an InstantiationException: torch reports it as a
+    RuntimeError ("can't allocate memory") or its OutOfMemoryError, Python as a MemoryError."""
+    for e in causes(err):
+        text = str(e)
+        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in text:
+            size = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [KMGTP]iB)", text)
+            what = f" ({_bytes(size.group(1))} asked for)" if size else ""
+            where = re.search(r"full_key: (\S+)", str(err))
+            return (
+                f"{where.group(1) + ': ' if where else ''}out of memory{what}; make the model or the batch smaller "
+                "(model.hidden, data.batch_size), or run where there is more memory"
+            )
+    return None
+
+
+def _bytes(count: str) -> str:
+    if not count.isdigit():
+        return count
+    value = float(count)
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if value < 1000 or unit == "PB":
+            return f"{value:.3g} {unit}"
+        value /= 1000
+    return count
 
 
 def disk_problem(err: BaseException) -> str | None:

@@ -72,6 +72,25 @@ def _bad_model_option(node: DictConfig, err: ValueError) -> str:
     return f"model {node._target_.rsplit('.', 1)[-1]}: {message}; fix the model.* options"
 
 
+# Words of torch's optimizers' refusals ("Invalid learning rate: -1") and the option they mean.
+_OPTIMIZER_WORDS = (
+    ("learning rate", "lr"),
+    ("weight_decay", "weight_decay"),
+    ("beta", "betas"),
+    ("epsilon", "eps"),
+    ("momentum", "momentum"),
+)
+
+
+def _bad_optimizer_option(node: DictConfig, err: Exception) -> str:
+    """One line naming the optimizer option that torch refused (``optimizer.lr=nan``), not only its words."""
+    message = str(err)
+    for words, key in _OPTIMIZER_WORDS:
+        if words in message.lower() and key in node:
+            return f"optimizer.{key}={node[key]!r} is not valid: {message}; fix optimizer.{key}"
+    return f"optimizer: {message}; fix the optimizer.* options"
+
+
 def _window_options(cfg: DictConfig) -> dict[str, Any]:
     """The ``window`` options when any is on (the model is then wrapped in Windowed), else {}."""
     node = cfg.get("window")
@@ -144,7 +163,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Task]:
     try:
         optimizer = task.optimizer_factory(task.parameters())
     except (ValueError, TypeError) as err:
-        raise UserError(f"optimizer: {err}; fix the optimizer.* options") from None
+        raise UserError(_bad_optimizer_option(cfg.optimizer, err)) from None
     if task.scheduler_factory is not None:
         try:
             task.scheduler_factory(optimizer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,6 +147,7 @@ def _misplaced_bool(value: Any, hint: Any) -> bool:
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config whose options don't exist or have the wrong type, before anything runs."""
     check_options(cfg)
+    _check_run_options(cfg)
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:
@@ -260,10 +262,46 @@ def _check_trainer_ranges(trainer: DictConfig) -> None:
     sanity = trainer.get("num_sanity_val_steps")
     if _number(sanity) and sanity < -1:
         raise UserError(f"trainer.num_sanity_val_steps={sanity} must be >= 0, or -1 for every validation batch")
+    _check_max_time(trainer.get("max_time"))
     for name in ("min_epochs", "min_steps"):
         value = trainer.get(name)
         if _number(value) and value < 0:
             raise UserError(f"trainer.{name}={value} must be >= 0 (or null: no minimum)")
+
+
+def _check_run_options(cfg: DictConfig) -> None:
+    """The run's own options that callbacks read through interpolations: named as the user wrote
+    them, not as the callback that would refuse them later calls them."""
+    every = cfg.get("checkpoint_every_n_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise UserError(
+            f"checkpoint_every_n_steps={every!r} must be an integer >= 0: write last.ckpt every that many "
+            "training steps (0: only at the end of each epoch)"
+        )
+    mode = cfg.get("monitor_mode", "min")
+    if mode not in ("min", "max"):
+        raise UserError(
+            f"monitor_mode={mode!r} must be min or max: whether a lower or a higher monitor value is better"
+        )
+
+
+# Lightning's Timer takes "DD:HH:MM:SS" or a mapping of datetime.timedelta's arguments.
+_TIMEDELTA_KEYS = {"days", "seconds", "microseconds", "milliseconds", "minutes", "hours", "weeks"}
+
+
+def _check_max_time(value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value.strip()):
+        return
+    if isinstance(value, DictConfig) and value and set(map(str, value.keys())) <= _TIMEDELTA_KEYS:
+        if all(_number(v) and v >= 0 for v in value.values()):
+            return
+    raise UserError(
+        f"trainer.max_time={OmegaConf.to_container(value) if isinstance(value, DictConfig) else value!r} is not a "
+        "duration: pass DD:HH:MM:SS (+trainer.max_time=00:12:00:00 for 12 hours) or "
+        "{hours: 12} (keys: days, hours, minutes, seconds)"
+    )
 
 
 def _number(value: Any) -> bool:

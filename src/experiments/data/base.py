@@ -1,14 +1,29 @@
 from __future__ import annotations
 
+import stat
 from abc import abstractmethod
+from pathlib import Path
 
 import lightning as L
 import torch
 
 from experiments.data.loader import InMemoryLoader
 from experiments.data.spec import DataSpec
+from experiments.errors import UserError
 
 Split = tuple[torch.Tensor, torch.Tensor]
+
+
+def refuse_non_file(path: Path, what: str) -> None:
+    """Refuse a data file's path that holds something other than a regular file (a folder, a named
+    pipe, a device): it is neither read (a pipe would block) nor replaced by a download."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing: the caller downloads it or says so
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise UserError(f"{path} is {kind}, not a data file; put the {what} file there in its place")
 
 
 class InMemoryDataModule(L.LightningDataModule):

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from experiments.data.base import refuse_non_file
 from experiments.data.timeseries import Features, WindowDataModule
 from experiments.errors import UserError
 
@@ -72,6 +73,7 @@ class ETTDataModule(WindowDataModule):
             )
 
     def prepare_data(self) -> None:
+        refuse_non_file(self.path, f"{self.name}.csv")
         if self.path.is_file():
             return
         if not self.download:

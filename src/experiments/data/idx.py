@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from experiments.data.base import InMemoryDataModule, Split
+from experiments.data.base import InMemoryDataModule, Split, refuse_non_file
 from experiments.data.spec import DataSpec
 from experiments.errors import UserError
 
@@ -49,6 +49,7 @@ def read_idx(path: Path, magic: int, item_shape: Sequence[int] | None = None, da
     :class:`UserError` that names the file. Our own reader rather than torchvision's because
     torchvision's fails with bare struct/assert errors that don't name the file.
     """
+    refuse_non_file(path, f"{dataset} {path.name}")
     if not path.is_file():
         raise UserError(
             f"{dataset} file {path} is missing; point data.data_dir at the folder holding the four "
@@ -114,6 +115,8 @@ def download_idx(
     """
     from torchvision.datasets.utils import download_url
 
+    for name in files:
+        refuse_non_file(data_dir / name, f"{dataset} {name}")
     missing = [name for name in files if not (data_dir / name).is_file()]
     if missing and attribution:
         print(f"downloading {dataset} ({attribution}) into {data_dir}", flush=True)

@@ -7,13 +7,15 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loops.fit_loop import _FitLoop as _LightningFitLoop  # private: lightning 2.6
+from lightning.pytorch.loops.loop import _Loop  # private: lightning 2.6
 from lightning.pytorch.trainer.states import TrainerFn
 
 from experiments.engine.checkpointing import AtomicCheckpointIO
@@ -78,9 +80,13 @@ class Trainer(L.Trainer):
         # before other callbacks read them. Present for test/predict too, so that Lightning
         # finds the callback whose state a checkpoint holds.
         kwargs["callbacks"] = [self._fused, *_as_list(kwargs.get("callbacks"))]
+        if isinstance(kwargs.get("max_time"), Mapping):  # Lightning's Timer takes a plain dict, not Hydra's mapping
+            kwargs["max_time"] = dict(kwargs["max_time"])
         with _quiet_outside_slurm_jobs():
             kwargs["plugins"] = _without_slurm_requeue(kwargs.get("plugins"))
             super().__init__(*args, **kwargs)
+        if type(self.fit_loop) is _LightningFitLoop:  # not a loop the user chose
+            self.fit_loop.__class__ = _ExactFitLoop
         if type(self.strategy.checkpoint_io) is TorchCheckpointIO:  # not a writer the user chose
             self.strategy.checkpoint_io = AtomicCheckpointIO()
         self.steps_per_execution = steps_per_execution
@@ -187,6 +193,28 @@ class Trainer(L.Trainer):
         return reason is None
 
 
+# The most rows of the zero batch on which a training step's FLOPs are counted.
+_PROBE_BATCH = 512
+
+
+class _ExactFitLoop(_LightningFitLoop):
+    """Lightning's fit loop, restarting from an epoch's end as an epoch-based run does, also with
+    ``max_steps``.
+
+    Lightning takes any checkpoint of a run with ``max_steps`` as one taken inside an epoch
+    ("iteration-based training"): continuing a run that stopped at ``max_steps`` on an epoch's last
+    batch, it ran that epoch's end again, with no batch and no validation (an empty history row
+    replacing the real one) and one more shuffle of the data, so every later epoch differed from an
+    uninterrupted run. A checkpoint inside an epoch still restarts inside it: its epoch is unfinished."""
+
+    def _set_restarting(self, restarting: bool) -> None:
+        progress = self.epoch_progress.current  # Lightning's tracker of started and processed epochs
+        unfinished = progress.ready != progress.processed or progress.started != progress.processed  # type: ignore[attr-defined]
+        _Loop.restarting.fset(self, restarting and unfinished)  # type: ignore[attr-defined]  # private: lightning 2.6
+
+    restarting = property(_Loop.restarting.fget, _set_restarting)  # type: ignore[attr-defined]  # private: lightning 2.6
+
+
 def _step_flops_of(model: torch.nn.Module | None, datamodule: Any) -> float | None:
     """FLOPs of one training step of ``model`` on a batch of ``datamodule``'s shape, or None where
     the data module does not say what it yields (``spec``)."""
@@ -195,9 +223,13 @@ def _step_flops_of(model: torch.nn.Module | None, datamodule: Any) -> float | No
     if model is None or input_shape is None:
         return None
     batch_size = getattr(datamodule, "batch_size", 1)
+    batch_size = batch_size if isinstance(batch_size, int) and batch_size > 0 else 1
+    # A step's FLOPs grow with the batch: counted on at most _PROBE_BATCH rows and scaled, so that a
+    # batch size larger than the data (one batch of all of it) never allocates its nominal size.
+    probe = min(batch_size, _PROBE_BATCH)
     parameter = next(model.parameters(), None)
     inputs = torch.zeros(
-        batch_size if isinstance(batch_size, int) and batch_size > 0 else 1,
+        probe,
         *input_shape,
         dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32,
         device=parameter.device if parameter is not None else None,
@@ -205,7 +237,7 @@ def _step_flops_of(model: torch.nn.Module | None, datamodule: Any) -> float | No
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        return step_flops(model, inputs)
+        return step_flops(model, inputs) * (batch_size / probe)
     finally:
         for module, training in modes.items():
             module.training = training
