@@ -499,3 +499,16 @@ def test_bad_input_is_refused_in_one_line(
     assert completed_results(tmp_path) == []
     # a run the bad command named is left as it was
     assert json.loads((xor_run / "metrics.json").read_text()) == before
+
+
+def test_an_unimportable_target_is_the_only_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hydra's locator logged three lines at ERROR ("Error getting object ... Are you sure that
+    # module 'nosuch' is installed?") on stdout before the refusal: now the refusal is all there is.
+    monkeypatch.chdir(tmp_path)
+    code, out, err = call_cli("train", "experiment=xor", "model._target_=nosuch.Model", f"hydra.run.dir={tmp_path}/run")
+    assert code == 2
+    assert out.strip() == ""
+    assert err.strip().splitlines() == [
+        "error: model._target_: cannot import 'nosuch.Model'; check the name, and that its package is installed "
+        "or on PYTHONPATH"
+    ]

@@ -371,6 +371,33 @@ def _discard_or_mark_failed(record: RunRecord, err: BaseException, reason: str) 
         write_json(run_dir / "metrics.json", {"status": "failed", "error": reason, "restarts": record.restarts})
 
 
+def _log_traceback(err: BaseException, run_dir: Path) -> str:
+    """Write the traceback of a trial's unexpected error into the trial's own log file (Hydra's
+    ``train.log``), not onto the terminal, where every failing trial of a sweep left a wall of
+    them; `` (traceback in <log>)`` for its line. Without a log file of the run, the terminal gets it."""
+    logger = logging.getLogger("experiments.train")
+    files = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == run_dir.resolve()
+    ]
+    if not files:
+        logger.error("trial failed; the sweep goes on", exc_info=err)
+        return ""
+    entry = logger.makeRecord(
+        logger.name,
+        logging.ERROR,
+        __file__,
+        0,
+        "trial failed; the sweep goes on",
+        (),
+        (type(err), err, err.__traceback__),
+    )
+    for handler in files:
+        handler.handle(entry)
+    return f" (traceback in {files[0].baseFilename})"
+
+
 def run_job(cfg: Any, job: Callable[[RunRecord], dict[str, Any]], cli: bool = True) -> dict[str, Any] | None:
     """Run one training job in its folder and turn however it ends into the run's status.
 
@@ -422,9 +449,10 @@ def run_job(cfg: Any, job: Callable[[RunRecord], dict[str, Any]], cli: bool = Tr
         _discard_or_mark_failed(record, err, ending.reason or "")
         if not record.multirun or not isinstance(err, Exception):
             raise
-        if describe(err) is None:  # a bug, not a setting: keep its traceback in the run's log
-            logging.getLogger("experiments.train").exception("trial failed; the sweep goes on")
-        print(f"failed: {one_line(ending.reason or '')} | {run_dir}")
+        where = ""
+        if describe(err) is None:  # a bug, not a setting: its traceback goes to the trial's log, not the terminal
+            where = _log_traceback(err, run_dir)
+        print(f"failed: {one_line(ending.reason or '')}{where} | {run_dir}")
         return None
     finally:
         record.close()

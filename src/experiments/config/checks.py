@@ -5,6 +5,7 @@ settings that would train nothing or forever."""
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import re
 import typing
@@ -74,7 +75,7 @@ def _options(target: Any) -> tuple[list[str], dict[str, Any], bool]:
 def _check_node(key: str, node: DictConfig, supplied: frozenset[str] | set[str] = _SUPPLIED) -> None:
     """Check the keys and value types of one ``_target_`` node against its target's signature."""
     try:
-        target = get_object(node._target_)
+        target = _locate(node._target_)
     except Exception as err:  # hydra wraps the import error; one line is enough here
         raise UserError(
             f"{key}._target_: cannot import {node._target_!r}; "
@@ -106,6 +107,17 @@ def _check_node(key: str, node: DictConfig, supplied: frozenset[str] | set[str] 
                 choices = _hint_text(hints[name]).replace(" or ", ", ")
                 raise UserError(f"{key}.{name}={plain!r} is not one of: {choices}") from None
             raise UserError(f"{key}.{name}={plain!r} has the wrong type: expected {_hint_text(hints[name])}") from None
+
+
+def _locate(target: str) -> Any:
+    """``get_object(target)`` without the three lines Hydra logs at ERROR when it fails: the
+    refusal that follows is the one line."""
+    logger = logging.getLogger("hydra.utils")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        return get_object(target)
+    finally:
+        logger.disabled = disabled
 
 
 def _only_values(hint: Any) -> bool:
