@@ -614,6 +614,9 @@ def test_sigterm_to_an_optuna_sweep_stops_its_workers_and_exits_143(hostile: dic
     # The stopped trials are failed and queued again, for the same command to run.
     trials = _optuna_trials(terminated.sweep)
     assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    # No trial kept a folder (the stopped ones run again): the sweep still ends with its summary.
+    assert "no trial has a run folder yet" in (terminated.sweep / "summary.md").read_text()
+    assert not (terminated.sweep / "best.yaml").exists()
 
 
 def test_an_optuna_worker_killed_costs_only_its_trial(hostile: dict[str, _Sweep]) -> None:

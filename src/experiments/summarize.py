@@ -300,6 +300,8 @@ def finish_sweep(sweep_dir: Path, problem: str | None = None, stopped: bool = Fa
     (exit code 3, one line) when a trial did not complete, or with ``problem`` (a sweep that could
     not run to its end, e.g. its study's database went away); returns when every trial completed."""
     rows = summarize(sweep_dir) if sweep_dir.is_dir() and _run_dirs(sweep_dir) else []
+    if not rows and sweep_dir.is_dir():
+        _no_trial_summary(sweep_dir)
     if rows:
         completed = sum(r["status"] == "completed" for r in rows)
         pruned = sum(r["status"] == "pruned" for r in rows)
@@ -316,6 +318,21 @@ def finish_sweep(sweep_dir: Path, problem: str | None = None, stopped: bool = Fa
         )
     if line is not None:
         raise SweepIncomplete(line)
+
+
+def _no_trial_summary(sweep_dir: Path) -> None:
+    """The summary of a sweep that ended with no trial folder (stopped before any trial kept one:
+    an Optuna sweep drops the half runs of the trials it queues again), so that every sweep ends
+    with one; no best.yaml of ours is left from an earlier state of the folder."""
+    where = printable(str(sweep_dir))
+    text = (
+        f"Sweep {where}: no trial has a run folder yet (the sweep stopped before any trial kept one); "
+        "run the same command again to continue it.\n"
+    )
+    write_atomic(sweep_dir / "summary.md", lambda h: h.write(text))
+    write_atomic(sweep_dir / "summary.csv", lambda h: h.write("run,overrides,status\n"))
+    _remove_own(sweep_dir / "best.yaml", BEST_HEADER.encode())
+    print(f"summary: 0/0 runs completed | {printable(str(sweep_dir / 'summary.md'))}", flush=True)
 
 
 def _is_optuna_sweep(sweep_dir: Path) -> bool:
