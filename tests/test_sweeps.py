@@ -397,6 +397,32 @@ def test_optuna_sweeper_without_a_search_space_says_so_and_writes_nothing(tmp_pa
 
 
 @pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        # Optuna's own check of a distribution was a 35-line traceback
+        ("optimizer.lr=interval(1,0.1)", "optimizer.lr=interval(1,0.1): `low <= high` must hold"),
+        ("optimizer.lr=tag(log,interval(0,0.1))", "`low > 0` must hold for `log=True`"),
+        # the sweeper's own counts, which once reached Optuna or a division as they were
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 must be an integer >= 1"),
+        ("hydra.sweeper.n_jobs=many", "hydra.sweeper.n_jobs='many' must be an integer >= 1"),
+        ("hydra.sweeper.heartbeat_interval=0", "hydra.sweeper.heartbeat_interval=0 must be an integer >= 1"),
+        ("hydra.sweeper.grace_period=-5", "hydra.sweeper.grace_period=-5 must be an integer >= 1"),
+    ],
+)
+def test_optuna_sweeper_settings_out_of_range_are_one_line_and_write_nothing(
+    tmp_path: Path, setting: str, words: str
+) -> None:
+    sweep = tmp_path / "refused"
+    space = [] if setting.startswith("optimizer.lr=") else ["optimizer.lr=interval(0.01,0.1)"]
+    code, _, err = call_cli(
+        "train", "-m", "experiment=xor", "hydra/sweeper=optuna", *space, setting, f"hydra.sweep.dir={sweep}"
+    )
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and words in err, err
+    assert not sweep.exists()
+
+
+@pytest.mark.parametrize(
     ("primary", "jobs", "kind"),
     [
         ([], [["seed=0"], ["seed=1"], ["seed=2"]], "cpu"),

@@ -121,6 +121,15 @@ class OptunaSweeper(Sweeper):
         grace_period: int = 30,
         max_retry: int | None = 2,
     ) -> None:
+        for name, value, least in (
+            ("n_trials", n_trials, 1),
+            ("n_jobs", n_jobs, 1),
+            ("heartbeat_interval", heartbeat_interval, 1),
+            ("grace_period", grace_period, 1),
+            ("max_retry", 0 if max_retry is None else max_retry, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UserError(f"hydra.sweeper.{name}={value!r} must be an integer >= {least}")
         self.study_name = study_name
         self.storage = storage
         self.direction = {"min": "minimize", "max": "maximize"}.get(direction, direction)
@@ -159,10 +168,16 @@ class OptunaSweeper(Sweeper):
                 # interval(a,b) always has both ends.
                 assert isinstance(sweep, IntervalSweep) and sweep.start is not None and sweep.end is not None
                 log_scale = "log" in sweep.tags
-                if "int" in sweep.tags:
-                    space[key] = dist.IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
-                else:
-                    space[key] = dist.FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
+                try:
+                    if "int" in sweep.tags:
+                        space[key] = dist.IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
+                    else:
+                        space[key] = dist.FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
+                except ValueError as err:  # Optuna's own check: low > high, a log scale from 0 or below
+                    raise UserError(
+                        f"{override.input_line}: {one_line(str(err)).rstrip('.')}; an interval(low,high) has low <= high "
+                        "(and low > 0 on a log scale)"
+                    ) from None
             else:  # choice(...), a,b,c and range(...): categorical over the values as Hydra spells them
                 space[key] = dist.CategoricalDistribution(list(override.sweep_string_iterator()))
         if not space:
