@@ -44,7 +44,9 @@ CASES = [
         ["optimizer.lr=-1 is not valid", "learning rate", "fix optimizer.lr"],
         False,
     ),
-    ("nan-lr", "train", ["optimizer.lr=nan"], ["optimizer.lr=nan is not valid", "fix optimizer.lr"], False),
+    ("nan-lr", "train", ["optimizer.lr=nan"], ["optimizer.lr=nan is not a finite number", "fix optimizer.lr"], False),
+    # torch takes lr=inf: the run trained NaN weights, found at its first step
+    ("inf-lr", "train", ["optimizer.lr=inf"], ["optimizer.lr=inf is not a finite number", "fix optimizer.lr"], False),
     ("zero-batch-size", "train", ["data.batch_size=0"], ["batch_size must be a positive integer", "got 0"], False),
     ("negative-epochs", "train", ["trainer.max_epochs=-5"], ["max_epochs", "-5"], False),
     ("zero-epochs", "train", ["trainer.max_epochs=0"], ["trainer.max_epochs=0 trains nothing", "positive"], False),

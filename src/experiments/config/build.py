@@ -4,6 +4,7 @@ it, the trainer with its callbacks and loggers."""
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import re
 from collections.abc import Callable
@@ -160,6 +161,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, Task]:
     if dtype is not None:
         task.to(dtype)
     # Build the optimizer once now, so that a bad setting (lr < 0, say) fails before training.
+    for key, value in (cfg.optimizer or {}).items():
+        if isinstance(value, float) and not math.isfinite(value):  # torch takes lr=inf and trains NaNs
+            raise UserError(f"optimizer.{key}={value} is not a finite number; fix optimizer.{key}")
     try:
         optimizer = task.optimizer_factory(task.parameters())
     except (ValueError, TypeError) as err:
