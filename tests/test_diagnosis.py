@@ -142,3 +142,15 @@ def test_every_model_takes_the_regularisation_knobs_from_config(compose_train, m
     optimizer = task.configure_optimizers()
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.05
     assert any(isinstance(c, EarlyStopping) and c.monitor == "val/acc" for c in instantiate_group(cfg.callbacks))
+
+
+def test_a_diverged_forecasting_run_is_diagnosed_diverged_and_a_sane_one_gets_no_verdict(
+    compose_train: Callable[..., DictConfig],
+) -> None:
+    # Forecasting has no trivial-loss verdicts (its yardstick is the naive baseline), but a run
+    # whose MSE ended at 1e9 on scaled series was "completed" without a word.
+    small = ["experiment=sine_lstm", "data.num_rows=600", "trainer.max_epochs=3", "logger=none"]
+    diverged = _run(compose_train, *small, "optimizer.lr=1e4")
+    assert diverged is not None and diverged["verdict"] == "diverged", diverged
+    assert "lower optimizer.lr" in diverged["message"]
+    assert _run(compose_train, *small, "optimizer.lr=0.003") is None

@@ -32,7 +32,7 @@ from experiments.config import (
     settle_auto_settings,
 )
 from experiments.data.contract import split_tensors
-from experiments.diagnosis import Diagnosis, diagnose
+from experiments.diagnosis import Diagnosis, diagnose, target_variance
 from experiments.distributed import ddp_job
 from experiments.engine.tensorboard import purge_tensorboard_after, write_tensorboard_hparams
 from experiments.record import RunRecord, run_job
@@ -136,7 +136,7 @@ def train(cfg: DictConfig, record: RunRecord | None = None) -> dict[str, Any]:
         if not final_val and history is not None and history.rows:
             # A resumed run that had nothing left to train validated nothing: its last epoch's row.
             final_val = {k: float(v) for k, v in history.rows[-1].items() if k.startswith("val/")}
-        diagnosis = _diagnose(history, datamodule) if history and not diverged else None
+        diagnosis = _diagnose(history, datamodule, task) if history and not diverged else None
         tested = trainer.test(task, datamodule=datamodule, ckpt_path=best_path, weights_only=True, verbose=False)
         test_metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
         raise_if_terminated()
@@ -175,13 +175,20 @@ def _diverged(values: dict[str, Any], monitor: str) -> str | None:
     return None
 
 
-def _diagnose(history: History, datamodule: Any) -> Diagnosis | None:
+def _diagnose(history: History, datamodule: Any, task: Any = None) -> Diagnosis | None:
     """The diagnosis of the run's learning curves, against the trivial loss that the data's task
-    kind defines on the training targets (None where the kind defines none)."""
+    kind defines on the training targets. A kind that defines none (forecasting, whose yardstick is
+    its naive baseline) still hears that its run diverged, against the loss of predicting the mean
+    of the targets, where its loss is the mean squared error."""
     spec = datamodule.spec
     _, targets = split_tensors(datamodule, "train")
     baseline = task_kind(spec.task).trivial_loss(targets, spec)
-    return diagnose(history.rows, baseline) if baseline is not None else None
+    if baseline is not None:
+        return diagnose(history.rows, baseline)
+    if getattr(task, "loss_name", None) != "mse":
+        return None
+    verdict = diagnose(history.rows, target_variance(targets))
+    return verdict if verdict is not None and verdict.verdict == "diverged" else None
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -34,7 +34,8 @@ class ForecastingTask(Task):
     ``naive_mse`` and ``naive_mae`` of the repeat-last-value baseline on the very same windows.
     The metrics accumulate sums over every window, so a last partial batch weighs what it holds.
     Its figure is :class:`~experiments.callbacks.ForecastFigure` (``forecasts.png``). It has no
-    diagnosis: the repeat-last-value baseline above is its yardstick.
+    trivial-loss diagnosis: the repeat-last-value baseline above is its yardstick (a run that
+    diverged is still said to have, by ``experiments.train``).
     """
 
     metric_names = ("mae", "mse")
