@@ -29,9 +29,8 @@ Ways (``--ways``, comma-separated):
   (``trainer.steps_per_execution=1``).
 
 ``--sweep N`` then times ``python -m experiments.train -m experiment=xor 'seed=range(30)'`` N times,
-as a user runs it (two forked workers on two cores, every run's files), one trial at a time and
-with ``hydra.launcher.stack_trials=true``, alternating, and counts the seeds that solve the truth
-table in each sweep's ``summary.csv``. ``--root DIR`` runs the sweeps with the sources in
+as a user runs it (two forked workers on two cores, every run's files, one trial at a time per
+worker), and counts the seeds that solve the truth table in each sweep's ``summary.csv``. ``--root DIR`` runs the sweeps with the sources in
 ``DIR/src`` (another checkout, same command).
 """
 
@@ -238,7 +237,7 @@ def fit_table(chosen: list[str], repeats: int, seed: int) -> None:
             print(f"| framework above the minimal module | {spread(above, 2)} |")
 
 
-def sweep(root: Path, seeds: int, stacked: bool) -> tuple[float, int, int]:
+def sweep(root: Path, seeds: int) -> tuple[float, int, int]:
     """Wall seconds of the multirun as a user runs it, seeds solved, runs in its summary."""
     with tempfile.TemporaryDirectory() as workdir:
         env = {**os.environ, "PYTHONPATH": str(root / "src")}
@@ -251,7 +250,6 @@ def sweep(root: Path, seeds: int, stacked: bool) -> tuple[float, int, int]:
             "experiment=xor",
             f"seed=range({seeds})",
             f"hydra.sweep.dir={workdir}/sweep",
-            *(["hydra.launcher.stack_trials=true"] if stacked else []),
         ]
         started = time.perf_counter()
         done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, check=False)
@@ -265,10 +263,10 @@ def sweep(root: Path, seeds: int, stacked: bool) -> tuple[float, int, int]:
 
 
 def sweep_table(root: Path, seeds: int, repeats: int) -> None:
-    results: dict[str, list[float]] = {"one at a time": [], "stacked": []}
+    results: dict[str, list[float]] = {"parallel (two forked workers)": []}
     for repeat in range(repeats):
-        for label in results if repeat % 2 == 0 else reversed(list(results)):
-            seconds, solved, count = sweep(root, seeds, stacked=label == "stacked")
+        for label in results:
+            seconds, solved, count = sweep(root, seeds)
             if solved != seeds or count != seeds:
                 sys.exit(f"{label} sweep: {solved} of {count} runs solved XOR, of {seeds} seeds")
             results[label].append(seconds)

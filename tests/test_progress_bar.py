@@ -19,7 +19,13 @@ import pytest
 from conftest import REPO
 
 # 128-image batches of 2500 training images (3000 less 500 for validation): 20 batches.
-CNN = ["experiment=mnist_cnn", "data.train_limit=3000", "data.val_size=500", "trainer.max_epochs=1"]
+CNN = [
+    "experiment=mnist_cnn",
+    "data.train_limit=3000",
+    "data.val_size=500",
+    "trainer.max_epochs=1",
+    "+trainer.limit_test_batches=1",
+]
 BAR = re.compile(rb"epoch 1/1:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)[ ,]")
 
 
@@ -27,6 +33,8 @@ def _env() -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
     env.pop("HYDRA_FULL_ERROR", None)
+    for name in ("COLUMNS", "LINES"):  # they win over the terminal's own size (shutil.get_terminal_size)
+        env.pop(name, None)
     return env
 
 
