@@ -311,6 +311,13 @@ def test_sigterm_to_a_multirun_stops_its_jobs_starts_no_other_and_exits_143(tmp_
         ("sqlite:////tmp/a:b/optuna.db", "sqlite:////tmp/a:b/optuna.db"),
         ("https://example.com/a:b@c", "https://example.com/a:b@c"),
         ("postgresql://user@host:5432/db", "postgresql://user@host:5432/db"),
+        # SQLAlchemy decodes a query's keys, takes a user name with a space, and a password may
+        # come through an environment variable that an override sets
+        ("postgresql://u@h/db?pass%77ord=Hunter2", "postgresql://u@h/db?pass%77ord=***"),
+        ("postgresql://u@h/db?%50ASSWORD%3dHunter2", "postgresql://u@h/db?%50ASSWORD%3d***"),
+        ("postgresql://u@h/db?dsn=password%3DHunter2", "postgresql://u@h/db?dsn=password%3D***"),
+        ("'postgresql://my user:Hunter2@h/db'", "'postgresql://my user:***@h/db'"),
+        ("+hydra.job.env_set.PGPASSWORD=Hunter2", "+hydra.job.env_set.PGPASSWORD=***"),
     ],
 )  # fmt: skip
 def test_a_password_is_masked_in_any_form_sqlalchemy_takes(text: str, masked: str) -> None:
@@ -318,6 +325,14 @@ def test_a_password_is_masked_in_any_form_sqlalchemy_takes(text: str, masked: st
 
     assert redact(text) == masked
     assert redacted({"a": [text, 1, None]}) == {"a": [masked, 1, None]}
+
+
+def test_a_password_under_a_key_that_names_one_is_masked() -> None:
+    # hydra.job.env_set.PGPASSWORD=... lands in hydra.yaml and multirun.yaml as a key and its value
+    from experiments.redact import redacted
+
+    env = {"env_set": {"PGPASSWORD": "Hunter2", "sslpassword": 7, "OTHER": "x", "pwd": None}}
+    assert redacted(env) == {"env_set": {"PGPASSWORD": "***", "sslpassword": "***", "OTHER": "x", "pwd": None}}
 
 
 def test_the_lock_holder_record_holds_no_password_and_its_lines_no_control_characters(
