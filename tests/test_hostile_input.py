@@ -720,3 +720,45 @@ def test_a_damaged_sweep_folder_is_summarised_row_by_row(tmp_path: Path, capsys:
         summarize_main([str(mine)])
     assert (mine / "best.yaml").read_text() == "my notes\n"
     assert (mine / "objective.png").read_bytes() == b"\x89PNG my figure"
+
+
+def test_a_sweep_folder_of_pipes_devices_and_links_is_read_and_written_as_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: a named pipe as a trial's metrics.json hung summarize for ever, a link to /dev/zero
+    # read without end, an objective.png linking elsewhere had the figure written through it, and
+    # an override holding "$\\foo{$" stopped the figure with a mathtext traceback.
+    from experiments.summarize import main as summarize_main
+
+    sweep, victim = tmp_path / "received", tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for name, overrides in (("0", "- seed=0\n- +tag=$\\foo{$\n"), ("1", "- seed=1\n- +tag=b\n"), ("2", "- seed=2\n")):
+        (sweep / name / ".hydra").mkdir(parents=True)
+        (sweep / name / ".hydra" / "overrides.yaml").write_text(overrides)
+        (sweep / name / "metrics.json").write_text(json.dumps({"status": "completed", "best": 0.5 + int(name)}))
+    (sweep / "1" / "config.yaml").symlink_to("/dev/zero")
+    (sweep / "1" / "history.csv").symlink_to("/dev/zero")
+    (sweep / "2" / "metrics.json").unlink()
+    os.mkfifo(sweep / "2" / "metrics.json")
+    os.mkfifo(sweep / "multirun.yaml")
+    (sweep / "objective.png").symlink_to(victim)
+    with pytest.raises(SystemExit) as ended:
+        summarize_main([str(sweep)])
+    assert ended.value.code == 3
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: 1 of 3 trials did not complete (1 damaged); see {sweep / 'summary.md'}"
+    ]
+    assert victim.read_text() == "precious\n"
+    assert not (sweep / "objective.png").is_symlink() and (sweep / "objective.png").read_bytes()[:4] == b"\x89PNG"
+    rows = {r["run"]: r for r in csv.DictReader(open(sweep / "summary.csv", newline=""))}
+    assert rows["2"]["error"] == "metrics.json is damaged (not a JSON object)"
+    # A summary that cannot be written is one line, not a traceback.
+    (sweep / "summary.md").unlink()
+    (sweep / "summary.md").mkdir()
+    with pytest.raises(SystemExit) as ended:
+        summarize_main([str(sweep)])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot use {sweep / 'summary.md'}: Is a directory; check that the path exists and is writable "
+        "(for the run directory: hydra.run.dir=<writable folder>)"
+    ]

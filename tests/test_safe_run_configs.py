@@ -431,3 +431,23 @@ def test_load_run_reads_only_this_runs_checkpoints(xor_run: Path, tmp_path: Path
     (run_dir / "metrics.json").write_text(json.dumps({**metrics, "best_checkpoint": "../elsewhere.ckpt"}))
     loaded = load_run(run_dir)
     assert loaded.checkpoint == (run_dir / "checkpoints" / "best.ckpt").resolve() and loaded.run_dir == run_dir
+
+
+def test_a_run_folder_of_pipes_and_devices_is_one_line_not_a_hang(xor_run: Path, tmp_path: Path) -> None:
+    # Before: a named pipe as history.csv hung load_run for ever, and metrics.json linking to
+    # /dev/zero read until memory ran out.
+    from experiments import load_run
+
+    for name, make in (
+        ("history.csv", lambda path: os.mkfifo(path)),
+        ("metrics.json", lambda path: path.symlink_to("/dev/zero")),
+        ("metrics.json", lambda path: path.mkdir()),
+    ):
+        run_dir = tmp_path / f"received-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(xor_run, run_dir)
+        (run_dir / name).unlink()
+        make(run_dir / name)
+        with pytest.raises(
+            UserError, match=rf"^{run_dir / name} is damaged \(it is a (named pipe|device|folder), not a file\)"
+        ):
+            load_run(run_dir)

@@ -5,9 +5,11 @@ record and ``load_run`` all read them through here."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +47,9 @@ RUN_FOLDERS = frozenset({"checkpoints", ".hydra", "tensorboard"})
 # the record of a process that ended without a word (SIGKILL, out of memory, a lost node).
 LOCK = ".lock"
 HOLDER = ".lock.holder.json"
+# The most that a run's text file (metrics.json, history.csv, config.yaml, Hydra's records) is
+# read of: a run writes kilobytes, a received folder may hold anything.
+MAX_TEXT_BYTES = 256 * 1024 * 1024
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -88,6 +93,26 @@ def check_no_links(run_dir: Path) -> None:
                 )
 
 
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a file of a run or sweep folder, read as data that anyone may have written:
+    a regular file (or a link to one) of at most ``limit`` bytes. A named pipe (which would block
+    the reader), a device (``/dev/zero`` never ends), a folder or a bigger file raise a
+    ``ValueError`` that says what it is, as does text that is not UTF-8; a missing file raises
+    ``FileNotFoundError``."""
+    # O_NONBLOCK: opening a pipe for reading would wait for a writer; it changes nothing for a file.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device"
+        raise ValueError(f"it is {kind}, not a file")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"it holds more than {limit // 2**20} MiB, far more than a run writes")
+    return data.decode("utf-8")
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN or infinity; keep them readable
@@ -110,7 +135,7 @@ def read_json(path: Path, strict: bool = False) -> dict[str, Any]:
     not an object: a run folder is data that anyone may have written. ``strict``: a damaged file
     is one line naming it (:class:`~experiments.errors.UserError`) instead."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as err:
@@ -133,13 +158,13 @@ def read_history(run_dir: Path, strict: bool = False) -> list[dict[str, Any]]:
     file is one line naming it instead of ``[]``."""
     file = Path(run_dir) / HISTORY
     try:
-        with file.open(newline="", encoding="utf-8") as handle:
+        with io.StringIO(read_text(file), newline="") as handle:
             return [
                 {k: _number(v) for k, v in row.items() if k and v not in ("", None)} for row in csv.DictReader(handle)
             ]
     except FileNotFoundError:
         return []
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except (OSError, ValueError, csv.Error) as err:
         if strict:
             raise _damaged(file, err) from None
         return []
