@@ -367,6 +367,17 @@ def test_the_lock_holder_record_holds_no_password_and_its_lines_no_control_chara
     )
     assert "note: the previous process of" in err and "\x1b" not in err and "\x07" not in err
     assert code == 0, err
+    # how a received run ended, in its metrics.json: the note of its continuation is one printable line
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics.update(status="failed", error="\x1b]0;owned\x07\x1b[31mred\nsecond line")
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    code, _, err = call_cli(
+        "train", "experiment=xor", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    [note] = [line for line in err.splitlines() if "holds this run" in line]
+    assert note.startswith("note: ") and "(red / second line); continuing it from its checkpoints/last.ckpt" in note
+    assert "\x1b" not in err and "\x07" not in err and "second line" not in err.replace(note, "")
+    assert code == 0, err
 
 
 def test_a_storage_url_that_cannot_be_opened_is_one_line_without_its_password(tmp_path: Path) -> None:
