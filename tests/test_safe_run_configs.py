@@ -367,6 +367,20 @@ def test_a_stored_trainer_keeps_only_how_a_model_computes(xor_run: Path, tmp_pat
     assert not dropped.exists()
 
 
+def test_stored_settings_that_would_crash_or_clash_are_one_line(xor_run: Path, tmp_path: Path) -> None:
+    # Before: num_threads=100000 ended evaluate with "libgomp: Out of memory" (exit 1); task.monitor
+    # was a TypeError's traceback; a precision whose package is missing was "Error in call to target".
+    cases = {
+        "trainer.num_threads": (100000, "trainer: trainer.num_threads=100000: more threads than any machine has cores"),
+        "task": ({"monitor": "x"}, "task.monitor is not an option of the task: the run gives it the monitor itself"),
+        "trainer.precision": ("transformer-engine", "trainer: Requirement 'transformer_engine"),
+    }
+    for key, (value, line) in cases.items():
+        run_dir = _crafted_run(xor_run, tmp_path / key, key, value)
+        code, out, err = call_cli("evaluate", f"ckpt_path={run_dir}/checkpoints/best.ckpt")
+        assert code == 2 and err.startswith(f"error: {line}") and len(err.splitlines()) == 1, (key, err)
+
+
 def test_a_checkpoint_is_a_mapping_of_finite_tensors_sized_before_anything_is_allocated(
     xor_run: Path, tmp_path: Path
 ) -> None:
