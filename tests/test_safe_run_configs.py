@@ -175,7 +175,7 @@ def test_a_stored_config_that_is_not_a_small_tree_is_refused(xor_run: Path, tmp_
     code, _, err = call_cli("evaluate", f"ckpt_path={xor_run}/checkpoints/best.ckpt", f"config={aliases}")
     assert (
         code == 2
-        and err.strip() == f"error: {aliases} uses YAML aliases (*name), which a run's config.yaml never holds"
+        and err.strip() == f"error: cannot read {aliases}: it uses YAML aliases (*name), which a run never writes"
     )
 
 
@@ -465,3 +465,16 @@ def test_a_run_folder_of_pipes_and_devices_is_one_line_not_a_hang(xor_run: Path,
             UserError, match=rf"^{run_dir / name} is damaged \(it is a (named pipe|device|folder), not a file\)"
         ):
             load_run(run_dir)
+
+    # Hydra's record of a received run, an alias bomb: resume= refuses it in one line (before: for ever)
+    run_dir = tmp_path / "bomb"
+    shutil.copytree(xor_run, run_dir)
+    bomb = "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}' if p else '1'] * 9)}]\n" for p, c in zip(["", *"abcdefg"], "abcdefgh")
+    )
+    (run_dir / ".hydra" / "overrides.yaml").write_text(bomb)
+    code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"resume={run_dir}")
+    assert code == 2 and err.strip() == (
+        f"error: cannot read {run_dir / '.hydra' / 'overrides.yaml'} (it uses YAML aliases (*name), which a run "
+        f"never writes); it does not say which run {run_dir} holds: run in a new folder (hydra.run.dir=<new folder>)"
+    )

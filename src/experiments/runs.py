@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import UserError
@@ -111,6 +112,20 @@ def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
     if len(data) > limit:
         raise ValueError(f"it holds more than {limit // 2**20} MiB, far more than a run writes")
     return data.decode("utf-8")
+
+
+def read_yaml_text(path: Path) -> str:
+    """The text of a YAML file of a run or sweep folder (:func:`read_text`'s checks), refused with a
+    ``ValueError`` when it uses an alias (``*name``): a run writes none, and a crafted one makes a
+    small file a huge tree ("billion laughs") once a reader expands it."""
+    text = read_text(path)
+    try:
+        aliases = any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return text  # not YAML: its reader says so
+    if aliases:
+        raise ValueError("it uses YAML aliases (*name), which a run never writes")
+    return text
 
 
 def _finite(value: Any) -> Any:

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import INCOMPLETE_EXIT, SweepIncomplete, UserError, describe, one_line, printable
 from experiments.plotting import pyplot
-from experiments.runs import METRICS, read_history, read_metrics, read_text, write_atomic
+from experiments.runs import METRICS, read_history, read_metrics, read_yaml_text, write_atomic
 from experiments.sweeps import SWEEPER_TARGET
 
 # Completed runs first (sorted by the objective), then pruned, failed, stopped, unfinished and
@@ -92,7 +92,7 @@ def _read_yaml(path: Path) -> tuple[Any, str | None]:
     """A YAML file as plain data, read safely (no tags, no interpolations resolved), or ``None``
     and why it could not be read."""
     try:
-        return yaml.safe_load(read_text(path)), None
+        return yaml.safe_load(read_yaml_text(path)), None
     except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: not UTF-8, or not a file
         reason = one_line(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
         return None, f"cannot read {path.parent.name}/{path.name}: {reason[:120]}"
@@ -339,7 +339,7 @@ def _no_trial_summary(sweep_dir: Path) -> None:
 
 def _is_optuna_sweep(sweep_dir: Path) -> bool:
     try:
-        config = OmegaConf.create(read_text(sweep_dir / "multirun.yaml"))
+        config = OmegaConf.create(read_yaml_text(sweep_dir / "multirun.yaml"))
         return OmegaConf.select(config, "hydra.sweeper._target_") == SWEEPER_TARGET
     except (OSError, ValueError, Exception):
         return False
