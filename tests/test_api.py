@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -165,9 +166,14 @@ def test_run_leaves_the_process_as_it_found_it(tmp_path: Path, monkeypatch: pyte
 
 def test_two_runs_of_one_process_get_two_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    first = run("experiment=xor", "trainer.max_epochs=2", "logger=none")
-    second = run("experiment=xor", "trainer.max_epochs=2", "logger=none")
+    # Started late in a second, a short run's folder is named for the next second: before, the run
+    # after it could get that folder too ("holds another run", or the first run's results returned).
+    while time.time() % 1 < 0.85:
+        time.sleep(0.01)
+    first = run("experiment=xor", "trainer.max_epochs=1", "logger=none", "seed=1")
+    second = run("experiment=xor", "trainer.max_epochs=1", "logger=none", "seed=2")
     assert first.run_dir != second.run_dir and first.run_dir.parent == second.run_dir.parent
+    assert second["test"] != first["test"] or second.run_dir.name > first.run_dir.name
 
 
 def test_the_api_is_exported_lazily() -> None:
