@@ -108,7 +108,7 @@ def test_run_mistakes_are_the_clis_one_line_and_leave_no_run(
         run("experiment=xr")
     with pytest.raises(UserError, match=r"^unknown key 'trainer.max_epoch' \(did you mean 'trainer.max_epochs'\?\)"):
         run("experiment=xor", "trainer.max_epoch=3")
-    with pytest.raises(UserError, match=r"^optimizer: Invalid learning rate: -1"):
+    with pytest.raises(UserError, match=r"^optimizer.lr=-1 is not valid: Invalid learning rate: -1; fix optimizer.lr"):
         run("experiment=xor", "optimizer.lr=-1")
     with pytest.raises(UserError, match=r"^run\(\) trains in this process; trainer.strategy=ddp starts"):
         run("experiment=xor", "trainer=ddp_cpu")
