@@ -367,7 +367,9 @@ def test_a_stored_trainer_keeps_only_how_a_model_computes(xor_run: Path, tmp_pat
     assert not dropped.exists()
 
 
-def test_stored_settings_that_would_crash_or_clash_are_one_line(xor_run: Path, tmp_path: Path) -> None:
+def test_stored_settings_that_would_crash_or_clash_are_one_line(
+    xor_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Before: num_threads=100000 ended evaluate with "libgomp: Out of memory" (exit 1); task.monitor
     # was a TypeError's traceback; a precision whose package is missing was "Error in call to target".
     cases = {
@@ -379,6 +381,17 @@ def test_stored_settings_that_would_crash_or_clash_are_one_line(xor_run: Path, t
         run_dir = _crafted_run(xor_run, tmp_path / key, key, value)
         code, out, err = call_cli("evaluate", f"ckpt_path={run_dir}/checkpoints/best.ckpt")
         assert code == 2 and err.startswith(f"error: {line}") and len(err.splitlines()) == 1, (key, err)
+    # load_run: the same line, as a UserError (before: Hydra's InstantiationException and its chain)
+    from experiments import load_run
+
+    run_dir = _crafted_run(xor_run, tmp_path / "files", "data", {"_target_": "experiments.data.XORDataModule", "x": 1})
+    with pytest.raises(UserError, match=r"^checkpoint .*: data.x is not an option of experiments.data.XORDataModule"):
+        load_run(run_dir)
+    monkeypatch.setenv("EXPERIMENTS_DATA", str(tmp_path))
+    data = {"_target_": "experiments.data.ETTDataModule", "data_dir": str(tmp_path / "ett")}
+    run_dir = _crafted_run(xor_run, tmp_path / "ett-run", "data", data)
+    with pytest.raises(UserError, match=r"^data: .*ETTh1.csv does not exist"):
+        load_run(run_dir, trust=(), config=None)
 
 
 def test_a_checkpoint_is_a_mapping_of_finite_tensors_sized_before_anything_is_allocated(

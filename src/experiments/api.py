@@ -320,7 +320,10 @@ def load_run(
         ckpt = path
     else:
         raise UserError(f"{path} does not exist; pass a run folder (outputs/<name>/runs/<run>) or a .ckpt file")
-    restored = restore(ckpt, trust, config)
+    try:
+        restored = restore(ckpt, trust, config)
+    except Exception as err:  # a stored option its class refuses (Hydra wraps it): the CLI's one line
+        raise _one_line(err) from None
     restored.task.eval()
     run_dir = restored.run_dir
     return Run(
