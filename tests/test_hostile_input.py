@@ -344,6 +344,15 @@ def test_the_lock_holder_record_holds_no_password_and_its_lines_no_control_chara
     from experiments.record import HOLDER, RunLock
 
     monkeypatch.setattr(sys, "argv", ["train.py", "-m", "hydra.sweeper.storage=postgresql://u:Hunter2@h/db"])
+    # the sweep folder's record too: before, it held the password, and kept it after a SIGKILL
+    from hydra_plugins.experiments_launcher.sweep_folder import SweepLock
+
+    sweep_lock = SweepLock(tmp_path / "sweep").acquire()
+    try:
+        record = json.loads((tmp_path / "sweep" / HOLDER).read_text())
+        assert record["command"] == "train.py -m hydra.sweeper.storage=postgresql://u:***@h/db"
+    finally:
+        sweep_lock.release()
     lock = RunLock(tmp_path / "run")
     lock.acquire()
     try:
