@@ -772,6 +772,21 @@ def test_a_sweep_folder_of_pipes_devices_and_links_is_read_and_written_as_data(
     assert not (sweep / "objective.png").is_symlink() and (sweep / "objective.png").read_bytes()[:4] == b"\x89PNG"
     rows = {r["run"]: r for r in csv.DictReader(open(sweep / "summary.csv", newline=""))}
     assert rows["2"]["error"] == "metrics.json is damaged (not a JSON object)"
+    # A sweep still running in the folder: one line, nothing written (before: summary files in the
+    # live folder, its running trials called incomplete, exit 3).
+    from hydra_plugins.experiments_launcher.sweep_folder import SweepLock
+
+    before = {p: p.stat().st_mtime_ns for p in sweep.iterdir() if p.is_file()}
+    live = SweepLock(sweep).acquire()
+    try:
+        with pytest.raises(SystemExit) as ended:
+            summarize_main([str(sweep)])
+    finally:
+        live.release()
+    assert ended.value.code == 2 and capsys.readouterr().err.startswith(
+        f"error: {sweep} is in use by the sweep of process"
+    )
+    assert {p: p.stat().st_mtime_ns for p in sweep.iterdir() if p.is_file() and p.name != ".lock"} == before
     # A summary that cannot be written is one line, not a traceback.
     (sweep / "summary.md").unlink()
     (sweep / "summary.md").mkdir()

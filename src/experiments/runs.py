@@ -5,6 +5,7 @@ record and ``load_run`` all read them through here."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
@@ -57,6 +58,24 @@ def is_run_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a run (or a sweep) of this project: its checkpoints, Hydra's record,
     its metrics or its lock."""
     return any((folder / name).exists() for name in ("checkpoints", ".hydra", METRICS, ".lock", "multirun.yaml"))
+
+
+def held_by(folder: Path) -> dict[str, Any] | None:
+    """Who holds ``folder``'s lock (``.lock``: a run or a sweep writing there now): its holder record
+    (``{}`` before it wrote one), or None when no process holds it. Looks without waiting."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:  # no lock file (or a link there): no run or sweep of ours holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when fd closes
+    except BlockingIOError:
+        return read_json(folder / HOLDER)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:

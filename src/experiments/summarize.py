@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import INCOMPLETE_EXIT, SweepIncomplete, UserError, describe, one_line, printable
 from experiments.plotting import pyplot
-from experiments.runs import METRICS, read_history, read_metrics, read_yaml_text, write_atomic
+from experiments.runs import METRICS, held_by, read_history, read_metrics, read_yaml_text, write_atomic
 from experiments.sweeps import SWEEPER_TARGET
 
 # Completed runs first (sorted by the objective), then pruned, failed, stopped, unfinished and
@@ -437,6 +437,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.summarize", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="the folder of a multirun (holds one folder per run)")
     args = parser.parse_args(argv)
+    holder = held_by(args.sweep_dir)
+    if holder is not None:  # its running trials are no result yet; it writes its summary when it ends
+        who = f"the sweep of process {holder.get('pid')} on {holder.get('host')}" if holder else "a running sweep"
+        print(
+            f"error: {printable(f'{args.sweep_dir} is in use by {who}')}; it writes its own summary when it ends: "
+            "summarize it then (nothing was written)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         rows = summarize(args.sweep_dir)
     except Exception as err:
