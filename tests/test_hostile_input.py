@@ -311,6 +311,13 @@ def test_sigterm_to_a_multirun_stops_its_jobs_starts_no_other_and_exits_143(tmp_
         ("sqlite:////tmp/a:b/optuna.db", "sqlite:////tmp/a:b/optuna.db"),
         ("https://example.com/a:b@c", "https://example.com/a:b@c"),
         ("postgresql://user@host:5432/db", "postgresql://user@host:5432/db"),
+        # SQLAlchemy decodes a query's keys, takes a user name with a space, and a password may
+        # come through an environment variable that an override sets
+        ("postgresql://u@h/db?pass%77ord=Hunter2", "postgresql://u@h/db?pass%77ord=***"),
+        ("postgresql://u@h/db?%50ASSWORD%3dHunter2", "postgresql://u@h/db?%50ASSWORD%3d***"),
+        ("postgresql://u@h/db?dsn=password%3DHunter2", "postgresql://u@h/db?dsn=password%3D***"),
+        ("'postgresql://my user:Hunter2@h/db'", "'postgresql://my user:***@h/db'"),
+        ("+hydra.job.env_set.PGPASSWORD=Hunter2", "+hydra.job.env_set.PGPASSWORD=***"),
     ],
 )  # fmt: skip
 def test_a_password_is_masked_in_any_form_sqlalchemy_takes(text: str, masked: str) -> None:
@@ -318,6 +325,14 @@ def test_a_password_is_masked_in_any_form_sqlalchemy_takes(text: str, masked: st
 
     assert redact(text) == masked
     assert redacted({"a": [text, 1, None]}) == {"a": [masked, 1, None]}
+
+
+def test_a_password_under_a_key_that_names_one_is_masked() -> None:
+    # hydra.job.env_set.PGPASSWORD=... lands in hydra.yaml and multirun.yaml as a key and its value
+    from experiments.redact import redacted
+
+    env = {"env_set": {"PGPASSWORD": "Hunter2", "sslpassword": 7, "OTHER": "x", "pwd": None}}
+    assert redacted(env) == {"env_set": {"PGPASSWORD": "***", "sslpassword": "***", "OTHER": "x", "pwd": None}}
 
 
 def test_the_lock_holder_record_holds_no_password_and_its_lines_no_control_characters(
@@ -329,6 +344,15 @@ def test_the_lock_holder_record_holds_no_password_and_its_lines_no_control_chara
     from experiments.record import HOLDER, RunLock
 
     monkeypatch.setattr(sys, "argv", ["train.py", "-m", "hydra.sweeper.storage=postgresql://u:Hunter2@h/db"])
+    # the sweep folder's record too: before, it held the password, and kept it after a SIGKILL
+    from hydra_plugins.experiments_launcher.sweep_folder import SweepLock
+
+    sweep_lock = SweepLock(tmp_path / "sweep").acquire()
+    try:
+        record = json.loads((tmp_path / "sweep" / HOLDER).read_text())
+        assert record["command"] == "train.py -m hydra.sweeper.storage=postgresql://u:***@h/db"
+    finally:
+        sweep_lock.release()
     lock = RunLock(tmp_path / "run")
     lock.acquire()
     try:
@@ -351,6 +375,17 @@ def test_the_lock_holder_record_holds_no_password_and_its_lines_no_control_chara
         "train", "experiment=xor", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"
     )
     assert "note: the previous process of" in err and "\x1b" not in err and "\x07" not in err
+    assert code == 0, err
+    # how a received run ended, in its metrics.json: the note of its continuation is one printable line
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics.update(status="failed", error="\x1b]0;owned\x07\x1b[31mred\nsecond line")
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    code, _, err = call_cli(
+        "train", "experiment=xor", "trainer.max_epochs=1", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    [note] = [line for line in err.splitlines() if "holds this run" in line]
+    assert note.startswith("note: ") and "(red / second line); continuing it from its checkpoints/last.ckpt" in note
+    assert "\x1b" not in err and "\x07" not in err and "second line" not in err.replace(note, "")
     assert code == 0, err
 
 
@@ -705,3 +740,60 @@ def test_a_damaged_sweep_folder_is_summarised_row_by_row(tmp_path: Path, capsys:
         summarize_main([str(mine)])
     assert (mine / "best.yaml").read_text() == "my notes\n"
     assert (mine / "objective.png").read_bytes() == b"\x89PNG my figure"
+
+
+def test_a_sweep_folder_of_pipes_devices_and_links_is_read_and_written_as_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: a named pipe as a trial's metrics.json hung summarize for ever, a link to /dev/zero
+    # read without end, an objective.png linking elsewhere had the figure written through it, and
+    # an override holding "$\\foo{$" stopped the figure with a mathtext traceback.
+    from experiments.summarize import main as summarize_main
+
+    sweep, victim = tmp_path / "received", tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for name, overrides in (("0", "- seed=0\n- +tag=$\\foo{$\n"), ("1", "- seed=1\n- +tag=b\n"), ("2", "- seed=2\n")):
+        (sweep / name / ".hydra").mkdir(parents=True)
+        (sweep / name / ".hydra" / "overrides.yaml").write_text(overrides)
+        (sweep / name / "metrics.json").write_text(json.dumps({"status": "completed", "best": 0.5 + int(name)}))
+    (sweep / "1" / "config.yaml").symlink_to("/dev/zero")
+    (sweep / "1" / "history.csv").symlink_to("/dev/zero")
+    (sweep / "2" / "metrics.json").unlink()
+    os.mkfifo(sweep / "2" / "metrics.json")
+    os.mkfifo(sweep / "multirun.yaml")
+    (sweep / "objective.png").symlink_to(victim)
+    with pytest.raises(SystemExit) as ended:
+        summarize_main([str(sweep)])
+    assert ended.value.code == 3
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: 1 of 3 trials did not complete (1 damaged); see {sweep / 'summary.md'}"
+    ]
+    assert victim.read_text() == "precious\n"
+    assert not (sweep / "objective.png").is_symlink() and (sweep / "objective.png").read_bytes()[:4] == b"\x89PNG"
+    rows = {r["run"]: r for r in csv.DictReader(open(sweep / "summary.csv", newline=""))}
+    assert rows["2"]["error"] == "metrics.json is damaged (not a JSON object)"
+    # A sweep still running in the folder: one line, nothing written (before: summary files in the
+    # live folder, its running trials called incomplete, exit 3).
+    from hydra_plugins.experiments_launcher.sweep_folder import SweepLock
+
+    before = {p: p.stat().st_mtime_ns for p in sweep.iterdir() if p.is_file()}
+    live = SweepLock(sweep).acquire()
+    try:
+        with pytest.raises(SystemExit) as ended:
+            summarize_main([str(sweep)])
+    finally:
+        live.release()
+    assert ended.value.code == 2 and capsys.readouterr().err.startswith(
+        f"error: {sweep} is in use by the sweep of process"
+    )
+    assert {p: p.stat().st_mtime_ns for p in sweep.iterdir() if p.is_file() and p.name != ".lock"} == before
+    # A summary that cannot be written is one line, not a traceback.
+    (sweep / "summary.md").unlink()
+    (sweep / "summary.md").mkdir()
+    with pytest.raises(SystemExit) as ended:
+        summarize_main([str(sweep)])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot use {sweep / 'summary.md'}: Is a directory; check that the path exists and is writable "
+        "(for the run directory: hydra.run.dir=<writable folder>)"
+    ]

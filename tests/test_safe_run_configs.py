@@ -175,7 +175,7 @@ def test_a_stored_config_that_is_not_a_small_tree_is_refused(xor_run: Path, tmp_
     code, _, err = call_cli("evaluate", f"ckpt_path={xor_run}/checkpoints/best.ckpt", f"config={aliases}")
     assert (
         code == 2
-        and err.strip() == f"error: {aliases} uses YAML aliases (*name), which a run's config.yaml never holds"
+        and err.strip() == f"error: cannot read {aliases}: it uses YAML aliases (*name), which a run never writes"
     )
 
 
@@ -367,6 +367,33 @@ def test_a_stored_trainer_keeps_only_how_a_model_computes(xor_run: Path, tmp_pat
     assert not dropped.exists()
 
 
+def test_stored_settings_that_would_crash_or_clash_are_one_line(
+    xor_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: num_threads=100000 ended evaluate with "libgomp: Out of memory" (exit 1); task.monitor
+    # was a TypeError's traceback; a precision whose package is missing was "Error in call to target".
+    cases = {
+        "trainer.num_threads": (100000, "trainer: trainer.num_threads=100000: more threads than any machine has cores"),
+        "task": ({"monitor": "x"}, "task.monitor is not an option of the task: the run gives it the monitor itself"),
+        "trainer.precision": ("transformer-engine", "trainer: Requirement 'transformer_engine"),
+    }
+    for key, (value, line) in cases.items():
+        run_dir = _crafted_run(xor_run, tmp_path / key, key, value)
+        code, out, err = call_cli("evaluate", f"ckpt_path={run_dir}/checkpoints/best.ckpt")
+        assert code == 2 and err.startswith(f"error: {line}") and len(err.splitlines()) == 1, (key, err)
+    # load_run: the same line, as a UserError (before: Hydra's InstantiationException and its chain)
+    from experiments import load_run
+
+    run_dir = _crafted_run(xor_run, tmp_path / "files", "data", {"_target_": "experiments.data.XORDataModule", "x": 1})
+    with pytest.raises(UserError, match=r"^checkpoint .*: data.x is not an option of experiments.data.XORDataModule"):
+        load_run(run_dir)
+    monkeypatch.setenv("EXPERIMENTS_DATA", str(tmp_path))
+    data = {"_target_": "experiments.data.ETTDataModule", "data_dir": str(tmp_path / "ett")}
+    run_dir = _crafted_run(xor_run, tmp_path / "ett-run", "data", data)
+    with pytest.raises(UserError, match=r"^data: .*ETTh1.csv does not exist"):
+        load_run(run_dir, trust=(), config=None)
+
+
 def test_a_checkpoint_is_a_mapping_of_finite_tensors_sized_before_anything_is_allocated(
     xor_run: Path, tmp_path: Path
 ) -> None:
@@ -431,3 +458,36 @@ def test_load_run_reads_only_this_runs_checkpoints(xor_run: Path, tmp_path: Path
     (run_dir / "metrics.json").write_text(json.dumps({**metrics, "best_checkpoint": "../elsewhere.ckpt"}))
     loaded = load_run(run_dir)
     assert loaded.checkpoint == (run_dir / "checkpoints" / "best.ckpt").resolve() and loaded.run_dir == run_dir
+
+
+def test_a_run_folder_of_pipes_and_devices_is_one_line_not_a_hang(xor_run: Path, tmp_path: Path) -> None:
+    # Before: a named pipe as history.csv hung load_run for ever, and metrics.json linking to
+    # /dev/zero read until memory ran out.
+    from experiments import load_run
+
+    for name, make in (
+        ("history.csv", lambda path: os.mkfifo(path)),
+        ("metrics.json", lambda path: path.symlink_to("/dev/zero")),
+        ("metrics.json", lambda path: path.mkdir()),
+    ):
+        run_dir = tmp_path / f"received-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(xor_run, run_dir)
+        (run_dir / name).unlink()
+        make(run_dir / name)
+        with pytest.raises(
+            UserError, match=rf"^{run_dir / name} is damaged \(it is a (named pipe|device|folder), not a file\)"
+        ):
+            load_run(run_dir)
+
+    # Hydra's record of a received run, an alias bomb: resume= refuses it in one line (before: for ever)
+    run_dir = tmp_path / "bomb"
+    shutil.copytree(xor_run, run_dir)
+    bomb = "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}' if p else '1'] * 9)}]\n" for p, c in zip(["", *"abcdefg"], "abcdefgh")
+    )
+    (run_dir / ".hydra" / "overrides.yaml").write_text(bomb)
+    code, _, err = call_cli("train", "experiment=xor", "trainer.max_epochs=2", "logger=none", f"resume={run_dir}")
+    assert code == 2 and err.strip() == (
+        f"error: cannot read {run_dir / '.hydra' / 'overrides.yaml'} (it uses YAML aliases (*name), which a run "
+        f"never writes); it does not say which run {run_dir} holds: run in a new folder (hydra.run.dir=<new folder>)"
+    )

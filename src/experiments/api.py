@@ -91,8 +91,11 @@ def run(*overrides: str, config_dir: str | os.PathLike[str] | None = None) -> Me
         search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
 
     _wait_for_a_new_second()
-    with _caller_state_kept():
-        return _run(overrides, search_path)
+    try:
+        with _caller_state_kept():
+            return _run(overrides, search_path)
+    finally:
+        _mark_the_second()  # the folder is named when Hydra composes, a second or more after the start
 
 
 def _run(overrides: Sequence[str], search_path: Any) -> Metrics:
@@ -200,10 +203,16 @@ def _one_line(err: BaseException) -> BaseException:
 
 
 def _wait_for_a_new_second() -> None:
-    global _last_start
     now = time.time()
     if _last_start is not None and int(now) <= _last_start:
         time.sleep(_last_start + 1 - now + 0.01)
+    _mark_the_second()
+
+
+def _mark_the_second() -> None:
+    """Remember this second: a run's folder is named for a second between its start and its end,
+    so the next run starts in a later one."""
+    global _last_start
     _last_start = int(time.time())
 
 
@@ -311,7 +320,10 @@ def load_run(
         ckpt = path
     else:
         raise UserError(f"{path} does not exist; pass a run folder (outputs/<name>/runs/<run>) or a .ckpt file")
-    restored = restore(ckpt, trust, config)
+    try:
+        restored = restore(ckpt, trust, config)
+    except Exception as err:  # a stored option its class refuses (Hydra wraps it): the CLI's one line
+        raise _one_line(err) from None
     restored.task.eval()
     run_dir = restored.run_dir
     return Run(

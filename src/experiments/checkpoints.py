@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from experiments.errors import UserError
+from experiments.runs import read_yaml_text
 from experiments.stored import stored_config
 
 LAST = Path("checkpoints") / "last.ckpt"
@@ -90,10 +90,7 @@ def checkpoint_config(
                 f"config file not found: {source}; pass config=<run dir>/config.yaml of the checkpoint's run"
             )
         try:
-            text = source.read_text(encoding="utf-8")
-            # A run writes no YAML alias; a crafted one makes a small file a huge tree ("billion laughs").
-            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
-                raise UserError(f"{source} uses YAML aliases (*name), which a run's config.yaml never holds")
+            text = read_yaml_text(source)
             stored = OmegaConf.to_container(OmegaConf.create(text), resolve=False)  # nothing resolved
         except UserError:
             raise

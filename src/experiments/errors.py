@@ -102,8 +102,10 @@ def describe(err: BaseException) -> str | None:
         where = f"{full_key.group(1)}: " if full_key else ""
         if isinstance(inner, (ValueError, TypeError, UserError, MisconfigurationException)):
             return f"{where}{first_line(inner)}"
-        if isinstance(inner, ImportError) or "Error locating target" in str(err):
+        if "Error locating target" in str(err):
             return f"{where}{first_line(err)}"
+        if isinstance(inner, ImportError):  # raised by the target itself: a package it needs is missing
+            return f"{where}{first_line(inner)}"
         return None
     # A UserError raised inside a resolver or a constructor reaches here wrapped by OmegaConf or Hydra.
     wrapped = next((e for e in causes(err)[1:] if isinstance(e, UserError)), None)

@@ -258,10 +258,12 @@ class RunRecord:
             return
         implicit = not bool(self.overrides and any(override_key(o) == "resume" for o in self.overrides))
         killed = self._record_killed(previous) if previous is not None else None
+        # A note quotes the folder's files (how its run ended, its overrides, who held its lock),
+        # which anyone may have written: one printable line, without passwords.
         if killed is not None:
-            print(f"note: {killed}", file=sys.stderr, flush=True)
+            print(f"note: {one_line(redact(killed))}", file=sys.stderr, flush=True)
         elif self.start.note and (implicit or self.start.kind == "done"):
-            print(f"note: {self.start.note}", file=sys.stderr, flush=True)
+            print(f"note: {one_line(redact(self.start.note))}", file=sys.stderr, flush=True)
         if self.start.kind in ("fresh", "again"):
             self._write_hydra_files()
 

@@ -16,15 +16,36 @@ from typing import Any
 
 MASK = "***"
 
-# scheme://user:PASSWORD@host: as SQLAlchemy parses it, the password runs from the first ":" after
-# the user name to the next "@" (it may hold "/", "?", "#" or a space).
-_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^:/\s]*:)(?P<secret>[^@\n]*)(?=@)")
-# password=..., passwd=..., pwd=..., sslpassword=... in a URL's query or a libpq connection string
-# (and PGPASSWORD=... in a command line).
+# scheme://user:PASSWORD@host: as SQLAlchemy parses it, the user name runs to the first ":" or "/"
+# (it may hold "@" or a space), and the password from there to the next "@" (it may hold "/", "?",
+# "#" or a space).
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^:/\n'\"]*:)(?P<secret>[^@\n]*)(?=@)")
+
+
+def _encodable(word: str) -> str:
+    """A pattern of ``word`` in which any character may be percent-encoded (SQLAlchemy decodes a
+    query's keys: ``?pass%77ord=`` is ``?password=``)."""
+    return "".join(f"(?:{c}|%{ord(c.lower()):02x}|%{ord(c.upper()):02x})" for c in word)
+
+
+# The names of a password: password, passwd, pwd, with libpq's ssl prefix (sslpassword) and the
+# environment's PG prefix (PGPASSWORD), in any case.
+_NAME = "(?:pg)?(?:ssl)?(?:password|passwd|pwd)"
+_ENCODED_NAME = "".join(
+    (
+        f"(?:{_encodable('pg')})?",
+        f"(?:{_encodable('ssl')})?",
+        f"(?:{'|'.join(map(_encodable, ('password', 'passwd', 'pwd')))})",
+    )
+)
+# name=... in a URL's query (its key percent-encoded or not), a libpq connection string (also one
+# inside a query's value: ?dsn=password%3D...), a command line (PGPASSWORD=...) or an override of
+# a dotted key (hydra.job.env_set.PGPASSWORD=...).
 _PARAMETER = re.compile(
-    r"(?P<head>(?:(?<=[?&;\s'\"])|^)(?:pg)?(?:ssl)?(?:password|passwd|pwd)=)(?P<secret>[^&;\s'\"]+)",
+    rf"(?P<head>(?:(?<=[?&;\s'\".+=])|(?<=%20)|^){_ENCODED_NAME}(?:=|%3d))(?P<secret>[^&;\s'\"]+)",
     re.IGNORECASE,
 )
+_KEY = re.compile(_NAME, re.IGNORECASE)
 
 
 def redact(text: str) -> str:
@@ -36,11 +57,15 @@ def redact(text: str) -> str:
 
 
 def redacted(value: Any) -> Any:
-    """A plain container (dicts, lists, scalars) with every string :func:`redact`-ed."""
+    """A plain container (dicts, lists, scalars) with every string :func:`redact`-ed, and the value
+    of every key that names a password (``PGPASSWORD: ...`` in ``hydra.job.env_set``) masked."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {k: redacted(v) for k, v in value.items()}
+        return {
+            k: MASK if isinstance(k, str) and _KEY.fullmatch(k) and v not in (None, "") else redacted(v)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [redacted(v) for v in value]
     return value

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import ListConfig, OmegaConf
 
 from experiments.errors import UserError
-from experiments.runs import HOLDER, LOCK, read_metrics
+from experiments.runs import HOLDER, LOCK, read_metrics, read_yaml_text
 
 # Files a run folder holds before its run has written anything of its own.
 BOOKKEEPING = {".hydra", "train.log", LOCK, HOLDER}
@@ -162,7 +162,7 @@ def recorded_overrides(run_dir: Path) -> list[str] | None:
     if not path.is_file():
         return None
     try:
-        recorded = OmegaConf.load(path)
+        recorded = OmegaConf.create(read_yaml_text(path))
     except Exception as err:  # noqa: BLE001 - YAML and OmegaConf errors alike: the file is damaged
         raise UserError(
             f"cannot read {path} ({' '.join(str(err).split())[:120]}); it does not say which run {run_dir} "

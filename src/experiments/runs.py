@@ -5,14 +5,18 @@ record and ``load_run`` all read them through here."""
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import UserError
@@ -45,12 +49,33 @@ RUN_FOLDERS = frozenset({"checkpoints", ".hydra", "tensorboard"})
 # the record of a process that ended without a word (SIGKILL, out of memory, a lost node).
 LOCK = ".lock"
 HOLDER = ".lock.holder.json"
+# The most that a run's text file (metrics.json, history.csv, config.yaml, Hydra's records) is
+# read of: a run writes kilobytes, a received folder may hold anything.
+MAX_TEXT_BYTES = 256 * 1024 * 1024
 
 
 def is_run_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a run (or a sweep) of this project: its checkpoints, Hydra's record,
     its metrics or its lock."""
     return any((folder / name).exists() for name in ("checkpoints", ".hydra", METRICS, ".lock", "multirun.yaml"))
+
+
+def held_by(folder: Path) -> dict[str, Any] | None:
+    """Who holds ``folder``'s lock (``.lock``: a run or a sweep writing there now): its holder record
+    (``{}`` before it wrote one), or None when no process holds it. Looks without waiting."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:  # no lock file (or a link there): no run or sweep of ours holds it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when fd closes
+    except BlockingIOError:
+        return read_json(folder / HOLDER)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
@@ -88,6 +113,40 @@ def check_no_links(run_dir: Path) -> None:
                 )
 
 
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a file of a run or sweep folder, read as data that anyone may have written:
+    a regular file (or a link to one) of at most ``limit`` bytes. A named pipe (which would block
+    the reader), a device (``/dev/zero`` never ends), a folder or a bigger file raise a
+    ``ValueError`` that says what it is, as does text that is not UTF-8; a missing file raises
+    ``FileNotFoundError``."""
+    # O_NONBLOCK: opening a pipe for reading would wait for a writer; it changes nothing for a file.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else "a device"
+        raise ValueError(f"it is {kind}, not a file")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"it holds more than {limit // 2**20} MiB, far more than a run writes")
+    return data.decode("utf-8")
+
+
+def read_yaml_text(path: Path) -> str:
+    """The text of a YAML file of a run or sweep folder (:func:`read_text`'s checks), refused with a
+    ``ValueError`` when it uses an alias (``*name``): a run writes none, and a crafted one makes a
+    small file a huge tree ("billion laughs") once a reader expands it."""
+    text = read_text(path)
+    try:
+        aliases = any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return text  # not YAML: its reader says so
+    if aliases:
+        raise ValueError("it uses YAML aliases (*name), which a run never writes")
+    return text
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN or infinity; keep them readable
@@ -110,7 +169,7 @@ def read_json(path: Path, strict: bool = False) -> dict[str, Any]:
     not an object: a run folder is data that anyone may have written. ``strict``: a damaged file
     is one line naming it (:class:`~experiments.errors.UserError`) instead."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as err:
@@ -133,13 +192,13 @@ def read_history(run_dir: Path, strict: bool = False) -> list[dict[str, Any]]:
     file is one line naming it instead of ``[]``."""
     file = Path(run_dir) / HISTORY
     try:
-        with file.open(newline="", encoding="utf-8") as handle:
+        with io.StringIO(read_text(file), newline="") as handle:
             return [
                 {k: _number(v) for k, v in row.items() if k and v not in ("", None)} for row in csv.DictReader(handle)
             ]
     except FileNotFoundError:
         return []
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except (OSError, ValueError, csv.Error) as err:
         if strict:
             raise _damaged(file, err) from None
         return []

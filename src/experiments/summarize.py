@@ -31,9 +31,9 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.errors import INCOMPLETE_EXIT, SweepIncomplete, UserError, one_line, printable
+from experiments.errors import INCOMPLETE_EXIT, SweepIncomplete, UserError, describe, one_line, printable
 from experiments.plotting import pyplot
-from experiments.runs import METRICS, read_history, read_metrics, write_atomic
+from experiments.runs import METRICS, held_by, read_history, read_metrics, read_yaml_text, write_atomic
 from experiments.sweeps import SWEEPER_TARGET
 
 # Completed runs first (sorted by the objective), then pruned, failed, stopped, unfinished and
@@ -92,8 +92,8 @@ def _read_yaml(path: Path) -> tuple[Any, str | None]:
     """A YAML file as plain data, read safely (no tags, no interpolations resolved), or ``None``
     and why it could not be read."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")), None
-    except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: not UTF-8
+        return yaml.safe_load(read_yaml_text(path)), None
+    except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: not UTF-8, or not a file
         reason = one_line(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
         return None, f"cannot read {path.parent.name}/{path.name}: {reason[:120]}"
 
@@ -126,7 +126,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict[str, Any]], str, str]:
             mode = str(config.get("monitor_mode", mode))
         metrics = read_metrics(run_dir)
         status = metrics.get("status", "incomplete")
-        if (run_dir / METRICS).is_file() and not metrics:
+        if (run_dir / METRICS).exists() and not metrics:  # a pipe or a device there included
             damage = damage or f"{METRICS} is damaged (not a JSON object)"
         elif not isinstance(status, str):
             damage = damage or f"{METRICS} holds no status"
@@ -267,6 +267,8 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
 def _remove_own(path: Path, mark: bytes) -> None:
     """Remove a file that an earlier summary wrote (it begins with ``mark``), now out of date; a
     file of that name that someone else put there stays."""
+    if not path.is_file():  # a pipe there would block the read; a link to a device never end it
+        return
     try:
         with path.open("rb") as handle:
             ours = mark in handle.read(1024)
@@ -337,7 +339,7 @@ def _no_trial_summary(sweep_dir: Path) -> None:
 
 def _is_optuna_sweep(sweep_dir: Path) -> bool:
     try:
-        config = OmegaConf.load(sweep_dir / "multirun.yaml")
+        config = OmegaConf.create(read_yaml_text(sweep_dir / "multirun.yaml"))
         return OmegaConf.select(config, "hydra.sweeper._target_") == SWEEPER_TARGET
     except (OSError, ValueError, Exception):
         return False
@@ -361,14 +363,26 @@ def plot_settings(rows: list[dict[str, Any]], monitor: str, mode: str, path: Pat
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(stats)))
     positions = list(range(len(stats)))[::-1]
     ax.errorbar([s[1] for s in stats], positions, xerr=[s[2] for s in stats], fmt="o", capsize=4)
-    ax.set_yticks(positions, [f"{s[0]} (n={s[3]})" for s in stats], fontsize=8)
-    ax.set_xlabel(f"best {monitor} ({mode}), mean ± std over seeds")
+    ax.set_yticks(positions, [_label(f"{s[0]} (n={s[3]})") for s in stats], fontsize=8)
+    ax.set_xlabel(_label(f"best {monitor} ({mode}), mean ± std over seeds"))
     ax.grid(alpha=0.3, axis="x")
-    ax.set_title(printable(path.parent.name))
+    ax.set_title(_label(path.parent.name))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return True
+
+
+def _label(text: str) -> str:
+    """Text from a sweep's files as matplotlib shows it, not as mathtext (``$\\foo{$`` in an
+    override would stop the figure with a parse error)."""
+    return printable(text).replace("$", r"\$")
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """A PNG written as the folder's own file: through a new file renamed over ``path``, so a link
+    or a pipe found there (in a received sweep folder) is replaced, never written through."""
+    write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=100), binary=True)
 
 
 def plot_study(study: Any, sweep_dir: str | Path) -> list[Path]:
@@ -403,7 +417,7 @@ def plot_study(study: Any, sweep_dir: str | Path) -> list[Path]:
         figure: Any = (ax.flat[0] if hasattr(ax, "flat") else ax).figure  # a Figure (typed as maybe a SubFigure)
         figure.set_size_inches(9, 5)
         figure.tight_layout()
-        figure.savefig(path, dpi=100)
+        save_figure(figure, path)
         plt.close(figure)
         written.append(path)
     return written
@@ -423,10 +437,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.summarize", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="the folder of a multirun (holds one folder per run)")
     args = parser.parse_args(argv)
+    holder = held_by(args.sweep_dir)
+    if holder is not None:  # its running trials are no result yet; it writes its summary when it ends
+        who = f"the sweep of process {holder.get('pid')} on {holder.get('host')}" if holder else "a running sweep"
+        print(
+            f"error: {printable(f'{args.sweep_dir} is in use by {who}')}; it writes its own summary when it ends: "
+            "summarize it then (nothing was written)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         rows = summarize(args.sweep_dir)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        message = describe(err)  # a user's mistake, or a file that cannot be written: one line
+        if message is None:
+            raise
+        print(f"error: {printable(message)}", file=sys.stderr)
         sys.exit(2)
     print((args.sweep_dir / "summary.md").read_text(encoding="utf-8"), end="", flush=True)
     line = incomplete_line(rows, args.sweep_dir)

@@ -37,6 +37,12 @@ def _task(spec: DataSpec, model: torch.nn.Module, options: dict[str, Any], **com
     whichever of ``spec``, ``num_classes``, ``input_shape`` and ``output_shape`` its constructor names.
     """
     target = options.pop("_target_", None)
+    given = sorted(set(options) & {*common, "model", "spec"})
+    if given:  # else a TypeError of Python's call: "got multiple values for keyword argument"
+        raise UserError(
+            f"task.{given[0]} is not an option of the task: the run gives it the {given[0]} itself "
+            f"(the {given[0]} of its config); drop task.{given[0]}"
+        )
     if target is None:
         return task_for(spec, model, **common, **options)
     cls = get_object(target)

@@ -136,7 +136,18 @@ def decide(
     return steps, threads
 
 
+# More threads than any machine has cores: OpenMP would try to start them all (100000 of them end
+# the process with "libgomp: Out of memory", not a line).
+MAX_THREADS = 1024
+
+
 def check_setting(name: str, value: Any) -> None:
-    """Refuse a ``steps_per_execution`` or ``num_threads`` that is neither ``auto`` nor a positive integer."""
+    """Refuse a ``steps_per_execution`` or ``num_threads`` that is neither ``auto`` nor a positive
+    integer, and more than :data:`MAX_THREADS` threads."""
     if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise UserError(f"trainer.{name}={value!r}: expected a positive integer or 'auto'")
+    if name == "num_threads" and value != AUTO and value > MAX_THREADS:
+        raise UserError(
+            f"trainer.num_threads={value}: more threads than any machine has cores (at most {MAX_THREADS}); "
+            f"pass auto, or at most the {os.cpu_count()} cores of this machine"
+        )

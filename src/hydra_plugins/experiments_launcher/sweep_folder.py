@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from experiments.errors import UserError, printable
+from experiments.redact import redact
 from experiments.runs import read_json, write_json
 from hydra_plugins.experiments_launcher.workers import INHERITED_FDS
 
@@ -64,7 +65,7 @@ class SweepLock:
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv),
+                "command": redact(" ".join(sys.argv)),  # no password of a storage URL (it stays after a kill)
             },
         )
         return self
