@@ -651,6 +651,35 @@ def test_an_optuna_worker_stopped_past_its_grace_period_has_its_late_result_drop
     assert not (sweep / str(trial)).exists() and (sweep / "best.yaml").is_file()
 
 
+def test_a_trial_failed_as_stale_just_as_its_result_came_keeps_its_fail_and_its_worker_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the result came after the sweeper's check and the other worker's FAIL before Optuna's
+    # tell; study.optimize met that with "ValueError: Cannot tell a FAIL trial." and its own
+    # "AssertionError: Should not reach.", the worker ended with a traceback and the sweep with exit
+    # code 3 (seen in the rerun of a sweep whose process was SIGKILLed, heartbeats late on a busy machine).
+    from hydra_plugins.experiments_sweeper.optuna_sweeper import OptunaSweeper
+    from hydra_plugins.experiments_sweeper.study import retry_callback
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    class LateResult(OptunaSweeper):
+        def _objective(self, study: optuna.Study, trial: optuna.Trial, *args: object, **kwargs: object) -> float:
+            # Another worker of the study, with its own connection, fails the trial as stale and
+            # queues its parameters again (what optuna.storages.fail_stale_trials does).
+            other = optuna.load_study(study_name="late", storage=url)
+            other._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            retry_callback(2)(other, other.trials[trial.number])
+            return 0.5  # the trial's result, come too late
+
+    sweeper = LateResult("late", url, "minimize", 1, 1, None, None, heartbeat_interval=1, grace_period=1)
+    study = sweeper._open_study(sweeper._storage(url))
+    space = {"optimizer.lr": optuna.distributions.FloatDistribution(0.01, 0.1)}
+    sweeper._trial(study, space, [], tmp_path, None)  # no error: the worker goes on with the next trial
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    assert "trial 0 was declared stale while it ran (heartbeat later than 1 s); its result is dropped" in caplog.text
+
+
 def test_a_damaged_sweep_folder_is_summarised_row_by_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from experiments.summarize import main as summarize_main
 

@@ -8,7 +8,7 @@ with SQLAlchemy 2. Keeping Hydra's sweeper interface means users sweep the way t
 
 - The study lives in storage (a SQLite file in the sweep directory, or any SQLAlchemy URL such as
   ``postgresql://...`` shared by workers on many machines), so the same command resumes it.
-- Each trial runs in ``study.optimize`` with Optuna's heartbeats (``heartbeat_interval``,
+- Each trial runs as ``study.optimize`` runs one, with Optuna's heartbeats (``heartbeat_interval``,
   ``grace_period``): a trial whose worker died, on any machine, stops beating, and the next worker
   that asks Optuna for a trial fails it and queues its parameters again
   (``RetryHeartbeatStaleTrialCallback``, ``max_retry`` times). Its half-written run directory
@@ -75,6 +75,7 @@ from hydra_plugins.experiments_sweeper.study import (
     fail_stale_trials,
     fail_unstarted_trials,
     frozen,
+    heartbeat,
     hide_password,
     place,
     quiet_optuna_warnings,
@@ -340,8 +341,8 @@ class OptunaSweeper(Sweeper):
         os._exit(code)  # not multiprocessing's exit, which would wait for threads a trial left running
 
     def _work(self, study: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path, started: Any = None) -> None:
-        """Run trials, one ``study.optimize`` call each (Optuna's heartbeats and its retry of stale
-        trials come with it), until the study holds ``n_trials`` finished ones. ``started(number)``
+        """Run trials, one at a time (:meth:`_trial`; stale trials failed and retried first, as
+        ``study.optimize`` does), until the study holds ``n_trials`` finished ones. ``started(number)``
         is told each trial's number as it starts."""
         waiting_logged = False
         while True:
@@ -361,28 +362,40 @@ class OptunaSweeper(Sweeper):
                 time.sleep(1.0)
                 continue
             waiting_logged = False
-            current: list[int] = []
-            try:
-                study.optimize(
-                    lambda trial: self._objective(study, trial, space, fixed, sweep_dir, current, started),  # noqa: B023 - runs now (n_trials=1)
-                    n_trials=1,
-                    catch=(TrialFailed,),
-                    gc_after_trial=False,
-                )
-            except ValueError as err:
-                # Another worker found this trial's heartbeat late (a busy or stopped machine) and
-                # failed it; Optuna queued its parameters again, so this worker's result is not told.
-                late = frozen(study, current[0]) if current else None
-                if late is None or late.state.name != "FAIL" or "Cannot tell" not in str(err):
-                    raise
-                log.warning(
-                    f"trial {late.number} was declared stale while it ran (heartbeat later than "
-                    f"{self.grace_period} s); its result is dropped, its parameters run again as a new trial"
-                )
-            except BaseException as err:
-                if current and (interrupted(err) or is_sigterm(err)):
-                    self._requeue(study, current[0], sweep_dir)
-                raise
+            self._trial(study, space, fixed, sweep_dir, started)
+
+    def _trial(self, study: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path, started: Any) -> None:
+        """One trial, as ``study.optimize`` runs one (asked, Optuna's heartbeat thread beating while
+        it runs), then told with ``skip_if_finished``: another worker that found its heartbeat late
+        (a busy or stopped machine) may have failed it meanwhile and queued its parameters again,
+        and then its late result is dropped. (``study.optimize`` met that race with "Cannot tell a
+        FAIL trial" and an AssertionError of its own, which ended the worker with a traceback.)"""
+        import optuna
+
+        trial = study.ask()
+        value, outcome = None, state("FAIL")
+        try:
+            with heartbeat(study, trial):
+                value = self._objective(study, trial, space, fixed, sweep_dir, started)
+            outcome = state("COMPLETE")
+        except optuna.TrialPruned:
+            outcome = state("PRUNED")
+        except TrialFailed:
+            pass
+        except BaseException as err:
+            if interrupted(err) or is_sigterm(err):
+                self._requeue(study, trial.number, sweep_dir)
+            elif isinstance(err, Exception) and storage_error(err) is None:
+                study.tell(trial, state=outcome, skip_if_finished=True)  # as optimize does; the error goes on
+            raise
+        told = study.tell(trial, value, state=outcome, skip_if_finished=True)
+        if told.state != outcome:
+            log.warning(
+                f"trial {trial.number} was declared stale while it ran (heartbeat later than "
+                f"{self.grace_period} s); its result is dropped, its parameters run again as a new trial"
+            )
+        elif outcome.name == "COMPLETE":
+            log.info(f"trial {trial.number} finished: {value}")
 
     def _requeue(self, study: Any, number: int, sweep_dir: Path) -> None:
         """A trial stopped by Ctrl-C or SIGTERM: failed (Optuna does so for Ctrl-C only) and its
@@ -402,18 +415,15 @@ class OptunaSweeper(Sweeper):
         space: dict[str, Any],
         fixed: list[str],
         sweep_dir: Path,
-        current: list[int],
         started: Any = None,
     ) -> float:
         """Run trial ``trial.number`` as Hydra job ``trial.number``; its objective, or PRUNED or FAIL."""
         import optuna
 
-        current.append(trial.number)
         if started is not None:
             started(trial.number)
         if place(study, trial.number) >= self.n_trials:
             trial.set_user_attr("fail_reason", SURPLUS)
-            study.stop()
             raise TrialFailed(SURPLUS)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {key: _suggest(trial, key, distribution) for key, distribution in space.items()}

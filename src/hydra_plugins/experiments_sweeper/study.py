@@ -62,6 +62,14 @@ def stale_callback_argument() -> str:
     )
 
 
+def heartbeat(study: Any, trial: Any) -> Any:
+    """Optuna's heartbeat thread of a running trial, as ``study.optimize`` runs it (a context
+    manager; nothing without heartbeats)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread  # private: optuna 4-5, what optimize uses
+
+    return get_heartbeat_thread(trial._trial_id, study._storage)  # private: optuna 4-5
+
+
 def fail_stale_trials(study: Any) -> None:
     import optuna
 
