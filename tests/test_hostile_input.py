@@ -190,12 +190,12 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(sweep: str, tmp_path: P
         time.sleep(3)  # well inside the first trial's training
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
         try:
-            _, err = process.communicate(timeout=30)
+            out, err = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             # CPython can lose a KeyboardInterrupt that lands inside a finaliser (seen once in a few
             # dozen runs on a loaded machine); a user then presses Ctrl-C again, and so does this test.
             os.killpg(process.pid, signal.SIGINT)
-            _, err = process.communicate(timeout=90)
+            out, err = process.communicate(timeout=90)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -209,9 +209,12 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(sweep: str, tmp_path: P
     assert completed_results(tmp_path) == []
     if sweep.startswith("grid"):  # the jobs not yet started when Ctrl-C came are not started
         assert not (tmp_path / "grid" / "2").exists() and not (tmp_path / "grid" / "3").exists()
-        # The summary of the sweep is written all the same: two trials, both interrupted.
-        with open(tmp_path / "grid" / "summary.csv", newline="") as handle:
-            assert [r["status"] for r in csv.DictReader(handle)] == ["interrupted", "interrupted"]
+    # The summary of the sweep is written all the same: the running trials, interrupted (an Optuna
+    # sweep's too, before: their folders went at once and no summary listed them).
+    with open(trial.parent / "summary.csv", newline="") as handle:
+        statuses = [r["status"] for r in csv.DictReader(handle)]
+    assert statuses == ["interrupted"] * {"optuna, 1 worker": 1, "grid, 2 workers": 2}.get(sweep, len(statuses))
+    assert statuses and "summary: 0/" in out
 
 
 def _grid_with_two_workers(tmp_path: Path, seeds: str) -> tuple[subprocess.Popen[str], Path, list[str]]:
@@ -603,7 +606,7 @@ def test_a_trial_that_raises_a_message_of_many_lines_is_one_line_and_one_row(hos
 def test_sigterm_to_an_optuna_sweep_stops_its_workers_and_exits_143(hostile: dict[str, _Sweep]) -> None:
     # Before: SIGTERM reached the sweep's process only, whose workers ran on; it waited forever.
     terminated = hostile["optuna_terminated"]
-    code, _, err = terminated.wait(timeout=120)
+    code, out, err = terminated.wait(timeout=120)
     assert code == 143, err[-3000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
@@ -614,8 +617,11 @@ def test_sigterm_to_an_optuna_sweep_stops_its_workers_and_exits_143(hostile: dic
     # The stopped trials are failed and queued again, for the same command to run.
     trials = _optuna_trials(terminated.sweep)
     assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]
-    # No trial kept a folder (the stopped ones run again): the sweep still ends with its summary.
-    assert "no trial has a run folder yet" in (terminated.sweep / "summary.md").read_text()
+    # The sweep ends with its summary: the stopped trials listed, interrupted (before: their folders
+    # were dropped at once, and the summary had no row).
+    with open(terminated.sweep / "summary.csv", newline="") as handle:
+        assert [r["status"] for r in csv.DictReader(handle)] == ["interrupted", "interrupted"]
+    assert "summary: 0/2 runs completed" in out
     assert not (terminated.sweep / "best.yaml").exists()
 
 

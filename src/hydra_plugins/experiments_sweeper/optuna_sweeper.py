@@ -384,7 +384,7 @@ class OptunaSweeper(Sweeper):
             pass
         except BaseException as err:
             if interrupted(err) or is_sigterm(err):
-                self._requeue(study, trial.number, sweep_dir)
+                self._requeue(study, trial.number)
             elif isinstance(err, Exception) and storage_error(err) is None:
                 study.tell(trial, state=outcome, skip_if_finished=True)  # as optimize does; the error goes on
             raise
@@ -397,16 +397,16 @@ class OptunaSweeper(Sweeper):
         elif outcome.name == "COMPLETE":
             log.info(f"trial {trial.number} finished: {value}")
 
-    def _requeue(self, study: Any, number: int, sweep_dir: Path) -> None:
-        """A trial stopped by Ctrl-C or SIGTERM: failed (Optuna does so for Ctrl-C only) and its
-        parameters queued again, as for a dead worker; its half run goes."""
+    def _requeue(self, study: Any, number: int) -> None:
+        """A trial stopped by Ctrl-C or SIGTERM: failed and its parameters queued again, as for a
+        dead worker. Its half run stays until the next sweep of the study drops it (a run folder of
+        a replaced trial), so that the summary of the stopped sweep lists it, interrupted."""
         trial = frozen(study, number)
         if trial is not None and trial.state.name == "RUNNING":
             study.tell(number, state=state("FAIL"))
             trial = frozen(study, number)
         if trial is not None and trial.state.name == "FAIL":
             retry_callback(self.max_retry)(study, trial)
-            drop_replaced_runs(study, sweep_dir)
 
     def _objective(
         self,
