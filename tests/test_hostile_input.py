@@ -461,8 +461,18 @@ def _kill_the_sweep(sweep: _Sweep) -> None:
 
 
 def _terminate_the_sweep(sweep: _Sweep) -> None:
-    sweep.done["workers"] = sweep.running("0", "1")
+    sweep.done["workers"] = sweep.running("1", "2")  # trial 0: the one completed before (below)
     sweep.process.send_signal(signal.SIGTERM)
+
+
+def _a_trial_completed_before(sweep: Path) -> None:
+    """The study of ``sweep`` with a trial that an earlier run of the same command completed."""
+    sweep.mkdir(parents=True)
+    study = optuna.create_study(study_name="xor_tpe", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    lr = optuna.distributions.FloatDistribution(0.001, 0.3, log=True)
+    study.add_trial(
+        optuna.trial.create_trial(params={"optimizer.lr": 0.01}, distributions={"optimizer.lr": lr}, value=0.1)
+    )
 
 
 def _kill_a_worker(sweep: _Sweep) -> None:
@@ -513,7 +523,7 @@ def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         ),
         "optuna_terminated": (
             "test_sigterm_to_an_optuna_sweep_stops_its_workers_and_exits_143",
-            [*OPTUNA, "trainer.max_epochs=100000"],
+            [*OPTUNA, "hydra.sweeper.n_trials=3", "trainer.max_epochs=100000"],
             _terminate_the_sweep,
         ),
         "optuna_worker_killed": (
@@ -527,6 +537,8 @@ def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             _stop_a_worker,
         ),
     }
+    if selected(request, sweeps["optuna_terminated"][0]):
+        _a_trial_completed_before(root / "optuna_terminated")
     started = {
         name: _Sweep(root, name, args, act) for name, (test, args, act) in sweeps.items() if selected(request, test)
     }
@@ -559,6 +571,8 @@ def test_a_sweep_goes_on_past_a_job_killed_and_a_job_stopped_from_outside(hostil
     with open(sweep / "summary.csv", newline="") as handle:
         assert [r["status"] for r in csv.DictReader(handle)] == ["completed", "interrupted", "killed"]
     assert OmegaConf.load(sweep / "best.yaml").run_dir == str(sweep / "2")
+    # The grid's picture of what completed, as for a sweep that ran to its end.
+    assert (sweep / "objective.png").is_file() and "(objective.png)" in (sweep / "summary.md").read_text()
 
 
 def test_a_sweep_killed_with_sigkill_leaves_no_process_and_its_command_completes_it(
@@ -616,13 +630,16 @@ def test_sigterm_to_an_optuna_sweep_stops_its_workers_and_exits_143(hostile: dic
     assert [w for w in terminated.done["workers"] if _alive(w)] == []  # type: ignore[attr-defined]
     # The stopped trials are failed and queued again, for the same command to run.
     trials = _optuna_trials(terminated.sweep)
-    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL", "FAIL", "WAITING", "WAITING"]
     # The sweep ends with its summary: the stopped trials listed, interrupted (before: their folders
     # were dropped at once, and the summary had no row).
     with open(terminated.sweep / "summary.csv", newline="") as handle:
         assert [r["status"] for r in csv.DictReader(handle)] == ["interrupted", "interrupted"]
     assert "summary: 0/2 runs completed" in out
     assert not (terminated.sweep / "best.yaml").exists()
+    # Optuna's figures of what the study completed (before: drawn only by a sweep that ran to its end).
+    assert (terminated.sweep / "optuna_history.png").is_file()
+    assert "(optuna_history.png)" in (terminated.sweep / "summary.md").read_text()
 
 
 def test_an_optuna_worker_killed_costs_only_its_trial(hostile: dict[str, _Sweep]) -> None:

@@ -271,11 +271,25 @@ class OptunaSweeper(Sweeper):
         line and code (run_cli says it) for Ctrl-C and SIGTERM, or one line and exit code 3 for a
         database that failed or a worker that crashed; a bug of ours keeps its traceback."""
         if interrupted(err) or is_sigterm(err):
+            self._plot(url, sweep_dir)
             finish_sweep(sweep_dir, stopped=True)
         elif isinstance(err, SweepProblem):
+            self._plot(url, sweep_dir)
             finish_sweep(sweep_dir, problem=str(err))
         elif storage_error(err) is not None:
             finish_sweep(sweep_dir, problem=_database_failed(err, url))
+
+    def _plot(self, url: str, sweep_dir: Path) -> None:
+        """Optuna's figures of what completed, for a sweep that did not run to its end (before its
+        summary, which links them); a database that fails now is one line, as the summary goes on."""
+        import optuna
+
+        try:
+            plot_study(optuna.load_study(study_name=self.study_name, storage=self._storage(url)), sweep_dir)
+        except Exception as err:
+            if storage_error(err) is None and not isinstance(err, UserError):
+                raise
+            print(f"summary: no Optuna figures: {_database_failed(err, url)}", file=sys.stderr, flush=True)
 
     def _fork_workers(self, url: str, space: dict[str, Any], fixed: list[str], sweep_dir: Path) -> None:
         """``n_jobs`` forked workers (each keeps the composed Hydra state and task function; they
