@@ -650,6 +650,7 @@ def test_an_optuna_worker_killed_costs_only_its_trial(hostile: dict[str, _Sweep]
     assert code == 0, err[-3000:]
     assert "Traceback" not in err
     [note] = [line for line in err.splitlines() if line.startswith("note: sweep worker ")]
+    assert "Heartbeat of storage is supposed to be used with Study.optimize" not in err  # the sweeper's way
     assert f"(pid {victim}) killed by SIGKILL (out of memory, or kill -9) during trial " in note
     trials = _optuna_trials(sweep)
     killed = [t for t in trials if t.state.name == "FAIL"]
@@ -674,7 +675,7 @@ def test_an_optuna_worker_stopped_past_its_grace_period_has_its_late_result_drop
     assert not (sweep / str(trial)).exists() and (sweep / "best.yaml").is_file()
 
 
-def test_a_trial_failed_as_stale_just_as_its_result_came_keeps_its_fail_and_its_worker_goes_on(
+def test_a_late_or_stopped_trial_is_told_as_its_run_ended_and_its_worker_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Before: the result came after the sweeper's check and the other worker's FAIL before Optuna's
@@ -701,6 +702,19 @@ def test_a_trial_failed_as_stale_just_as_its_result_came_keeps_its_fail_and_its_
     sweeper._trial(study, space, [], tmp_path, None)  # no error: the worker goes on with the next trial
     assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
     assert "trial 0 was declared stale while it ran (heartbeat later than 1 s); its result is dropped" in caplog.text
+
+    # Ctrl-C or SIGTERM as a worker tells Optuna a run that recorded its ending: told as it ended
+    # (before: failed and queued again, and the next sweep of the study removed the completed run).
+    ran, stopped = study.ask(), study.ask()
+    (tmp_path / str(ran.number)).mkdir()
+    (tmp_path / str(ran.number) / "metrics.json").write_text(json.dumps({"status": "completed", "best": 0.25}))
+    sweeper._requeue(study, ran.number, tmp_path)
+    sweeper._requeue(study, stopped.number, tmp_path)  # no ending recorded: queued again
+    assert [(t.state.name, t.value) for t in study.trials[1:]] == [
+        ("COMPLETE", 0.25),
+        ("FAIL", None),
+        ("WAITING", None),
+    ]
 
 
 def test_a_damaged_sweep_folder_is_summarised_row_by_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

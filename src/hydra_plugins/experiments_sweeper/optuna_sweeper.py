@@ -398,7 +398,7 @@ class OptunaSweeper(Sweeper):
             pass
         except BaseException as err:
             if interrupted(err) or is_sigterm(err):
-                self._requeue(study, trial.number)
+                self._requeue(study, trial.number, sweep_dir)
             elif isinstance(err, Exception) and storage_error(err) is None:
                 study.tell(trial, state=outcome, skip_if_finished=True)  # as optimize does; the error goes on
             raise
@@ -411,16 +411,23 @@ class OptunaSweeper(Sweeper):
         elif outcome.name == "COMPLETE":
             log.info(f"trial {trial.number} finished: {value}")
 
-    def _requeue(self, study: Any, number: int) -> None:
-        """A trial stopped by Ctrl-C or SIGTERM: failed and its parameters queued again, as for a
-        dead worker. Its half run stays until the next sweep of the study drops it (a run folder of
-        a replaced trial), so that the summary of the stopped sweep lists it, interrupted."""
+    def _requeue(self, study: Any, number: int, sweep_dir: Path) -> None:
+        """A trial during which Ctrl-C or SIGTERM came. A run that recorded its ending first (the
+        signal came while its worker told Optuna) is told as it ended; one that did not is failed
+        and its parameters queued again, as for a dead worker. Its half run stays until the next
+        sweep of the study drops it (a run folder of a replaced trial), so that the summary of the
+        stopped sweep lists it, interrupted."""
         trial = frozen(study, number)
-        if trial is not None and trial.state.name == "RUNNING":
-            study.tell(number, state=state("FAIL"))
-            trial = frozen(study, number)
-        if trial is not None and trial.state.name == "FAIL":
-            retry_callback(self.max_retry)(study, trial)
+        if trial is None or trial.state.name != "RUNNING":
+            return  # told already, or failed as stale by another worker, which queued it again
+        metrics = read_metrics(sweep_dir / str(number))
+        status, value = metrics.get("status"), metrics.get("best")
+        if status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
+            study.tell(number, float(value), skip_if_finished=True)
+        elif status == "pruned":
+            study.tell(number, state=state("PRUNED"), skip_if_finished=True)
+        elif study.tell(number, state=state("FAIL"), skip_if_finished=True).state.name == "FAIL":
+            retry_callback(self.max_retry)(study, frozen(study, number))
 
     def _objective(
         self,

@@ -21,13 +21,16 @@ SURPLUS = "surplus: other workers took the study's last trials first; not run"
 
 
 def quiet_optuna_warnings() -> None:
-    """Heartbeats, their retry callback and fail_stale_trials are 'experimental' in Optuna 4 and 5;
-    and a trial that failed as expected (the sweeper's own line says why) or was stopped by Ctrl-C
-    needs no traceback from Optuna."""
+    """Heartbeats, their retry callback and fail_stale_trials are 'experimental' in Optuna 4 and 5
+    (and heartbeats 'supposed to be used with Study.optimize', whose way of running a trial the
+    sweeper's own follows); and a trial that failed as expected (the sweeper's own line says why)
+    or was stopped by Ctrl-C needs no traceback from Optuna."""
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+    # The sweeper runs each trial as Study.optimize does, heartbeats included (OptunaSweeper._trial).
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     optimize = logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
     if _expected_failure not in optimize.filters:
         optimize.addFilter(_expected_failure)
