@@ -25,6 +25,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from experiments.sweeps import open_storage
+
 from conftest import selected
 from reliability_helpers import call_cli, child_env, completed_results, run, start
 
@@ -172,6 +174,33 @@ def test_sweeps_creating_one_new_study_at_once_do_not_race(tmp_path: Path) -> No
             worker.join(timeout=120)
         assert [w.exitcode for w in workers] == [0, 0, 0, 0]
         assert failures.empty(), failures.get()
+
+
+def _ask(url: str, barrier: object, asked: object) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="queued", storage=open_storage(url))
+    barrier.wait()  # type: ignore[attr-defined]
+    asked.put(study.ask().number)  # type: ignore[attr-defined]
+
+
+def test_workers_asking_at_once_never_take_one_queued_trial_twice(tmp_path: Path) -> None:
+    # Before: on SQLite, two workers took one queued trial (a retry of a killed one) and ran it in
+    # one folder; the second was refused there and its worker ended with a traceback (exit code 3):
+    # 4 processes asking at once took a queued trial twice in 7 rounds of 8.
+    context = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'round{round_}.db'}"
+        study = optuna.create_study(study_name="queued", storage=open_storage(url))
+        study.enqueue_trial({"x": 1.0})
+        study.enqueue_trial({"x": 2.0})
+        barrier, asked = context.Barrier(4), context.Queue()
+        workers = [context.Process(target=_ask, args=(url, barrier, asked)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+        assert sorted(asked.get(timeout=5) for _ in workers) == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("sweep", ["optuna, 1 worker", "optuna, 2 workers", "grid, 2 workers"])
