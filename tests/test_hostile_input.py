@@ -25,6 +25,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from experiments.signals import Terminated, signals_held, sigterm_raises
 from experiments.sweeps import open_storage
 
 from conftest import selected
@@ -702,6 +703,20 @@ def test_an_optuna_worker_stopped_past_its_grace_period_has_its_late_result_drop
     with open(sweep / "summary.csv", newline="") as handle:
         assert [r["status"] for r in csv.DictReader(handle)] == ["completed", "completed"]
     assert not (sweep / str(trial)).exists() and (sweep / "best.yaml").is_file()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_waits_until_a_stopped_trial_is_told(signum: int) -> None:
+    # Before: SIGTERM or Ctrl-C twice (a terminal's group, an impatient user) cut the worker's
+    # telling of a completed run: the trial stayed running, its result was lost, and the next
+    # sweep of the study ran its parameters again and removed the completed run.
+    told = []
+    with pytest.raises(Terminated if signum == signal.SIGTERM else KeyboardInterrupt), sigterm_raises():
+        with signals_held():
+            os.kill(os.getpid(), signum)
+            time.sleep(0.2)  # the study told, one write after another
+            told.append("told")
+    assert told == ["told"]
 
 
 def test_a_late_or_stopped_trial_is_told_as_its_run_ended_and_its_worker_goes_on(

@@ -64,7 +64,14 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.errors import UserError, interrupted, one_line
 from experiments.redact import redacted
 from experiments.runs import read_metrics
-from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Terminated, is_sigterm, sigterm_raises
+from experiments.signals import (
+    SIGINT_EXIT,
+    SIGTERM_EXIT,
+    Terminated,
+    is_sigterm,
+    signals_held,
+    sigterm_raises,
+)
 from experiments.summarize import finish_sweep, plot_study
 from experiments.sweeps import open_storage, quiet_heartbeat_failures, storage_error, storage_problem, storage_url
 from hydra_plugins.experiments_launcher.sweep_folder import SweepLock
@@ -397,12 +404,14 @@ class OptunaSweeper(Sweeper):
         except TrialFailed:
             pass
         except BaseException as err:
-            if interrupted(err) or is_sigterm(err):
-                self._requeue(study, trial.number, sweep_dir)
-            elif isinstance(err, Exception) and storage_error(err) is None:
-                study.tell(trial, state=outcome, skip_if_finished=True)  # as optimize does; the error goes on
+            with signals_held():  # a second Ctrl-C or SIGTERM waits until the trial is told
+                if interrupted(err) or is_sigterm(err):
+                    self._requeue(study, trial.number, sweep_dir)
+                elif isinstance(err, Exception) and storage_error(err) is None:
+                    study.tell(trial, state=outcome, skip_if_finished=True)  # as optimize does; the error goes on
             raise
-        told = study.tell(trial, value, state=outcome, skip_if_finished=True)
+        with signals_held():  # a stop that comes now ends the worker once the trial is told
+            told = study.tell(trial, value, state=outcome, skip_if_finished=True)
         if told.state != outcome:
             log.warning(
                 f"trial {trial.number} was declared stale while it ran (heartbeat later than "
