@@ -276,15 +276,17 @@ class OptunaSweeper(Sweeper):
     def _ended(self, err: BaseException, url: str, sweep_dir: Path) -> None:
         """A sweep that did not run to its end: its summary for what completed, then the signal's
         line and code (run_cli says it) for Ctrl-C and SIGTERM, or one line and exit code 3 for a
-        database that failed or a worker that crashed; a bug of ours keeps its traceback."""
-        if interrupted(err) or is_sigterm(err):
-            self._plot(url, sweep_dir)
-            finish_sweep(sweep_dir, stopped=True)
-        elif isinstance(err, SweepProblem):
-            self._plot(url, sweep_dir)
-            finish_sweep(sweep_dir, problem=str(err))
-        elif storage_error(err) is not None:
-            finish_sweep(sweep_dir, problem=_database_failed(err, url))
+        database that failed or a worker that crashed; a bug of ours keeps its traceback. Another
+        Ctrl-C or SIGTERM waits until the summary is written (a second Ctrl-C left none)."""
+        with signals_held():
+            if interrupted(err) or is_sigterm(err):
+                self._plot(url, sweep_dir)
+                finish_sweep(sweep_dir, stopped=True)
+            elif isinstance(err, SweepProblem):
+                self._plot(url, sweep_dir)
+                finish_sweep(sweep_dir, problem=str(err))
+            elif storage_error(err) is not None:
+                finish_sweep(sweep_dir, problem=_database_failed(err, url))
 
     def _plot(self, url: str, sweep_dir: Path) -> None:
         """Optuna's figures of what completed, for a sweep that did not run to its end (before its
