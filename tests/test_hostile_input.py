@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -703,6 +704,23 @@ def test_an_optuna_worker_stopped_past_its_grace_period_has_its_late_result_drop
     with open(sweep / "summary.csv", newline="") as handle:
         assert [r["status"] for r in csv.DictReader(handle)] == ["completed", "completed"]
     assert not (sweep / str(trial)).exists() and (sweep / "best.yaml").is_file()
+
+
+def test_a_stop_that_lands_in_sqlalchemy_closing_a_connection_is_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: SIGTERM to an Optuna sweep that landed while a worker's connection closed printed
+    # SQLAlchemy's "Exception closing connection" and a traceback of Terminated (the worker still
+    # ended 143, the sweep with its one line).
+    from hydra_plugins.experiments_sweeper.study import quiet_optuna_warnings
+
+    quiet_optuna_warnings()
+    pool = logging.getLogger("sqlalchemy.pool.impl.QueuePool")
+    for error in (Terminated(), KeyboardInterrupt(), OSError("disk I/O error")):
+        try:
+            raise error
+        except BaseException:  # noqa: BLE001 - as SQLAlchemy's pool logs it (then raises it again)
+            pool.error("Exception closing connection %r", "<sqlite3.Connection>", exc_info=True)
+    # The stops are left out; any other error of the pool stays, traceback and all.
+    assert caplog.text.count("Exception closing connection") == 1 and "disk I/O error" in caplog.text
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

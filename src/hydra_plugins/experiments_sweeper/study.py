@@ -34,6 +34,18 @@ def quiet_optuna_warnings() -> None:
     optimize = logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
     if _expected_failure not in optimize.filters:
         optimize.addFilter(_expected_failure)
+    # A stop (Ctrl-C, SIGTERM) that lands while SQLAlchemy closes a connection goes on as raised
+    # (SQLAlchemy re-raises it) and ends the worker; the sweep says it in one line, so SQLAlchemy's
+    # "Exception closing connection" record of it, with its traceback, is left out.
+    for pool in ("sqlalchemy.pool.impl.QueuePool", "sqlalchemy.pool.impl.NullPool"):
+        if _stop not in logging.getLogger(pool).filters:
+            logging.getLogger(pool).addFilter(_stop)
+
+
+def _stop(record: logging.LogRecord) -> bool:
+    """False (left out) for a record of Ctrl-C or SIGTERM (a SystemExit such as Terminated)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, (KeyboardInterrupt, SystemExit))
 
 
 def _expected_failure(record: logging.LogRecord) -> bool:
