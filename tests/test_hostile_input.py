@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -24,6 +25,9 @@ import optuna
 import pytest
 import torch
 from omegaconf import OmegaConf
+
+from experiments.signals import Terminated, signals_held, sigterm_raises
+from experiments.sweeps import open_storage
 
 from conftest import selected
 from reliability_helpers import call_cli, child_env, completed_results, run, start
@@ -174,6 +178,33 @@ def test_sweeps_creating_one_new_study_at_once_do_not_race(tmp_path: Path) -> No
         assert failures.empty(), failures.get()
 
 
+def _ask(url: str, barrier: object, asked: object) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="queued", storage=open_storage(url))
+    barrier.wait()  # type: ignore[attr-defined]
+    asked.put(study.ask().number)  # type: ignore[attr-defined]
+
+
+def test_workers_asking_at_once_never_take_one_queued_trial_twice(tmp_path: Path) -> None:
+    # Before: on SQLite, two workers took one queued trial (a retry of a killed one) and ran it in
+    # one folder; the second was refused there and its worker ended with a traceback (exit code 3):
+    # 4 processes asking at once took a queued trial twice in 7 rounds of 8.
+    context = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'round{round_}.db'}"
+        study = optuna.create_study(study_name="queued", storage=open_storage(url))
+        study.enqueue_trial({"x": 1.0})
+        study.enqueue_trial({"x": 2.0})
+        barrier, asked = context.Barrier(4), context.Queue()
+        workers = [context.Process(target=_ask, args=(url, barrier, asked)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+        assert sorted(asked.get(timeout=5) for _ in workers) == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("sweep", ["optuna, 1 worker", "optuna, 2 workers", "grid, 2 workers"])
 def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(sweep: str, tmp_path: Path) -> None:
     if sweep.startswith("grid"):  # Hydra's multirun through our parallel launcher (2 cores here: 2 workers)
@@ -190,12 +221,12 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(sweep: str, tmp_path: P
         time.sleep(3)  # well inside the first trial's training
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole process group
         try:
-            _, err = process.communicate(timeout=30)
+            out, err = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             # CPython can lose a KeyboardInterrupt that lands inside a finaliser (seen once in a few
             # dozen runs on a loaded machine); a user then presses Ctrl-C again, and so does this test.
             os.killpg(process.pid, signal.SIGINT)
-            _, err = process.communicate(timeout=90)
+            out, err = process.communicate(timeout=90)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -209,9 +240,12 @@ def test_ctrl_c_on_a_sweep_is_one_line_and_exit_code_130(sweep: str, tmp_path: P
     assert completed_results(tmp_path) == []
     if sweep.startswith("grid"):  # the jobs not yet started when Ctrl-C came are not started
         assert not (tmp_path / "grid" / "2").exists() and not (tmp_path / "grid" / "3").exists()
-        # The summary of the sweep is written all the same: two trials, both interrupted.
-        with open(tmp_path / "grid" / "summary.csv", newline="") as handle:
-            assert [r["status"] for r in csv.DictReader(handle)] == ["interrupted", "interrupted"]
+    # The summary of the sweep is written all the same: the running trials, interrupted (an Optuna
+    # sweep's too, before: their folders went at once and no summary listed them).
+    with open(trial.parent / "summary.csv", newline="") as handle:
+        statuses = [r["status"] for r in csv.DictReader(handle)]
+    assert statuses == ["interrupted"] * {"optuna, 1 worker": 1, "grid, 2 workers": 2}.get(sweep, len(statuses))
+    assert statuses and "summary: 0/" in out
 
 
 def _grid_with_two_workers(tmp_path: Path, seeds: str) -> tuple[subprocess.Popen[str], Path, list[str]]:
@@ -493,8 +527,18 @@ def _kill_the_sweep(sweep: _Sweep) -> None:
 
 
 def _terminate_the_sweep(sweep: _Sweep) -> None:
-    sweep.done["workers"] = sweep.running("0", "1")
+    sweep.done["workers"] = sweep.running("1", "2")  # trial 0: the one completed before (below)
     sweep.process.send_signal(signal.SIGTERM)
+
+
+def _a_trial_completed_before(sweep: Path) -> None:
+    """The study of ``sweep`` with a trial that an earlier run of the same command completed."""
+    sweep.mkdir(parents=True)
+    study = optuna.create_study(study_name="xor_tpe", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    lr = optuna.distributions.FloatDistribution(0.001, 0.3, log=True)
+    study.add_trial(
+        optuna.trial.create_trial(params={"optimizer.lr": 0.01}, distributions={"optimizer.lr": lr}, value=0.1)
+    )
 
 
 def _kill_a_worker(sweep: _Sweep) -> None:
@@ -545,7 +589,7 @@ def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         ),
         "optuna_terminated": (
             "test_sigterm_to_an_optuna_sweep_stops_its_workers_and_exits_143",
-            [*OPTUNA, "trainer.max_epochs=100000"],
+            [*OPTUNA, "hydra.sweeper.n_trials=3", "trainer.max_epochs=100000"],
             _terminate_the_sweep,
         ),
         "optuna_worker_killed": (
@@ -559,6 +603,8 @@ def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             _stop_a_worker,
         ),
     }
+    if selected(request, sweeps["optuna_terminated"][0]):
+        _a_trial_completed_before(root / "optuna_terminated")
     started = {
         name: _Sweep(root, name, args, act) for name, (test, args, act) in sweeps.items() if selected(request, test)
     }
@@ -591,6 +637,8 @@ def test_a_sweep_goes_on_past_a_job_killed_and_a_job_stopped_from_outside(hostil
     with open(sweep / "summary.csv", newline="") as handle:
         assert [r["status"] for r in csv.DictReader(handle)] == ["completed", "interrupted", "killed"]
     assert OmegaConf.load(sweep / "best.yaml").run_dir == str(sweep / "2")
+    # The grid's picture of what completed, as for a sweep that ran to its end.
+    assert (sweep / "objective.png").is_file() and "(objective.png)" in (sweep / "summary.md").read_text()
 
 
 def test_a_sweep_killed_with_sigkill_leaves_no_process_and_its_command_completes_it(
@@ -638,7 +686,7 @@ def test_a_trial_that_raises_a_message_of_many_lines_is_one_line_and_one_row(hos
 def test_sigterm_to_an_optuna_sweep_stops_its_workers_and_exits_143(hostile: dict[str, _Sweep]) -> None:
     # Before: SIGTERM reached the sweep's process only, whose workers ran on; it waited forever.
     terminated = hostile["optuna_terminated"]
-    code, _, err = terminated.wait(timeout=120)
+    code, out, err = terminated.wait(timeout=120)
     assert code == 143, err[-3000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
@@ -648,10 +696,16 @@ def test_sigterm_to_an_optuna_sweep_stops_its_workers_and_exits_143(hostile: dic
     assert [w for w in terminated.done["workers"] if _alive(w)] == []  # type: ignore[attr-defined]
     # The stopped trials are failed and queued again, for the same command to run.
     trials = _optuna_trials(terminated.sweep)
-    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]
-    # No trial kept a folder (the stopped ones run again): the sweep still ends with its summary.
-    assert "no trial has a run folder yet" in (terminated.sweep / "summary.md").read_text()
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL", "FAIL", "WAITING", "WAITING"]
+    # The sweep ends with its summary: the stopped trials listed, interrupted (before: their folders
+    # were dropped at once, and the summary had no row).
+    with open(terminated.sweep / "summary.csv", newline="") as handle:
+        assert [r["status"] for r in csv.DictReader(handle)] == ["interrupted", "interrupted"]
+    assert "summary: 0/2 runs completed" in out
     assert not (terminated.sweep / "best.yaml").exists()
+    # Optuna's figures of what the study completed (before: drawn only by a sweep that ran to its end).
+    assert (terminated.sweep / "optuna_history.png").is_file()
+    assert "(optuna_history.png)" in (terminated.sweep / "summary.md").read_text()
 
 
 def test_an_optuna_worker_killed_costs_only_its_trial(hostile: dict[str, _Sweep]) -> None:
@@ -662,6 +716,7 @@ def test_an_optuna_worker_killed_costs_only_its_trial(hostile: dict[str, _Sweep]
     assert code == 0, err[-3000:]
     assert "Traceback" not in err
     [note] = [line for line in err.splitlines() if line.startswith("note: sweep worker ")]
+    assert "Heartbeat of storage is supposed to be used with Study.optimize" not in err  # the sweeper's way
     assert f"(pid {victim}) killed by SIGKILL (out of memory, or kill -9) during trial " in note
     trials = _optuna_trials(sweep)
     killed = [t for t in trials if t.state.name == "FAIL"]
@@ -684,6 +739,79 @@ def test_an_optuna_worker_stopped_past_its_grace_period_has_its_late_result_drop
     with open(sweep / "summary.csv", newline="") as handle:
         assert [r["status"] for r in csv.DictReader(handle)] == ["completed", "completed"]
     assert not (sweep / str(trial)).exists() and (sweep / "best.yaml").is_file()
+
+
+def test_a_stop_that_lands_in_sqlalchemy_closing_a_connection_is_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: SIGTERM to an Optuna sweep that landed while a worker's connection closed printed
+    # SQLAlchemy's "Exception closing connection" and a traceback of Terminated (the worker still
+    # ended 143, the sweep with its one line).
+    from hydra_plugins.experiments_sweeper.study import quiet_optuna_warnings
+
+    quiet_optuna_warnings()
+    pool = logging.getLogger("sqlalchemy.pool.impl.QueuePool")
+    for error in (Terminated(), KeyboardInterrupt(), OSError("disk I/O error")):
+        try:
+            raise error
+        except BaseException:  # noqa: BLE001 - as SQLAlchemy's pool logs it (then raises it again)
+            pool.error("Exception closing connection %r", "<sqlite3.Connection>", exc_info=True)
+    # The stops are left out; any other error of the pool stays, traceback and all.
+    assert caplog.text.count("Exception closing connection") == 1 and "disk I/O error" in caplog.text
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_waits_until_a_stopped_trial_is_told(signum: int) -> None:
+    # Before: SIGTERM or Ctrl-C twice (a terminal's group, an impatient user) cut the worker's
+    # telling of a completed run: the trial stayed running, its result was lost, and the next
+    # sweep of the study ran its parameters again and removed the completed run.
+    told = []
+    with pytest.raises(Terminated if signum == signal.SIGTERM else KeyboardInterrupt), sigterm_raises():
+        with signals_held():
+            os.kill(os.getpid(), signum)
+            time.sleep(0.2)  # the study told, one write after another
+            told.append("told")
+    assert told == ["told"]
+
+
+def test_a_late_or_stopped_trial_is_told_as_its_run_ended_and_its_worker_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the result came after the sweeper's check and the other worker's FAIL before Optuna's
+    # tell; study.optimize met that with "ValueError: Cannot tell a FAIL trial." and its own
+    # "AssertionError: Should not reach.", the worker ended with a traceback and the sweep with exit
+    # code 3 (seen in the rerun of a sweep whose process was SIGKILLed, heartbeats late on a busy machine).
+    from hydra_plugins.experiments_sweeper.optuna_sweeper import OptunaSweeper
+    from hydra_plugins.experiments_sweeper.study import retry_callback
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    class LateResult(OptunaSweeper):
+        def _objective(self, study: optuna.Study, trial: optuna.Trial, *args: object, **kwargs: object) -> float:
+            # Another worker of the study, with its own connection, fails the trial as stale and
+            # queues its parameters again (what optuna.storages.fail_stale_trials does).
+            other = optuna.load_study(study_name="late", storage=url)
+            other._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            retry_callback(2)(other, other.trials[trial.number])
+            return 0.5  # the trial's result, come too late
+
+    sweeper = LateResult("late", url, "minimize", 1, 1, None, None, heartbeat_interval=1, grace_period=1)
+    study = sweeper._open_study(sweeper._storage(url))
+    space = {"optimizer.lr": optuna.distributions.FloatDistribution(0.01, 0.1)}
+    sweeper._trial(study, space, [], tmp_path, None)  # no error: the worker goes on with the next trial
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    assert "trial 0 was declared stale while it ran (heartbeat later than 1 s); its result is dropped" in caplog.text
+
+    # Ctrl-C or SIGTERM as a worker tells Optuna a run that recorded its ending: told as it ended
+    # (before: failed and queued again, and the next sweep of the study removed the completed run).
+    ran, stopped = study.ask(), study.ask()
+    (tmp_path / str(ran.number)).mkdir()
+    (tmp_path / str(ran.number) / "metrics.json").write_text(json.dumps({"status": "completed", "best": 0.25}))
+    sweeper._requeue(study, ran.number, tmp_path)
+    sweeper._requeue(study, stopped.number, tmp_path)  # no ending recorded: queued again
+    assert [(t.state.name, t.value) for t in study.trials[1:]] == [
+        ("COMPLETE", 0.25),
+        ("FAIL", None),
+        ("WAITING", None),
+    ]
 
 
 def test_a_damaged_sweep_folder_is_summarised_row_by_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -87,6 +87,30 @@ def is_sigterm(err: BaseException) -> bool:
     return any(isinstance(e, (Terminated, SIGTERMException)) for e in causes(err))
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """While inside, Ctrl-C and SIGTERM wait: each is remembered and raised as the block ends, to
+    the handler it was meant for. For a few writes that a second signal must not cut in half (a
+    sweep's worker telling its study how a stopped trial ended). Off the main thread, nothing
+    changes (Python runs signal handlers on the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+
+    def remember(signum: int, frame: Any) -> None:
+        came.append(signum)
+
+    previous = {signum: signal.signal(signum, remember) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if came:
+            signal.raise_signal(came[0])
+
+
 # Ctrl-C -------------------------------------------------------------------------------------
 
 _ctrl_c = {"pending": False}

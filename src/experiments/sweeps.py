@@ -44,12 +44,38 @@ def open_storage(url: str, retries: int = 5, **heartbeat: Any) -> Any:
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     for attempt in range(retries + 1):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
             if attempt == retries:
                 raise
             time.sleep(0.2 + random.random())
+            continue
+        if url.startswith("sqlite") and storage.engine.url.database not in (None, "", ":memory:"):
+            _write_locked_transactions(storage.engine)  # a database file that other processes share
+        return storage
     raise AssertionError("unreachable")
+
+
+def _write_locked_transactions(engine: Any) -> None:
+    """Every transaction on this SQLite engine takes the database's write lock as it begins
+    (``BEGIN IMMEDIATE``), as ``SELECT ... FOR UPDATE`` does on PostgreSQL.
+
+    Optuna reads a row and then writes it in one transaction (a queued trial taken by ``ask``, a
+    running trial failed as stale), and counts on the database to keep that read valid; SQLite's
+    driver begins a transaction only at its first write, so two workers both took one queued trial
+    and ran it in the same folder (4 processes asking at once: 7 rounds of 8). SQLAlchemy's recipe
+    for SQLite transactions: the driver begins none itself, SQLAlchemy's ``begin`` does."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(connection: Any, record: Any) -> None:
+        connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections that opening the storage made: new ones are set up as above
 
 
 def optuna_trial(study: Any, number: int) -> Any:

@@ -60,7 +60,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments.errors import interrupted, one_line
 from experiments.runs import read_metrics
-from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm, sigterm_raises
+from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Interrupted, is_sigterm, signals_held, sigterm_raises
 from experiments.summarize import finish_sweep
 from experiments.sweeps import SWEEPER_TARGET
 from hydra_plugins.experiments_launcher.sweep_folder import SweepLock, refuse_another_sweep
@@ -261,8 +261,10 @@ class ParallelLauncher(Launcher):
 
     def _stopped(self, signum: int) -> None:
         """Ctrl-C or SIGTERM stopped the sweep: the summary of what completed, then the signal's
-        line and exit code (run_cli says it for Ctrl-C)."""
-        finish_sweep(self.sweep_dir, stopped=True)
+        line and exit code (run_cli says it for Ctrl-C). Another Ctrl-C or SIGTERM waits until the
+        summary is written."""
+        with signals_held():
+            finish_sweep(self.sweep_dir, stopped=True)
         if signum == signal.SIGTERM:
             print(f"error: {TERMINATED}", file=sys.stderr, flush=True)
             raise Interrupted(SIGTERM_EXIT)  # its line is said

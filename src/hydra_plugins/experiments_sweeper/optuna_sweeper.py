@@ -8,7 +8,7 @@ with SQLAlchemy 2. Keeping Hydra's sweeper interface means users sweep the way t
 
 - The study lives in storage (a SQLite file in the sweep directory, or any SQLAlchemy URL such as
   ``postgresql://...`` shared by workers on many machines), so the same command resumes it.
-- Each trial runs in ``study.optimize`` with Optuna's heartbeats (``heartbeat_interval``,
+- Each trial runs as ``study.optimize`` runs one, with Optuna's heartbeats (``heartbeat_interval``,
   ``grace_period``): a trial whose worker died, on any machine, stops beating, and the next worker
   that asks Optuna for a trial fails it and queues its parameters again
   (``RetryHeartbeatStaleTrialCallback``, ``max_retry`` times). Its half-written run directory
@@ -64,7 +64,14 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.errors import UserError, interrupted, one_line
 from experiments.redact import redacted
 from experiments.runs import read_metrics
-from experiments.signals import SIGINT_EXIT, SIGTERM_EXIT, Terminated, is_sigterm, sigterm_raises
+from experiments.signals import (
+    SIGINT_EXIT,
+    SIGTERM_EXIT,
+    Terminated,
+    is_sigterm,
+    signals_held,
+    sigterm_raises,
+)
 from experiments.summarize import finish_sweep, plot_study
 from experiments.sweeps import open_storage, quiet_heartbeat_failures, storage_error, storage_problem, storage_url
 from hydra_plugins.experiments_launcher.sweep_folder import SweepLock
@@ -75,6 +82,7 @@ from hydra_plugins.experiments_sweeper.study import (
     fail_stale_trials,
     fail_unstarted_trials,
     frozen,
+    heartbeat,
     hide_password,
     place,
     quiet_optuna_warnings,
@@ -268,13 +276,29 @@ class OptunaSweeper(Sweeper):
     def _ended(self, err: BaseException, url: str, sweep_dir: Path) -> None:
         """A sweep that did not run to its end: its summary for what completed, then the signal's
         line and code (run_cli says it) for Ctrl-C and SIGTERM, or one line and exit code 3 for a
-        database that failed or a worker that crashed; a bug of ours keeps its traceback."""
-        if interrupted(err) or is_sigterm(err):
-            finish_sweep(sweep_dir, stopped=True)
-        elif isinstance(err, SweepProblem):
-            finish_sweep(sweep_dir, problem=str(err))
-        elif storage_error(err) is not None:
-            finish_sweep(sweep_dir, problem=_database_failed(err, url))
+        database that failed or a worker that crashed; a bug of ours keeps its traceback. Another
+        Ctrl-C or SIGTERM waits until the summary is written (a second Ctrl-C left none)."""
+        with signals_held():
+            if interrupted(err) or is_sigterm(err):
+                self._plot(url, sweep_dir)
+                finish_sweep(sweep_dir, stopped=True)
+            elif isinstance(err, SweepProblem):
+                self._plot(url, sweep_dir)
+                finish_sweep(sweep_dir, problem=str(err))
+            elif storage_error(err) is not None:
+                finish_sweep(sweep_dir, problem=_database_failed(err, url))
+
+    def _plot(self, url: str, sweep_dir: Path) -> None:
+        """Optuna's figures of what completed, for a sweep that did not run to its end (before its
+        summary, which links them); a database that fails now is one line, as the summary goes on."""
+        import optuna
+
+        try:
+            plot_study(optuna.load_study(study_name=self.study_name, storage=self._storage(url)), sweep_dir)
+        except Exception as err:
+            if storage_error(err) is None and not isinstance(err, UserError):
+                raise
+            print(f"summary: no Optuna figures: {_database_failed(err, url)}", file=sys.stderr, flush=True)
 
     def _fork_workers(self, url: str, space: dict[str, Any], fixed: list[str], sweep_dir: Path) -> None:
         """``n_jobs`` forked workers (each keeps the composed Hydra state and task function; they
@@ -340,8 +364,8 @@ class OptunaSweeper(Sweeper):
         os._exit(code)  # not multiprocessing's exit, which would wait for threads a trial left running
 
     def _work(self, study: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path, started: Any = None) -> None:
-        """Run trials, one ``study.optimize`` call each (Optuna's heartbeats and its retry of stale
-        trials come with it), until the study holds ``n_trials`` finished ones. ``started(number)``
+        """Run trials, one at a time (:meth:`_trial`; stale trials failed and retried first, as
+        ``study.optimize`` does), until the study holds ``n_trials`` finished ones. ``started(number)``
         is told each trial's number as it starts."""
         waiting_logged = False
         while True:
@@ -361,39 +385,60 @@ class OptunaSweeper(Sweeper):
                 time.sleep(1.0)
                 continue
             waiting_logged = False
-            current: list[int] = []
-            try:
-                study.optimize(
-                    lambda trial: self._objective(study, trial, space, fixed, sweep_dir, current, started),  # noqa: B023 - runs now (n_trials=1)
-                    n_trials=1,
-                    catch=(TrialFailed,),
-                    gc_after_trial=False,
-                )
-            except ValueError as err:
-                # Another worker found this trial's heartbeat late (a busy or stopped machine) and
-                # failed it; Optuna queued its parameters again, so this worker's result is not told.
-                late = frozen(study, current[0]) if current else None
-                if late is None or late.state.name != "FAIL" or "Cannot tell" not in str(err):
-                    raise
-                log.warning(
-                    f"trial {late.number} was declared stale while it ran (heartbeat later than "
-                    f"{self.grace_period} s); its result is dropped, its parameters run again as a new trial"
-                )
-            except BaseException as err:
-                if current and (interrupted(err) or is_sigterm(err)):
-                    self._requeue(study, current[0], sweep_dir)
-                raise
+            self._trial(study, space, fixed, sweep_dir, started)
+
+    def _trial(self, study: Any, space: dict[str, Any], fixed: list[str], sweep_dir: Path, started: Any) -> None:
+        """One trial, as ``study.optimize`` runs one (asked, Optuna's heartbeat thread beating while
+        it runs), then told with ``skip_if_finished``: another worker that found its heartbeat late
+        (a busy or stopped machine) may have failed it meanwhile and queued its parameters again,
+        and then its late result is dropped. (``study.optimize`` met that race with "Cannot tell a
+        FAIL trial" and an AssertionError of its own, which ended the worker with a traceback.)"""
+        import optuna
+
+        trial = study.ask()
+        value, outcome = None, state("FAIL")
+        try:
+            with heartbeat(study, trial):
+                value = self._objective(study, trial, space, fixed, sweep_dir, started)
+            outcome = state("COMPLETE")
+        except optuna.TrialPruned:
+            outcome = state("PRUNED")
+        except TrialFailed:
+            pass
+        except BaseException as err:
+            with signals_held():  # a second Ctrl-C or SIGTERM waits until the trial is told
+                if interrupted(err) or is_sigterm(err):
+                    self._requeue(study, trial.number, sweep_dir)
+                elif isinstance(err, Exception) and storage_error(err) is None:
+                    study.tell(trial, state=outcome, skip_if_finished=True)  # as optimize does; the error goes on
+            raise
+        with signals_held():  # a stop that comes now ends the worker once the trial is told
+            told = study.tell(trial, value, state=outcome, skip_if_finished=True)
+        if told.state != outcome:
+            log.warning(
+                f"trial {trial.number} was declared stale while it ran (heartbeat later than "
+                f"{self.grace_period} s); its result is dropped, its parameters run again as a new trial"
+            )
+        elif outcome.name == "COMPLETE":
+            log.info(f"trial {trial.number} finished: {value}")
 
     def _requeue(self, study: Any, number: int, sweep_dir: Path) -> None:
-        """A trial stopped by Ctrl-C or SIGTERM: failed (Optuna does so for Ctrl-C only) and its
-        parameters queued again, as for a dead worker; its half run goes."""
+        """A trial during which Ctrl-C or SIGTERM came. A run that recorded its ending first (the
+        signal came while its worker told Optuna) is told as it ended; one that did not is failed
+        and its parameters queued again, as for a dead worker. Its half run stays until the next
+        sweep of the study drops it (a run folder of a replaced trial), so that the summary of the
+        stopped sweep lists it, interrupted."""
         trial = frozen(study, number)
-        if trial is not None and trial.state.name == "RUNNING":
-            study.tell(number, state=state("FAIL"))
-            trial = frozen(study, number)
-        if trial is not None and trial.state.name == "FAIL":
-            retry_callback(self.max_retry)(study, trial)
-            drop_replaced_runs(study, sweep_dir)
+        if trial is None or trial.state.name != "RUNNING":
+            return  # told already, or failed as stale by another worker, which queued it again
+        metrics = read_metrics(sweep_dir / str(number))
+        status, value = metrics.get("status"), metrics.get("best")
+        if status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
+            study.tell(number, float(value), skip_if_finished=True)
+        elif status == "pruned":
+            study.tell(number, state=state("PRUNED"), skip_if_finished=True)
+        elif study.tell(number, state=state("FAIL"), skip_if_finished=True).state.name == "FAIL":
+            retry_callback(self.max_retry)(study, frozen(study, number))
 
     def _objective(
         self,
@@ -402,18 +447,15 @@ class OptunaSweeper(Sweeper):
         space: dict[str, Any],
         fixed: list[str],
         sweep_dir: Path,
-        current: list[int],
         started: Any = None,
     ) -> float:
         """Run trial ``trial.number`` as Hydra job ``trial.number``; its objective, or PRUNED or FAIL."""
         import optuna
 
-        current.append(trial.number)
         if started is not None:
             started(trial.number)
         if place(study, trial.number) >= self.n_trials:
             trial.set_user_attr("fail_reason", SURPLUS)
-            study.stop()
             raise TrialFailed(SURPLUS)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = {key: _suggest(trial, key, distribution) for key, distribution in space.items()}

@@ -21,16 +21,31 @@ SURPLUS = "surplus: other workers took the study's last trials first; not run"
 
 
 def quiet_optuna_warnings() -> None:
-    """Heartbeats, their retry callback and fail_stale_trials are 'experimental' in Optuna 4 and 5;
-    and a trial that failed as expected (the sweeper's own line says why) or was stopped by Ctrl-C
-    needs no traceback from Optuna."""
+    """Heartbeats, their retry callback and fail_stale_trials are 'experimental' in Optuna 4 and 5
+    (and heartbeats 'supposed to be used with Study.optimize', whose way of running a trial the
+    sweeper's own follows); and a trial that failed as expected (the sweeper's own line says why)
+    or was stopped by Ctrl-C needs no traceback from Optuna."""
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+    # The sweeper runs each trial as Study.optimize does, heartbeats included (OptunaSweeper._trial).
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     optimize = logging.getLogger("optuna.study._optimize")  # where Optuna logs a failed trial
     if _expected_failure not in optimize.filters:
         optimize.addFilter(_expected_failure)
+    # A stop (Ctrl-C, SIGTERM) that lands while SQLAlchemy closes a connection goes on as raised
+    # (SQLAlchemy re-raises it) and ends the worker; the sweep says it in one line, so SQLAlchemy's
+    # "Exception closing connection" record of it, with its traceback, is left out.
+    for pool in ("sqlalchemy.pool.impl.QueuePool", "sqlalchemy.pool.impl.NullPool"):
+        if _stop not in logging.getLogger(pool).filters:
+            logging.getLogger(pool).addFilter(_stop)
+
+
+def _stop(record: logging.LogRecord) -> bool:
+    """False (left out) for a record of Ctrl-C or SIGTERM (a SystemExit such as Terminated)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, (KeyboardInterrupt, SystemExit))
 
 
 def _expected_failure(record: logging.LogRecord) -> bool:
@@ -60,6 +75,14 @@ def stale_callback_argument() -> str:
     return (
         "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
     )
+
+
+def heartbeat(study: Any, trial: Any) -> Any:
+    """Optuna's heartbeat thread of a running trial, as ``study.optimize`` runs it (a context
+    manager; nothing without heartbeats)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread  # private: optuna 4-5, what optimize uses
+
+    return get_heartbeat_thread(trial._trial_id, study._storage)  # private: optuna 4-5
 
 
 def fail_stale_trials(study: Any) -> None:
